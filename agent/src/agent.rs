@@ -1,0 +1,189 @@
+//! `nodemesh agent`: wires the datapath, the proxy, the enrollment source and the admin API.
+//!
+//! Two runtimes, as in ztunnel: connections run on a multi-thread data-plane runtime; the
+//! reconciler, the enrollment source and the admin API share a current-thread control runtime
+//! on the main thread, so control work never adds tail latency to traffic.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use nodemesh_common::DatapathConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    admin::{self, AdminState},
+    cli::AgentArgs,
+    config::{Config, Overrides},
+    datapath::{Datapath, DatapathSettings, PinDir},
+    enroll::FileSource,
+    pods::{cgroup, netns},
+    proxy::{Proxy, ProxySettings},
+    reconcile::Reconciler,
+    spec::NodeSpec,
+};
+
+/// How often enrollment is re-checked without a spec change (pods whose cgroup or process
+/// was not there yet, replaced sandboxes).
+const RECHECK: Duration = Duration::from_millis(500);
+
+pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+    let AgentArgs { config, node_name, enrollment_file, bpffs_dir, cgroup_root, admin_addr, splice, log } =
+        args;
+    let config = Config::load(
+        config.as_deref(),
+        Overrides { node_name, bpffs_dir, cgroup_root, enrollment_file, admin_addr, splice, log },
+    )?;
+    init_logging(&config.log);
+    tracing::info!(config = %serde_json::to_string(&config)?, "starting");
+    run(config)
+}
+
+fn init_logging(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    // Before any thread exists: every thread returns to this namespace after stepping into a
+    // pod's.
+    netns::init().context("reading the agent's network namespace")?;
+    raise_fd_limit();
+
+    let cgroup_root = match &config.cgroup_root {
+        Some(root) => root.clone(),
+        None => cgroup::cgroup2_mount().context("finding the cgroup v2 mount")?,
+    };
+    let settings = DatapathSettings {
+        config: DatapathConfig {
+            outbound_port: config.ports.outbound,
+            inbound_port: config.ports.inbound,
+            hbone_port: config.ports.hbone,
+            _pad: 0,
+        },
+        excluded_outbound_ports: config.excluded_outbound_ports.clone(),
+        excluded_inbound_ports: config.excluded_inbound_ports.clone(),
+    };
+    let datapath =
+        Datapath::load(PinDir::new(&config.bpffs_dir), &settings).context("loading the datapath")?;
+    let maps = datapath.shared_maps()?;
+    let datapath = Arc::new(Mutex::new(datapath));
+
+    let data_plane = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("nm-data")
+        .enable_all()
+        .build()
+        .context("starting the data-plane runtime")?;
+    let proxy = Proxy::new(
+        ProxySettings {
+            outbound_port: config.ports.outbound,
+            inbound_port: config.ports.inbound,
+            connect_timeout: config.connect_timeout,
+            drain_timeout: config.drain_timeout,
+            max_buffer_bytes: config.max_buffer_bytes,
+            splice: config.splice,
+        },
+        maps,
+        data_plane.handle().clone(),
+    );
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+
+    let config = Arc::new(config);
+    control.block_on(control_plane(Arc::clone(&config), Arc::clone(&datapath), proxy, cgroup_root))?;
+    // Dropping the runtimes drops every task, and with them their handles on the datapath.
+    drop(control);
+    data_plane.shutdown_timeout(Duration::from_secs(1));
+    let datapath = Arc::try_unwrap(datapath)
+        .map_err(|_| anyhow::anyhow!("the datapath is still in use at shutdown"))?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    datapath.remove_all().context("removing pins")?;
+    tracing::info!("stopped; every link and pin is removed");
+    Ok(())
+}
+
+async fn control_plane(
+    config: Arc<Config>,
+    datapath: Arc<Mutex<Datapath>>,
+    proxy: Proxy,
+    cgroup_root: PathBuf,
+) -> anyhow::Result<()> {
+    // Without a source the spec stays empty; the sender lives to the end of this function so
+    // `changed()` pends instead of failing.
+    let (_empty_tx, empty_rx) = tokio::sync::watch::channel(Arc::new(NodeSpec::default()));
+    let (mut spec_rx, source_status) = match &config.enrollment_file {
+        Some(path) => {
+            let (mut source, rx, status) = FileSource::new(path);
+            source.poll();
+            tokio::spawn(source.run());
+            (rx, Some(status))
+        }
+        None => {
+            tracing::warn!("no enrollment file configured: no pod will be intercepted");
+            (empty_rx, None)
+        }
+    };
+
+    let mut reconciler = Reconciler::new(Arc::clone(&datapath), proxy.clone(), cgroup_root);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState {
+        config: Arc::clone(&config),
+        started: Instant::now(),
+        datapath,
+        view: reconciler.view(),
+        source: source_status,
+        spec: spec_rx.clone(),
+        ready: Arc::clone(&ready),
+    };
+    let admin_addr = config.admin_addr;
+    let admin = tokio::spawn(async move {
+        if let Err(e) = admin::serve(admin_addr, admin_state).await {
+            tracing::error!(error = %e, %admin_addr, "admin API failed");
+        }
+    });
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut recheck = tokio::time::interval(RECHECK);
+    loop {
+        let spec = Arc::clone(&spec_rx.borrow_and_update());
+        reconciler.reconcile(&spec).await;
+        ready.store(true, std::sync::atomic::Ordering::Release);
+        tokio::select! {
+            _ = spec_rx.changed() => {}
+            _ = recheck.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: detaching every pod, then draining connections");
+    reconciler.release_all().await;
+    let deadline = Instant::now() + config.drain_timeout;
+    while proxy.active_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.abort();
+    Ok(())
+}
+
+/// A proxy holds two descriptors per connection; the default soft limit (1,024) would cap
+/// a node at a few hundred connections.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Command line: `nodemesh agent` runs the node agent; the other commands ask it things.
+
+mod status_view;
+mod table;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::{admin::client, status::StatusReport};
+
+#[derive(Debug, Parser)]
+#[command(name = "nodemesh", version, about = "eBPF-accelerated node-level service mesh agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent (needs root: loads eBPF programs, enters pod namespaces).
+    Agent(AgentArgs),
+    /// Show the agent's programs, enrolled pods, listeners and counters.
+    Status {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The agent's admin API.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// YAML configuration file (docs/configuration.md); flags override it.
+    #[arg(long, env = "NODEMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Local mode: a YAML file listing the node's pods and namespaces (docs/enrollment.md).
+    #[arg(long)]
+    pub enrollment_file: Option<PathBuf>,
+    /// Where to pin links and maps (on a bpffs).
+    #[arg(long)]
+    pub bpffs_dir: Option<PathBuf>,
+    /// cgroup v2 directory under which kubelet creates pod cgroups.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Admin API address.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    /// Splice established connections in the kernel (true/false).
+    #[arg(long)]
+    pub splice: Option<bool>,
+    /// Log filter, e.g. `info` or `nodemesh=debug`.
+    #[arg(long)]
+    pub log: Option<String>,
+}
+
+pub fn status(json: bool, admin: SocketAddr) -> anyhow::Result<()> {
+    let body = client::get(admin, "/status")?;
+    let report: StatusReport = serde_json::from_slice(&body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status_view::render(&report));
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `nodemesh status` as text.
+
+use std::fmt::Write as _;
+
+use super::table::Table;
+use crate::status::StatusReport;
+
+pub fn render(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Node {}  nodemesh {}  up {}s  splice {}",
+        r.node,
+        r.version,
+        r.uptime_s,
+        if r.splice { "on" } else { "off" }
+    );
+    let _ = writeln!(out, "Pins {}", r.bpffs_dir);
+    match &r.enrollment {
+        Some(e) => {
+            let state = match &e.last_error {
+                None => "accepted".to_owned(),
+                Some(err) => format!("REJECTED, keeping the last good state: {err}"),
+            };
+            let _ = writeln!(out, "Enrollment {} (generation {}) {}", e.path.display(), e.generation, state);
+        }
+        None => {
+            let _ = writeln!(out, "Enrollment none configured");
+        }
+    }
+
+    let _ = writeln!(out, "\nPODS ({} enrolled, {} pending)", r.pods.len(), r.pending.len());
+    let mut pods = Table::new(&[
+        ("POD", 24),
+        ("IPS", 19),
+        ("OUT", 7),
+        ("IN", 7),
+        ("ACTIVE", 6),
+        ("FAILED", 6),
+        ("HOOKS", 5),
+    ]);
+    for p in &r.pods {
+        let ips: Vec<String> = p.pod.ips.iter().map(ToString::to_string).collect();
+        pods.row(vec![
+            p.pod.name.clone(),
+            ips.join(","),
+            p.stats.outbound.accepted.to_string(),
+            p.stats.inbound.accepted.to_string(),
+            (p.stats.outbound.active + p.stats.inbound.active).to_string(),
+            (p.stats.outbound.failed + p.stats.inbound.failed).to_string(),
+            p.pod.links.len().to_string(),
+        ]);
+    }
+    out.push_str(&pods.render());
+
+    if !r.pending.is_empty() {
+        let _ = writeln!(out, "\nPENDING");
+        let mut pending = Table::new(&[("POD", 24), ("REASON", 55)]);
+        for p in &r.pending {
+            pending.row(vec![p.name.clone(), p.reason.clone()]);
+        }
+        out.push_str(&pending.render());
+    }
+
+    let _ = writeln!(out, "\nLISTENERS");
+    let mut listeners = Table::new(&[("POD", 24), ("KIND", 9), ("ADDRESS", 44)]);
+    for p in &r.pods {
+        for l in &p.pod.listeners {
+            listeners.row(vec![
+                p.pod.name.clone(),
+                format!("{:?}", l.kind).to_lowercase(),
+                l.addr.to_string(),
+            ]);
+        }
+    }
+    out.push_str(&listeners.render());
+
+    let _ = writeln!(out, "\nPROGRAMS");
+    let mut programs = Table::new(&[("NAME", 20), ("TYPE", 20), ("ID", 8), ("ATTACHED", 28)]);
+    for prog in &r.programs {
+        let attached = r.pods.iter().filter(|p| p.pod.links.iter().any(|l| l.program_id == prog.id)).count();
+        programs.row(vec![
+            prog.name.clone(),
+            prog.kind.clone(),
+            prog.id.to_string(),
+            format!("{attached} pod(s)"),
+        ]);
+    }
+    out.push_str(&programs.render());
+
+    let _ = writeln!(out, "\nCOUNTERS (non-zero)");
+    let mut counters = Table::new(&[("PROGRAM", 12), ("REASON", 30), ("COUNT", 20)]);
+    for c in r.counters.iter().filter(|c| c.count > 0) {
+        counters.row(vec![c.program.clone(), c.reason.clone(), c.count.to_string()]);
+    }
+    out.push_str(&counters.render());
+    out
+}

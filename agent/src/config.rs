@@ -1,0 +1,244 @@
+//! The agent's configuration: file, then flags, into one validated `Config` that is printed at
+//! start-up and by `/config_dump`, then shared read-only. Nothing else reads the environment.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use nodemesh_common::ports;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name (defaults to the host name).
+    pub node_name: String,
+    /// Where links and maps are pinned (on a bpffs).
+    pub bpffs_dir: PathBuf,
+    /// The cgroup v2 directory under which kubelet creates pod cgroups; defaults to the
+    /// cgroup2 mount point.
+    pub cgroup_root: Option<PathBuf>,
+    /// Local mode: the node's pods and namespaces (docs/enrollment.md).
+    pub enrollment_file: Option<PathBuf>,
+    /// Admin API (status, config dump); loopback in the node's namespace.
+    pub admin_addr: SocketAddr,
+    pub ports: Ports,
+    /// Destination ports never intercepted (connect4/connect6).
+    pub excluded_outbound_ports: Vec<u16>,
+    /// Pod ports never steered to the proxy (sk_lookup).
+    pub excluded_inbound_ports: Vec<u16>,
+    /// Upstream connect timeout.
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    /// How long a retired listener keeps accepting what the kernel had already queued, and
+    /// how long shutdown waits for proxied connections to finish.
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
+    /// Hand established connections to the kernel (sockmap splice). See docs/acceleration.md.
+    pub splice: bool,
+    /// Largest copy buffer per direction of a proxied connection (buffers start small and
+    /// grow while reads fill them).
+    pub max_buffer_bytes: usize,
+    /// Log filter (tracing EnvFilter syntax).
+    pub log: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub outbound: u16,
+    pub inbound: u16,
+    pub hbone: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self { outbound: ports::OUTBOUND, inbound: ports::INBOUND, hbone: ports::HBONE }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            bpffs_dir: PathBuf::from("/sys/fs/bpf/nodemesh"),
+            cgroup_root: None,
+            enrollment_file: None,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], ports::ADMIN)),
+            ports: Ports::default(),
+            excluded_outbound_ports: Vec::new(),
+            excluded_inbound_ports: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            splice: false,
+            max_buffer_bytes: 256 * 1024,
+            log: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: String, field: String, message: String },
+}
+
+/// Flag overrides, already parsed by the CLI.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub node_name: Option<String>,
+    pub bpffs_dir: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    pub enrollment_file: Option<PathBuf>,
+    pub admin_addr: Option<SocketAddr>,
+    pub splice: Option<bool>,
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any), applies the flags, fills defaults and validates.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                Self::parse(&text, &path.display().to_string())?
+            }
+            None => Self::default(),
+        };
+        let Overrides { node_name, bpffs_dir, cgroup_root, enrollment_file, admin_addr, splice, log } =
+            overrides;
+        if let Some(v) = node_name {
+            config.node_name = v;
+        }
+        if let Some(v) = bpffs_dir {
+            config.bpffs_dir = v;
+        }
+        if cgroup_root.is_some() {
+            config.cgroup_root = cgroup_root;
+        }
+        if enrollment_file.is_some() {
+            config.enrollment_file = enrollment_file;
+        }
+        if let Some(v) = admin_addr {
+            config.admin_addr = v;
+        }
+        if let Some(v) = splice {
+            config.splice = v;
+        }
+        if let Some(v) = log {
+            config.log = v;
+        }
+        if config.node_name.is_empty() {
+            config.node_name = hostname();
+        }
+        config.validate("(flags)")?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+            path: origin.into(),
+            field: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: origin.into(),
+            field: field.into(),
+            message,
+        };
+        let p = self.ports;
+        for (field, port) in
+            [("ports.outbound", p.outbound), ("ports.inbound", p.inbound), ("ports.hbone", p.hbone)]
+        {
+            if port == 0 {
+                return Err(invalid(field, "must not be 0".into()));
+            }
+        }
+        if p.outbound == p.inbound || p.outbound == p.hbone || p.inbound == p.hbone {
+            return Err(invalid("ports", "outbound, inbound and hbone must differ".into()));
+        }
+        if !self.bpffs_dir.is_absolute() {
+            return Err(invalid("bpffs_dir", format!("{} is not absolute", self.bpffs_dir.display())));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout", "must be above 0".into()));
+        }
+        if !(4096..=16 << 20).contains(&self.max_buffer_bytes) {
+            return Err(invalid("max_buffer_bytes", "must be between 4096 and 16 MiB".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(invalid("log", format!("{:?} is not a log filter", self.log)));
+        }
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".into())
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate("test").expect("valid");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::parse("ports: {outbound: 15001, inbound: 15001}\n", "f.yaml").expect_err("dup");
+        assert!(e.to_string().contains("ports"), "{e}");
+        let e = Config::parse("connect_timeout: soon\n", "f.yaml").expect_err("type");
+        assert!(e.to_string().contains("connect_timeout"), "{e}");
+        let e = Config::parse("splice: true\nsplce: false\n", "f.yaml").expect_err("unknown");
+        assert!(e.to_string().contains("splce"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "splice: false\nnode_name: a\n").expect("write");
+        let config = Config::load(
+            Some(&path),
+            Overrides { splice: Some(true), node_name: Some("b".into()), ..Default::default() },
+        )
+        .expect("load");
+        assert!(config.splice);
+        assert_eq!(config.node_name, "b");
+    }
+}

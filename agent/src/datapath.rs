@@ -1,0 +1,193 @@
+//! The kernel side: loads and pins the eBPF programs and maps, attaches them per enrolled pod,
+//! and owns every pin so it can remove them all on shutdown.
+
+mod bpf_sys;
+mod hooks;
+mod loader;
+mod maps;
+mod pins;
+mod pod_links;
+
+use std::{io, os::fd::AsFd};
+
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, PerCpuArray},
+};
+use nodemesh_common::{Counter, maps as names};
+use serde::{Deserialize, Serialize};
+
+pub use bpf_sys::SharedMap;
+pub use hooks::Hook;
+pub use loader::DatapathSettings;
+pub use pins::PinDir;
+pub use pod_links::{LinkStatus, PodLinks};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object: {0}")]
+    Load(String),
+    #[error("map {0}")]
+    Map(String),
+    #[error("attaching {hook:?} for pod {uid}: {reason}")]
+    Attach { uid: String, hook: Hook, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DatapathError {
+    fn io(what: &'static str, source: io::Error) -> Self {
+        Self::Io { what, source }
+    }
+}
+
+/// Map handles the proxy uses concurrently, one syscall per operation.
+#[derive(Debug)]
+pub struct SharedMaps {
+    pub orig_dst: SharedMap,
+    pub listeners: SharedMap,
+    pub splice_socks: SharedMap,
+    pub splice_state: SharedMap,
+}
+
+/// A loaded program, for `nodemesh status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub kind: String,
+    pub id: u32,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: PinDir,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Datapath {
+    /// Loads everything, adopting compatible maps an earlier agent pinned.
+    pub fn load(pins: PinDir, settings: &DatapathSettings) -> Result<Self, DatapathError> {
+        let ebpf = loader::load(&pins, settings)?;
+        let counters = open_pinned(&pins, names::COUNTERS)
+            .and_then(|m| PerCpuArray::try_from(m).map_err(|e| DatapathError::Map(e.to_string())))?;
+        Ok(Self { ebpf, pins, counters })
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    pub fn shared_maps(&self) -> Result<SharedMaps, DatapathError> {
+        let open = |name: &str| -> Result<SharedMap, DatapathError> {
+            let map = self.ebpf.map(name).ok_or_else(|| DatapathError::Map(name.into()))?;
+            let fd = map_fd(map).ok_or_else(|| DatapathError::Map(format!("{name} has no fd")))?;
+            SharedMap::new(fd).map_err(|e| DatapathError::io("duplicating a map fd", e))
+        };
+        Ok(SharedMaps {
+            orig_dst: open(names::ORIG_DST)?,
+            listeners: open(names::LISTENERS)?,
+            splice_socks: open(names::SPLICE_SOCKS)?,
+            splice_state: open(names::SPLICE_STATE)?,
+        })
+    }
+
+    /// Attaches every hook for one pod, replacing links an earlier agent pinned for it.
+    pub fn attach_pod(
+        &mut self,
+        uid: &str,
+        cgroup: impl AsFd,
+        netns: impl AsFd,
+    ) -> Result<PodLinks, DatapathError> {
+        pod_links::attach(&mut self.ebpf, &self.pins, uid, cgroup.as_fd(), netns.as_fd())
+    }
+
+    /// Removes the pins of pods that are not in `keep` (left by an earlier agent).
+    pub fn sweep_stale_pods(&self, keep: &std::collections::HashSet<String>) {
+        match self.pins.pinned_pods() {
+            Ok(uids) => {
+                for uid in uids.into_iter().filter(|u| !keep.contains(u)) {
+                    tracing::info!(%uid, "removing links left for a pod that is not enrolled");
+                    pod_links::remove_pinned(&self.pins, &uid);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list pinned pods"),
+        }
+    }
+
+    /// Sums every per-CPU counter.
+    pub fn counters(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let total =
+                    self.counters.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+                (c, total)
+            })
+            .collect()
+    }
+
+    pub fn programs(&self) -> Vec<ProgramStatus> {
+        let mut out: Vec<ProgramStatus> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgramStatus {
+                    name: name.to_owned(),
+                    kind: format!("{:?}", p.prog_type()),
+                    id: info.id(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Removes every pin the agent owns. Links detach as their last reference goes.
+    pub fn remove_all(self) -> io::Result<()> {
+        let Self { ebpf, pins, counters } = self;
+        drop(counters);
+        drop(ebpf);
+        pins.remove_all()
+    }
+}
+
+/// An error and all its sources on one line (aya keeps the errno in the source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn open_pinned(pins: &PinDir, name: &str) -> Result<Map, DatapathError> {
+    let data =
+        MapData::from_pin(pins.maps().join(name)).map_err(|e| DatapathError::Map(format!("{name}: {e}")))?;
+    Map::from_map_data(data).map_err(|e| DatapathError::Map(format!("{name}: {e}")))
+}
+
+fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
+    let data = match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::SockHash(d)
+        | Map::SockMap(d)
+        | Map::SkStorage(d) => d,
+        _ => return None,
+    };
+    Some(data.fd().as_fd())
+}

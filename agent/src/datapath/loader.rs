@@ -1,0 +1,123 @@
+//! Loads the eBPF object: adopts compatible pinned maps, replaces incompatible or unknown
+//! ones, loads every program and writes the datapath settings.
+
+use std::{fs, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapInfo},
+    programs::Program,
+};
+use nodemesh_common::{DatapathConfig, maps as names};
+
+use super::{DatapathError, maps, pins::PinDir};
+
+/// The eBPF object built by build.rs from the `nodemesh-ebpf` crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodemesh"));
+
+/// What the kernel programs need to know from the agent's configuration.
+#[derive(Clone, Debug)]
+pub struct DatapathSettings {
+    pub config: DatapathConfig,
+    pub excluded_outbound_ports: Vec<u16>,
+    pub excluded_inbound_ports: Vec<u16>,
+}
+
+pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, DatapathError> {
+    pins.prepare().map_err(|e| DatapathError::io("preparing the pin directory", e))?;
+    sweep_map_pins(&pins.maps())?;
+
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.maps())
+        .load(OBJECT)
+        .map_err(|e| DatapathError::Load(format!("{e:#}")))?;
+
+    for name in names::PINNED {
+        if ebpf.map(name).is_none() {
+            return Err(DatapathError::Load(format!("the eBPF object has no map {name}")));
+        }
+    }
+    for (name, program) in ebpf.programs_mut() {
+        let result = match program {
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::SockOps(p) => p.load(),
+            Program::SkLookup(p) => p.load(),
+            Program::SkSkb(p) => p.load(),
+            other => {
+                return Err(DatapathError::Load(format!(
+                    "unexpected program {name} of type {:?}",
+                    other.prog_type()
+                )));
+            }
+        };
+        // The verifier's log is in the error's Debug form; keep it, it is the whole story.
+        result.map_err(|e| DatapathError::Load(format!("program {name}: {e:?}")))?;
+    }
+    write_settings(&mut ebpf, settings)?;
+    Ok(ebpf)
+}
+
+/// Removes map pins this build would not adopt: unknown names (older layouts) and maps whose
+/// shape changed without a rename.
+fn sweep_map_pins(dir: &Path) -> Result<(), DatapathError> {
+    let entries = fs::read_dir(dir).map_err(|e| DatapathError::io("reading map pins", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| DatapathError::io("reading map pins", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let keep = match maps::shape(&name) {
+            Some(shape) => MapInfo::from_pin(entry.path()).is_ok_and(|info| shape.matches(&info)),
+            None => false,
+        };
+        if keep {
+            tracing::info!(map = %name, "adopting pinned map");
+        } else {
+            tracing::warn!(map = %name, "removing a pinned map this build cannot adopt");
+            fs::remove_file(entry.path()).map_err(|e| DatapathError::io("removing a map pin", e))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_settings(ebpf: &mut Ebpf, settings: &DatapathSettings) -> Result<(), DatapathError> {
+    let map_err = |what: &str, e: aya::maps::MapError| DatapathError::Map(format!("{what}: {e}"));
+
+    let mut config: Array<&mut MapData, DatapathConfig> =
+        Array::try_from(ebpf.map_mut(names::CONFIG).ok_or_else(|| DatapathError::Map(names::CONFIG.into()))?)
+            .map_err(|e| map_err(names::CONFIG, e))?;
+    config.set(0, settings.config, 0).map_err(|e| map_err(names::CONFIG, e))?;
+
+    for (name, ports) in [
+        (names::EXCLUDED_OUTBOUND, &settings.excluded_outbound_ports),
+        (names::EXCLUDED_INBOUND, &settings.excluded_inbound_ports),
+    ] {
+        let mut bitmap: Array<&mut MapData, u64> =
+            Array::try_from(ebpf.map_mut(name).ok_or_else(|| DatapathError::Map(name.into()))?)
+                .map_err(|e| map_err(name, e))?;
+        for (index, word) in port_bitmap(ports).into_iter().enumerate() {
+            bitmap.set(index as u32, word, 0).map_err(|e| map_err(name, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// One bit per port, in `PORT_BITMAP_WORDS` words (the layout ebpf/src/ports.rs reads).
+fn port_bitmap(ports: &[u16]) -> Vec<u64> {
+    let mut words = vec![0u64; names::PORT_BITMAP_WORDS as usize];
+    for &port in ports {
+        words[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_sets_exactly_the_listed_ports() {
+        let words = port_bitmap(&[0, 63, 64, 15021, 65535]);
+        let set: Vec<u16> =
+            (0..=u16::MAX).filter(|&p| (words[usize::from(p >> 6)] >> (p & 63)) & 1 == 1).collect();
+        assert_eq!(set, vec![0, 63, 64, 15021, 65535]);
+    }
+}

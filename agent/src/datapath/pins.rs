@@ -1,0 +1,116 @@
+//! Every pin path the agent creates, in one module, so cleanup finds them all.
+//!
+//! ```text
+//! <bpffs_dir>/maps/<map name>            maps, adopted by a restarted agent
+//! <bpffs_dir>/pods/<pod uid>/<link>      one link per hook per enrolled pod
+//! ```
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// Magic number of the BPF filesystem (`BPF_FS_MAGIC` in linux/magic.h).
+const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
+    pub fn pod(&self, uid: &str) -> PathBuf {
+        self.pods().join(uid)
+    }
+
+    pub fn link(&self, uid: &str, hook: &str) -> PathBuf {
+        self.pod(uid).join(hook)
+    }
+
+    /// Creates the directories, mounting bpffs at its usual place first if nothing is
+    /// mounted there yet (a fresh machine has no bpffs).
+    pub fn prepare(&self) -> io::Result<()> {
+        ensure_bpffs(&self.root)?;
+        fs::create_dir_all(self.maps())?;
+        fs::create_dir_all(self.pods())
+    }
+
+    /// Uids of pods that have a pin directory (from this run or an earlier one).
+    pub fn pinned_pods(&self) -> io::Result<Vec<String>> {
+        let mut uids = Vec::new();
+        match fs::read_dir(self.pods()) {
+            Ok(entries) => {
+                for entry in entries {
+                    uids.push(entry?.file_name().to_string_lossy().into_owned());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(uids)
+    }
+
+    /// Removes everything under the root and the root itself. Unpinning a link detaches it
+    /// once no process holds it; unpinning a map frees it once no program uses it.
+    pub fn remove_all(&self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid C string and a statfs buffer of the right size.
+    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded and filled the buffer.
+    Ok(unsafe { st.assume_init() }.f_type == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` will live on a bpffs: its nearest existing ancestor must be one, or be
+/// `/sys/fs/bpf`, where we mount one.
+fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if is_bpffs(existing)? {
+        return Ok(());
+    }
+    let default_mount = Path::new("/sys/fs/bpf");
+    if existing == default_mount {
+        let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+        // SAFETY: static C strings; no data argument.
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        tracing::info!(path = %default_mount.display(), "mounted bpffs");
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{} is not on a BPF filesystem (mount -t bpf bpf <dir>)", dir.display()),
+    ))
+}

@@ -1,0 +1,169 @@
+//! Per-pod links: attach all hooks, pin them, replace what an earlier agent left, detach.
+//!
+//! Replacement attaches the new link before removing the old one, so a restart never opens a
+//! window without interception; for that moment both programs run, which is harmless because
+//! each hook is idempotent (a connect already rewritten to loopback is skipped).
+
+use std::{fs, io, os::fd::BorrowedFd, path::Path};
+
+use aya::{
+    Ebpf,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DatapathError, PinDir,
+    hooks::{Hook, Target},
+};
+
+/// One attached hook, as `nodemesh status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub hook: Hook,
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+/// The links of one enrolled pod; dropping this keeps them attached (they are pinned), only
+/// [`PodLinks::detach`] removes them.
+#[derive(Debug)]
+pub struct PodLinks {
+    uid: String,
+    links: Vec<(LinkStatus, PinnedLink)>,
+}
+
+impl PodLinks {
+    pub fn status(&self) -> Vec<LinkStatus> {
+        self.links.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Unpins and drops every link, which detaches it, then removes the pod's pin directory.
+    pub fn detach(self, pins: &PinDir) {
+        for (status, link) in self.links {
+            match link.unpin() {
+                Ok(fd_link) => drop(fd_link),
+                Err(e) => {
+                    tracing::warn!(uid = %self.uid, hook = ?status.hook, error = %e, "unpinning a link")
+                }
+            }
+        }
+        remove_dir(&pins.pod(&self.uid));
+    }
+}
+
+pub(super) fn attach(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    uid: &str,
+    cgroup: BorrowedFd<'_>,
+    netns: BorrowedFd<'_>,
+) -> Result<PodLinks, DatapathError> {
+    // Attach everything first: if one hook fails, the new links drop (detach) and whatever
+    // was pinned before stays as it was.
+    let mut fresh = Vec::with_capacity(Hook::ALL.len());
+    for hook in Hook::ALL {
+        let target = match hook.target() {
+            Target::Cgroup => cgroup,
+            Target::Netns => netns,
+        };
+        let link = attach_one(ebpf, hook, target).map_err(|reason| DatapathError::Attach {
+            uid: uid.to_owned(),
+            hook,
+            reason,
+        })?;
+        fresh.push((hook, link));
+    }
+
+    let dir = pins.pod(uid);
+    fs::create_dir_all(&dir).map_err(|e| DatapathError::io("creating a pod pin directory", e))?;
+    let mut links = Vec::with_capacity(fresh.len());
+    for (hook, link) in fresh {
+        let info = link.info().map_err(|e| attach_error(uid, hook, e))?;
+        let path = pins.link(uid, hook.pin_name());
+        replace_pinned(&path);
+        let pinned = link.pin(&path).map_err(|e| attach_error(uid, hook, e))?;
+        let status = LinkStatus { hook, link_id: info.id(), program_id: info.program_id() };
+        links.push((status, pinned));
+    }
+    Ok(PodLinks { uid: uid.to_owned(), links })
+}
+
+fn attach_error(uid: &str, hook: Hook, e: impl std::error::Error) -> DatapathError {
+    DatapathError::Attach { uid: uid.to_owned(), hook, reason: super::error_chain(&e) }
+}
+
+fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: BorrowedFd<'_>) -> Result<FdLink, String> {
+    let program = ebpf
+        .program_mut(hook.program())
+        .ok_or_else(|| format!("the eBPF object has no program {}", hook.program()))?;
+    let err = |e: aya::programs::ProgramError| super::error_chain(&e);
+    match hook {
+        Hook::Connect4 | Hook::Connect6 | Hook::GetPeerName4 | Hook::GetPeerName6 => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+            // Flags 0: link-based cgroup attachments always coexist with others (a CNI's
+            // socket LB, say, or our own previous link while it is replaced); the kernel
+            // rejects BPF_F_ALLOW_MULTI on bpf_link_create.
+            let id = p.attach(target, CgroupAttachMode::Single).map_err(err)?;
+            p.take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| super::error_chain(&e))
+        }
+        Hook::SockOps => {
+            let p: &mut SockOps = program.try_into().map_err(err)?;
+            let id = p.attach(target, CgroupAttachMode::Single).map_err(err)?;
+            p.take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| super::error_chain(&e))
+        }
+        Hook::SkLookup => {
+            let p: &mut SkLookup = program.try_into().map_err(err)?;
+            let id = p.attach(target).map_err(err)?;
+            Ok(p.take_link(id).map_err(err)?.into())
+        }
+    }
+}
+
+/// Removes a link pinned at `path` by an earlier agent, if any (detaching it once the new
+/// one is in place).
+fn replace_pinned(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(old) => {
+            if let Err(e) = old.unpin() {
+                tracing::warn!(path = %path.display(), error = %e, "unpinning a replaced link");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "not a link; removing the pin");
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes all links pinned for `uid` (a pod no longer enrolled, found after a restart).
+pub(super) fn remove_pinned(pins: &PinDir, uid: &str) {
+    let dir = pins.pod(uid);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            replace_pinned(&entry.path());
+        }
+    }
+    remove_dir(&dir);
+}
+
+fn remove_dir(dir: &Path) {
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(path = %dir.display(), error = %e, "removing a pod pin directory");
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,275 @@
+//! The local enrollment file: the node's pods and namespaces in YAML, for running with no
+//! control plane (documented in docs/enrollment.md). It is re-read whenever it changes; a file
+//! that does not parse or validate is rejected with the field at fault, and the last good
+//! state stays in force.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::spec::{Labels, NamespaceSpec, NodeSpec, PodSpec};
+
+/// How often the file is checked. Polling a small file is cheap and, unlike inotify, sees
+/// every way a file can be replaced (rename, symlink swap as in ConfigMap volumes).
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollmentFile {
+    #[serde(default)]
+    namespaces: Vec<NamespaceEntry>,
+    #[serde(default)]
+    pods: Vec<PodEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceEntry {
+    name: String,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PodEntry {
+    uid: String,
+    namespace: String,
+    name: String,
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{path}: {message}")]
+pub struct SpecError {
+    /// Where in the document, e.g. `pods[2].ips[0]`.
+    pub path: String,
+    pub message: String,
+}
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { path: path.into(), message: message.into() }
+}
+
+/// Parses and validates an enrollment document.
+pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let file: EnrollmentFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        error(if path == "." { "(document)".into() } else { path }, e.into_inner().to_string())
+    })?;
+
+    let mut namespaces = BTreeMap::new();
+    for (i, ns) in file.namespaces.into_iter().enumerate() {
+        validate_name(&format!("namespaces[{i}].name"), &ns.name)?;
+        if namespaces.contains_key(&ns.name) {
+            return Err(error(format!("namespaces[{i}].name"), format!("duplicate namespace {:?}", ns.name)));
+        }
+        namespaces.insert(ns.name.clone(), NamespaceSpec { name: ns.name, labels: ns.labels });
+    }
+
+    let mut pods = Vec::with_capacity(file.pods.len());
+    let (mut uids, mut addresses) = (HashSet::new(), HashSet::new());
+    for (i, pod) in file.pods.into_iter().enumerate() {
+        let at = |field: &str| format!("pods[{i}].{field}");
+        validate_uid(&at("uid"), &pod.uid)?;
+        if !uids.insert(pod.uid.clone()) {
+            return Err(error(at("uid"), format!("duplicate pod uid {:?}", pod.uid)));
+        }
+        validate_name(&at("namespace"), &pod.namespace)?;
+        validate_name(&at("name"), &pod.name)?;
+        let mut ips = Vec::with_capacity(pod.ips.len());
+        for (j, ip) in pod.ips.iter().enumerate() {
+            let parsed: IpAddr = ip
+                .parse()
+                .map_err(|_| error(at(&format!("ips[{j}]")), format!("{ip:?} is not an IP address")))?;
+            if parsed.is_loopback() || parsed.is_unspecified() {
+                return Err(error(at(&format!("ips[{j}]")), format!("{ip} cannot be a pod address")));
+            }
+            if !addresses.insert(parsed) {
+                return Err(error(at(&format!("ips[{j}]")), format!("{ip} is used by another pod")));
+            }
+            ips.push(parsed);
+        }
+        pods.push(PodSpec {
+            uid: pod.uid,
+            namespace: pod.namespace,
+            name: pod.name,
+            ips,
+            labels: pod.labels,
+        });
+    }
+    Ok(NodeSpec { namespaces, pods })
+}
+
+/// Kubernetes names (RFC 1123 labels, also the rule for namespaces).
+fn validate_name(path: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if ok { Ok(()) } else { Err(error(path, format!("{name:?} is not a valid Kubernetes name"))) }
+}
+
+/// UIDs become cgroup path components, so only what kubelet ever produces is accepted.
+fn validate_uid(path: &str, uid: &str) -> Result<(), SpecError> {
+    let ok = !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok { Ok(()) } else { Err(error(path, format!("{uid:?} is not a pod UID (hex digits and dashes)"))) }
+}
+
+/// What the file source last did, for `nodemesh status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub path: PathBuf,
+    /// Times a changed file was accepted.
+    pub generation: u64,
+    pub last_accepted_unix_s: Option<u64>,
+    /// Why the current file is being ignored, if it is.
+    pub last_error: Option<String>,
+}
+
+/// Watches the enrollment file and publishes every accepted version.
+pub struct FileSource {
+    path: PathBuf,
+    status: Arc<Mutex<SourceStatus>>,
+    tx: watch::Sender<Arc<NodeSpec>>,
+    last_text: Option<String>,
+}
+
+impl FileSource {
+    pub fn new(path: &Path) -> (Self, watch::Receiver<Arc<NodeSpec>>, Arc<Mutex<SourceStatus>>) {
+        let (tx, rx) = watch::channel(Arc::new(NodeSpec::default()));
+        let status = Arc::new(Mutex::new(SourceStatus { path: path.to_owned(), ..Default::default() }));
+        (Self { path: path.to_owned(), status: Arc::clone(&status), tx, last_text: None }, rx, status)
+    }
+
+    /// Checks the file once; returns whether a new spec was published.
+    pub fn poll(&mut self) -> bool {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.reject(format!("cannot read {}: {e}", self.path.display()));
+                return false;
+            }
+        };
+        if self.last_text.as_deref() == Some(text.as_str()) {
+            return false;
+        }
+        self.last_text = Some(text.clone());
+        match parse(&text) {
+            Ok(spec) => {
+                tracing::info!(path = %self.path.display(), pods = spec.pods.len(), "enrollment file accepted");
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                status.generation += 1;
+                status.last_error = None;
+                status.last_accepted_unix_s =
+                    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+                drop(status);
+                self.tx.send_replace(Arc::new(spec));
+                true
+            }
+            Err(e) => {
+                self.reject(format!("{}: {e}", self.path.display()));
+                false
+            }
+        }
+    }
+
+    fn reject(&self, message: String) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.last_error.as_deref() != Some(message.as_str()) {
+            tracing::error!(error = %message, "enrollment file rejected; keeping the last good state");
+            status.last_error = Some(message);
+        }
+    }
+
+    /// Polls forever.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+namespaces:
+  - name: shop
+    labels: {nodemesh.io/intercept: enabled}
+pods:
+  - uid: 6b1f0d2e-1111-2222-3333-444455556666
+    namespace: shop
+    name: cart-0
+    ips: [10.244.1.5, "fd00:10:244:1::5"]
+    labels: {app: cart}
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let spec = parse(GOOD).expect("valid");
+        assert_eq!(spec.pods.len(), 1);
+        assert_eq!(spec.pods[0].ips.len(), 2);
+        assert!(spec.intercepts(&spec.pods[0]));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_ip = GOOD.replace("10.244.1.5", "10.244.1.x");
+        assert_eq!(parse(&bad_ip).expect_err("bad ip").path, "pods[0].ips[0]");
+
+        let bad_uid = GOOD.replace("6b1f0d2e-1111", "../../etc");
+        assert_eq!(parse(&bad_uid).expect_err("bad uid").path, "pods[0].uid");
+
+        let unknown = GOOD.replace("    labels: {app: cart}", "    label: {app: cart}");
+        let e = parse(&unknown).expect_err("unknown field");
+        assert!(e.path.starts_with("pods[0]"), "{e}");
+        assert!(e.message.contains("label"), "{e}");
+
+        let wrong_type = GOOD.replace("ips: [10.244.1.5, \"fd00:10:244:1::5\"]", "ips: 7");
+        assert_eq!(parse(&wrong_type).expect_err("type").path, "pods[0].ips");
+    }
+
+    #[test]
+    fn rejects_duplicates() {
+        let twice = format!("{GOOD}{}", &GOOD[GOOD.find("  - uid").expect("pod")..]);
+        let e = parse(&twice.replacen("pods:\n", "pods:\n", 1)).expect_err("dup");
+        assert_eq!(e.path, "pods[1].uid");
+    }
+
+    #[test]
+    fn a_bad_file_keeps_the_last_good_spec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("enrollment.yaml");
+        std::fs::write(&path, GOOD).expect("write");
+        let (mut source, rx, status) = FileSource::new(&path);
+        assert!(source.poll());
+        assert_eq!(rx.borrow().pods.len(), 1);
+
+        std::fs::write(&path, "pods: [ {uid: 12").expect("write");
+        assert!(!source.poll());
+        assert_eq!(rx.borrow().pods.len(), 1, "the last good spec stays");
+        assert!(status.lock().expect("lock").last_error.is_some());
+
+        std::fs::write(&path, GOOD.replace("cart-0", "cart-1")).expect("write");
+        assert!(source.poll());
+        assert_eq!(rx.borrow().pods[0].name, "cart-1");
+        assert!(status.lock().expect("lock").last_error.is_none());
+    }
+}

@@ -1,0 +1,133 @@
+//! The node's one shared proxy. Each enrolled pod gets listeners inside its own network
+//! namespace (DESIGN decision 4); which listener accepted a connection tells the proxy which
+//! pod is speaking.
+
+mod connection;
+mod forward;
+mod listeners;
+pub mod stats;
+mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{datapath::SharedMaps, pods::Netns};
+
+pub use listeners::{IpFamily, ListenerInfo, ListenerKind, PodListeners};
+pub use stats::{PodStats, PodStatsSnapshot};
+
+/// The proxy's settings, derived from the agent's `Config`.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_buffer_bytes: usize,
+    pub splice: bool,
+}
+
+/// An enrolled pod as the proxy sees it.
+#[derive(Debug)]
+pub struct PodRuntime {
+    pub uid: String,
+    /// `namespace/name`.
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub netns: Netns,
+    pub stats: PodStats,
+}
+
+/// Node-wide proxy counters.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ProxyTotals {
+    pub active: u64,
+    pub outbound_accepted: u64,
+    pub inbound_accepted: u64,
+    pub failed: u64,
+    pub spliced: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    settings: ProxySettings,
+    maps: SharedMaps,
+    /// Enrolled pods by address, for the same-node shortcut. Read per connection, replaced
+    /// whole by the reconciler.
+    pods: RwLock<Arc<HashMap<IpAddr, Arc<PodRuntime>>>>,
+    runtime: tokio::runtime::Handle,
+    /// Connections being proxied, node-wide (outlives any one pod's enrollment).
+    active: AtomicU64,
+}
+
+/// Cheap to clone; shared between the reconciler and every connection task.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// `runtime` is the data-plane runtime every connection runs on.
+    pub fn new(settings: ProxySettings, maps: SharedMaps, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                settings,
+                maps,
+                pods: RwLock::default(),
+                runtime,
+                active: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ProxySettings {
+        &self.shared.settings
+    }
+
+    pub(crate) fn maps(&self) -> &SharedMaps {
+        &self.shared.maps
+    }
+
+    /// Replaces the set of enrolled pods the proxy routes to directly.
+    pub fn publish_pods(&self, pods: impl IntoIterator<Item = Arc<PodRuntime>>) {
+        let mut by_ip = HashMap::new();
+        for pod in pods {
+            for ip in &pod.ips {
+                by_ip.insert(*ip, Arc::clone(&pod));
+            }
+        }
+        *self.shared.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_ip);
+    }
+
+    fn pod_by_ip(&self, ip: &IpAddr) -> Option<Arc<PodRuntime>> {
+        self.shared.pods.read().unwrap_or_else(|p| p.into_inner()).get(ip).cloned()
+    }
+
+    pub fn active_connections(&self) -> u64 {
+        self.shared.active.load(Relaxed)
+    }
+
+    /// Opens the pod's listeners inside its namespace and starts accepting.
+    pub fn open_listeners(&self, pod: &Arc<PodRuntime>) -> std::io::Result<PodListeners> {
+        listeners::open(self, pod)
+    }
+}
+
+/// An address in the kernel programs' 16-byte layout (IPv4 mapped into IPv6).
+pub fn ip_words(ip: IpAddr) -> [u32; 4] {
+    let v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let o = v6.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]))
+}

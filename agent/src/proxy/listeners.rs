@@ -1,0 +1,171 @@
+//! Per-pod listeners, bound on loopback inside the pod's network namespace. Nothing opens on
+//! the node: connect4 rewrites outbound connects to the outbound listener, and sk_lookup
+//! hands inbound connections to the inbound listener.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use socket2::Domain;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use super::{PodRuntime, Proxy, connection};
+
+/// After the hooks are detached, a connection whose connect4 ran just before may still be
+/// arriving; keep accepting that long before closing.
+const RETIRE_GRACE: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    pub kind: ListenerKind,
+    pub addr: SocketAddr,
+}
+
+/// A pod's open listeners. [`PodListeners::retire`] closes them; dropping them without it
+/// aborts the accept loops at once.
+#[derive(Debug)]
+pub struct PodListeners {
+    info: Vec<ListenerInfo>,
+    /// Duplicates of the inbound listeners' descriptors, for the sk_lookup map.
+    inbound: Vec<(IpFamily, OwnedFd)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+    }
+}
+
+impl PodListeners {
+    pub fn info(&self) -> &[ListenerInfo] {
+        &self.info
+    }
+
+    /// The inbound listener for addresses of `family`, if the pod has one.
+    pub fn inbound(&self, family: IpFamily) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inbound.iter().find(|(f, _)| *f == family).map(|(_, fd)| fd.as_fd())
+    }
+
+    /// Stops accepting after taking in what is already queued, and waits for that.
+    /// Connections already accepted carry on; they belong to their own tasks.
+    pub async fn retire(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for PodListeners {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListeners> {
+    let settings = proxy.settings();
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let has = |family| pod.ips.iter().any(|ip| IpFamily::of(ip) == family);
+
+    let mut wanted = vec![(ListenerKind::Outbound, SocketAddr::new(v4, settings.outbound_port), true)];
+    // IPv6 loopback exists only where IPv6 is enabled in the pod; without it an IPv6 connect
+    // cannot happen either, so a missing ::1 is not an error for outbound.
+    wanted.push((ListenerKind::Outbound, SocketAddr::new(v6, settings.outbound_port), false));
+    if has(IpFamily::V4) {
+        wanted.push((ListenerKind::Inbound, SocketAddr::new(v4, settings.inbound_port), true));
+    }
+    if has(IpFamily::V6) {
+        wanted.push((ListenerKind::Inbound, SocketAddr::new(v6, settings.inbound_port), true));
+    }
+
+    let (stop, _) = watch::channel(false);
+    let mut listeners = PodListeners { info: Vec::new(), inbound: Vec::new(), stop, tasks: Vec::new() };
+    for (kind, addr, required) in wanted {
+        let std_listener = match bind_in(&pod.netns, addr) {
+            Ok(l) => l,
+            Err(e) if !required && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("listening on {addr} in the pod: {e}"))),
+        };
+        if kind == ListenerKind::Inbound {
+            listeners.inbound.push((IpFamily::of(&addr.ip()), std_listener.as_fd().try_clone_to_owned()?));
+        }
+        let listener = {
+            let _runtime = proxy.shared.runtime.enter();
+            TcpListener::from_std(std_listener)?
+        };
+        listeners.info.push(ListenerInfo { kind, addr });
+        let task = proxy.shared.runtime.spawn(accept_loop(
+            listener,
+            kind,
+            Arc::clone(pod),
+            proxy.clone(),
+            listeners.stop.subscribe(),
+        ));
+        listeners.tasks.push(task);
+    }
+    Ok(listeners)
+}
+
+fn bind_in(netns: &crate::pods::Netns, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = netns.tcp_socket(Domain::for_address(addr))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    pod: Arc<PodRuntime>,
+    proxy: Proxy,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    proxy.shared.runtime.spawn(connection::handle(kind, stream, peer, Arc::clone(&pod), proxy.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning; the
+                    // kernel keeps the connection queued meanwhile.
+                    tracing::warn!(pod = %pod.name, ?kind, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    tokio::time::sleep(RETIRE_GRACE).await;
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        proxy.shared.runtime.spawn(connection::handle(kind, stream, peer, Arc::clone(&pod), proxy.clone()));
+    }
+}

@@ -1,0 +1,253 @@
+//! Makes the node match the spec: enrolls intercepted pods, releases the others.
+//!
+//! Enrolling opens the pod's listeners first and attaches its hooks last, so interception
+//! never points at a listener that is not there yet. Releasing detaches the hooks first (new
+//! connections go direct from that instant), then retires the listeners; connections already
+//! proxied carry on to their natural end.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use nodemesh_common::ListenerKey;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{Datapath, PodLinks, SharedMap},
+    pods::{self, PodError},
+    proxy::{IpFamily, ListenerInfo, PodListeners, PodRuntime, PodStats, Proxy},
+    spec::{NodeSpec, PodSpec},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Locate(#[from] PodError),
+    #[error("opening listeners: {0}")]
+    Listen(std::io::Error),
+    #[error("registering the inbound listener for {ip}: {source}")]
+    Steer {
+        ip: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the pod's cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Attach(#[from] crate::datapath::DatapathError),
+}
+
+struct Enrolled {
+    spec: PodSpec,
+    cgroup: PathBuf,
+    runtime: Arc<PodRuntime>,
+    listeners: PodListeners,
+    links: PodLinks,
+}
+
+/// An enrolled pod, for `nodemesh status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrolledPod {
+    pub uid: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub cgroup: PathBuf,
+    pub netns_inode: u64,
+    pub listeners: Vec<ListenerInfo>,
+    pub links: Vec<crate::datapath::LinkStatus>,
+}
+
+/// A pod that should be intercepted but is not (yet), and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingPod {
+    pub uid: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// What the reconciler has done, shared with the admin API.
+#[derive(Debug, Default)]
+pub struct View {
+    pub pods: Vec<(EnrolledPod, Arc<PodRuntime>)>,
+    pub pending: Vec<PendingPod>,
+}
+
+pub struct Reconciler {
+    datapath: Arc<Mutex<Datapath>>,
+    proxy: Proxy,
+    cgroup_root: PathBuf,
+    enrolled: HashMap<String, Enrolled>,
+    pending: BTreeMap<String, PendingPod>,
+    view: Arc<Mutex<View>>,
+    swept: bool,
+}
+
+impl Reconciler {
+    pub fn new(datapath: Arc<Mutex<Datapath>>, proxy: Proxy, cgroup_root: PathBuf) -> Self {
+        Self {
+            datapath,
+            proxy,
+            cgroup_root,
+            enrolled: HashMap::new(),
+            pending: BTreeMap::new(),
+            view: Arc::default(),
+            swept: false,
+        }
+    }
+
+    pub fn view(&self) -> Arc<Mutex<View>> {
+        Arc::clone(&self.view)
+    }
+
+    pub async fn reconcile(&mut self, spec: &NodeSpec) {
+        let desired: HashMap<&str, &PodSpec> = spec.intercepted().map(|p| (p.uid.as_str(), p)).collect();
+
+        // A pod whose addresses changed, or whose sandbox (network namespace) was replaced, is
+        // released and enrolled again.
+        let stale: Vec<String> = self
+            .enrolled
+            .iter()
+            .filter(|(uid, e)| match desired.get(uid.as_str()) {
+                None => true,
+                Some(p) => p.ips != e.spec.ips || self.sandbox_replaced(e),
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            self.release(&uid).await;
+        }
+
+        self.pending.clear();
+        for (uid, pod) in &desired {
+            if let Some(e) = self.enrolled.get_mut(*uid) {
+                e.spec = (*pod).clone();
+                continue;
+            }
+            match self.enroll(pod) {
+                Ok(e) => {
+                    tracing::info!(pod = %pod.display_name(), uid, cgroup = %e.cgroup.display(), "enrolled");
+                    self.enrolled.insert((*uid).to_owned(), e);
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    tracing::debug!(pod = %pod.display_name(), %reason, "not enrolled yet");
+                    self.pending.insert(
+                        (*uid).to_owned(),
+                        PendingPod { uid: (*uid).to_owned(), name: pod.display_name(), reason },
+                    );
+                }
+            }
+        }
+        self.proxy.publish_pods(self.enrolled.values().map(|e| Arc::clone(&e.runtime)));
+
+        if !self.swept {
+            // Links an earlier agent pinned for pods that are gone.
+            let keep: HashSet<String> = self.enrolled.keys().cloned().collect();
+            self.lock_datapath().sweep_stale_pods(&keep);
+            self.swept = true;
+        }
+        self.publish_view();
+    }
+
+    /// Releases every pod (shutdown).
+    pub async fn release_all(&mut self) {
+        let uids: Vec<String> = self.enrolled.keys().cloned().collect();
+        for uid in uids {
+            self.release(&uid).await;
+        }
+        self.proxy.publish_pods([]);
+        self.publish_view();
+    }
+
+    fn enroll(&self, pod: &PodSpec) -> Result<Enrolled, EnrollError> {
+        let place = pods::locate(&self.cgroup_root, &pod.uid)?;
+        let runtime = Arc::new(PodRuntime {
+            uid: pod.uid.clone(),
+            name: pod.display_name(),
+            ips: pod.ips.clone(),
+            netns: place.netns,
+            stats: PodStats::default(),
+        });
+        let listeners = self.proxy.open_listeners(&runtime).map_err(EnrollError::Listen)?;
+        let steering = &self.proxy.maps().listeners;
+        for ip in &pod.ips {
+            if let Some(fd) = listeners.inbound(IpFamily::of(ip)) {
+                steering
+                    .insert_socket(&listener_key(ip), fd)
+                    .map_err(|source| EnrollError::Steer { ip: *ip, source })?;
+            }
+        }
+        let cgroup = File::open(&place.cgroup)
+            .map_err(|source| EnrollError::Cgroup { path: place.cgroup.clone(), source })?;
+        let links = self.lock_datapath().attach_pod(&pod.uid, &cgroup, &runtime.netns)?;
+        Ok(Enrolled { spec: pod.clone(), cgroup: place.cgroup, runtime, listeners, links })
+    }
+
+    async fn release(&mut self, uid: &str) {
+        let Some(e) = self.enrolled.remove(uid) else { return };
+        {
+            let datapath = self.lock_datapath();
+            e.links.detach(datapath.pins());
+        }
+        remove_steering(&self.proxy.maps().listeners, &e.spec.ips);
+        e.listeners.retire().await;
+        tracing::info!(pod = %e.runtime.name, uid, "released");
+    }
+
+    fn sandbox_replaced(&self, e: &Enrolled) -> bool {
+        match pods::locate(&self.cgroup_root, &e.spec.uid) {
+            Ok(place) => place.netns.inode() != e.runtime.netns.inode(),
+            // Gone entirely: the spec will drop it; until then keep what works.
+            Err(_) => false,
+        }
+    }
+
+    fn publish_view(&self) {
+        let mut pods: Vec<(EnrolledPod, Arc<PodRuntime>)> = self
+            .enrolled
+            .values()
+            .map(|e| {
+                (
+                    EnrolledPod {
+                        uid: e.spec.uid.clone(),
+                        name: e.runtime.name.clone(),
+                        ips: e.spec.ips.clone(),
+                        cgroup: e.cgroup.clone(),
+                        netns_inode: e.runtime.netns.inode(),
+                        listeners: e.listeners.info().to_vec(),
+                        links: e.links.status(),
+                    },
+                    Arc::clone(&e.runtime),
+                )
+            })
+            .collect();
+        pods.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        view.pods = pods;
+        view.pending = self.pending.values().cloned().collect();
+    }
+
+    fn lock_datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        self.datapath.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn listener_key(ip: &IpAddr) -> ListenerKey {
+    ListenerKey { addr: crate::proxy::ip_words(*ip) }
+}
+
+fn remove_steering(map: &SharedMap, ips: &[IpAddr]) {
+    for ip in ips {
+        if let Err(e) = map.delete(&listener_key(ip)) {
+            tracing::warn!(%ip, error = %e, "removing an inbound listener entry");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Reason codes: every decision a kernel program takes bumps one per-CPU counter, so an SRE
+//! can tell from `nodemesh status` why a connection was or was not intercepted.
+
+macro_rules! counters {
+    ($( $variant:ident = ($program:literal, $reason:literal) ),+ $(,)?) => {
+        /// Index into the per-CPU counter array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $( $variant, )+
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[ $( Counter::$variant, )+ ];
+
+            /// The program that bumps the counter.
+            pub const fn program(self) -> &'static str {
+                match self { $( Counter::$variant => $program, )+ }
+            }
+
+            /// What happened, in snake case.
+            pub const fn reason(self) -> &'static str {
+                match self { $( Counter::$variant => $reason, )+ }
+            }
+        }
+    };
+}
+
+counters! {
+    ConnectRedirected = ("connect", "redirected"),
+    ConnectSkipNotTcp = ("connect", "skip_not_tcp"),
+    ConnectSkipLoopback = ("connect", "skip_loopback"),
+    ConnectSkipExcludedPort = ("connect", "skip_excluded_port"),
+    ConnectFailOpenNoListener = ("connect", "fail_open_no_listener"),
+    ConnectFailOpenNoStorage = ("connect", "fail_open_no_storage"),
+    ConnectFailOpenNoConfig = ("connect", "fail_open_no_config"),
+    SockOpsOrigDstPublished = ("sock_ops", "orig_dst_published"),
+    SockOpsOrigDstMapFull = ("sock_ops", "orig_dst_map_full"),
+    GetPeerNameRestored = ("getpeername", "restored"),
+    SkLookupSteered = ("sk_lookup", "steered"),
+    SkLookupSkipNotTcp = ("sk_lookup", "skip_not_tcp"),
+    SkLookupSkipLoopback = ("sk_lookup", "skip_loopback"),
+    SkLookupSkipExcludedPort = ("sk_lookup", "skip_excluded_port"),
+    SkLookupSkipNoListener = ("sk_lookup", "skip_no_listener"),
+    SkLookupAssignFailed = ("sk_lookup", "assign_failed"),
+    SpliceRedirected = ("splice", "redirected"),
+    SplicePassedCatchUp = ("splice", "passed_catch_up"),
+    SplicePassedBackpressure = ("splice", "passed_backpressure"),
+    SplicePassedNoState = ("splice", "passed_no_state"),
+    SplicePassedRedirectFailed = ("splice", "passed_redirect_failed"),
+    SpliceDroppedEmpty = ("splice", "dropped_empty"),
+}
+
+/// Number of counters (the per-CPU array's size).
+pub const COUNT: u32 = Counter::ALL.len() as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Every map of the datapath. Names, sizes and key/value types come from `nodemesh-common`;
+//! maps the agent must find again after a restart are pinned by name.
+
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use nodemesh_common::{
+    DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceState, counters, maps as names,
+};
+
+#[map(name = "nm_config")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+#[map(name = "nm_excl_out")]
+pub static EXCLUDED_OUTBOUND: Array<u64> = Array::pinned(names::PORT_BITMAP_WORDS, 0);
+
+#[map(name = "nm_excl_in")]
+pub static EXCLUDED_INBOUND: Array<u64> = Array::pinned(names::PORT_BITMAP_WORDS, 0);
+
+/// The original destination, stored on the client socket by connect4/connect6. Socket-local
+/// storage dies with the socket, so it needs no cleanup and cannot leak.
+#[btf_map(name = "nm_sk_dst")]
+pub static SOCKET_DST: SkStorage<SockAddr> = SkStorage::new();
+
+#[map(name = "nm_orig_dst")]
+pub static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(names::ORIG_DST_ENTRIES, 0);
+
+#[map(name = "nm_listeners")]
+pub static LISTENERS: SockHash<ListenerKey> = SockHash::pinned(names::LISTENER_ENTRIES, 0);
+
+#[map(name = "nm_counters")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
+
+#[map(name = "nm_splice")]
+pub static SPLICE_SOCKS: SockHash<u64> = SockHash::pinned(names::SPLICE_ENTRIES, 0);
+
+#[map(name = "nm_splice_st")]
+pub static SPLICE_STATE: HashMap<u64, SpliceState> = HashMap::pinned(names::SPLICE_ENTRIES, 0);
