@@ -31,6 +31,7 @@ use crate::{
 const RECHECK: Duration = Duration::from_millis(500);
 
 pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+    check_privileges()?;
     let AgentArgs { config, node_name, enrollment_file, bpffs_dir, cgroup_root, admin_addr, splice, log } =
         args;
     let config = Config::load(
@@ -172,6 +173,29 @@ async fn control_plane(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     admin.abort();
+    Ok(())
+}
+
+/// The capabilities the agent uses: CAP_BPF (load programs), CAP_NET_ADMIN (attach to
+/// namespaces, sockmaps), CAP_SYS_ADMIN (setns, bpffs, cgroup attach). Checked up front so a
+/// missing one is one clear sentence instead of a verifier or EPERM error later.
+fn check_privileges() -> anyhow::Result<()> {
+    const NEEDED: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")];
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> =
+        NEEDED.iter().filter(|(bit, _)| effective & (1 << bit) == 0).map(|(_, n)| *n).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "nodemesh agent needs root (missing {}): it loads eBPF programs, attaches them to pod \
+             cgroups and network namespaces, and opens listeners inside pods",
+            missing.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,192 @@
+//! Running a real `nodemesh agent` on a fake node.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::cluster::{Inner, Node, wait_for};
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Hand established connections to the kernel splice.
+    pub splice: bool,
+    /// Extra YAML appended to the generated config.
+    pub extra_config: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self { splice: false, extra_config: String::new() }
+    }
+}
+
+pub struct Agent {
+    inner: Arc<Inner>,
+    pid: u32,
+    pub node_netns: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub bpffs_dir: PathBuf,
+}
+
+impl Node {
+    /// Starts the agent with a config that points at this node's enrollment file, a cgroup
+    /// root private to the cluster, and a bpffs directory of its own; waits until it serves
+    /// its admin API.
+    pub fn start_agent(&self, options: &AgentOptions) -> anyhow::Result<Agent> {
+        let inner = Arc::clone(self.inner());
+        let bpffs_dir = PathBuf::from(format!("/sys/fs/bpf/nodemesh-test-{}-{}", inner.id, self.name));
+        inner.track_bpffs(bpffs_dir.clone());
+        if !self.enrollment_path().exists() {
+            self.write_enrollment()?;
+        }
+        let config_path = inner.work.join(format!("{}-agent.yaml", self.name));
+        let config = format!(
+            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\nenrollment_file: {}\nsplice: {}\nlog: info\n{}",
+            self.name,
+            bpffs_dir.display(),
+            inner.cgroup_root.display(),
+            self.enrollment_path().display(),
+            options.splice,
+            options.extra_config,
+        );
+        fs::write(&config_path, config)?;
+        let log_path = inner.work.join(format!("{}-agent.log", self.name));
+        let agent = Agent { inner, pid: 0, node_netns: self.netns_path(), config_path, log_path, bpffs_dir };
+        agent.spawn(self)
+    }
+}
+
+impl Agent {
+    fn spawn(mut self, node: &Node) -> anyhow::Result<Self> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let mut cmd = node.command(crate::nodemesh_bin())?;
+        cmd.arg("agent").arg("--config").arg(&self.config_path);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        self.pid = self.inner.track_child(child);
+        self.wait_ready(Duration::from_secs(20))?;
+        Ok(self)
+    }
+
+    /// Starts a fresh agent process with the same config (after a kill or a stop).
+    pub fn restart(self, node: &Node) -> anyhow::Result<Self> {
+        self.spawn(node)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let mut last = String::new();
+        let ready = wait_for("the agent's admin API", timeout, || match self.cli(&["status", "--json"]) {
+            Ok(_) => true,
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        });
+        if ready.is_err() {
+            bail!("the agent did not become ready: {last}\n--- agent log ---\n{}", self.log_tail(60));
+        }
+        Ok(())
+    }
+
+    /// Runs the `nodemesh` CLI in the node's namespace; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd =
+            crate::cluster::enter_netns(std::process::Command::new(crate::nodemesh_bin()), &self.node_netns)?;
+        let out = cmd.args(args).output()?;
+        if !out.status.success() {
+            bail!("nodemesh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn status(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.cli(&["status", "--json"])?)?)
+    }
+
+    /// Waits until exactly the pods named `namespace/name` are enrolled.
+    pub fn wait_enrolled(&self, expected: &[&str], timeout: Duration) -> anyhow::Result<Value> {
+        let mut want: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        let mut last = Value::Null;
+        let result = wait_for(&format!("enrolled pods {want:?}"), timeout, || {
+            let Ok(status) = self.status() else { return false };
+            let mut got: Vec<String> = status["pods"]
+                .as_array()
+                .map(|pods| pods.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            got.sort();
+            last = status;
+            got == want
+        });
+        match result {
+            Ok(()) => Ok(last),
+            Err(e) => bail!("{e}; last status: pods {} pending {}", last["pods"], last["pending"]),
+        }
+    }
+
+    /// The proxy's counters for one pod (`outbound`/`inbound` snapshots).
+    pub fn pod_stats(&self, pod_name: &str) -> anyhow::Result<Value> {
+        let status = self.status()?;
+        status["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|p| p["name"] == pod_name))
+            .map(|p| p["stats"].clone())
+            .with_context(|| format!("pod {pod_name} is not enrolled"))
+    }
+
+    /// A kernel reason counter.
+    pub fn counter(&self, program: &str, reason: &str) -> anyhow::Result<u64> {
+        let status = self.status()?;
+        status["counters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["program"] == program && c["reason"] == reason))
+            .and_then(|c| c["count"].as_u64())
+            .with_context(|| format!("no counter {program}/{reason}"))
+    }
+
+    /// SIGKILL, as the OOM killer or a node problem would.
+    pub fn kill9(&self) {
+        self.inner.kill_child(self.pid);
+    }
+
+    /// SIGTERM, then waits for the agent to exit; returns its exit status.
+    pub fn terminate(&self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let mut child = self.inner.untrack_child(self.pid).context("the agent is not running")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the agent did not exit within {timeout:?} of SIGTERM\n{}", self.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}

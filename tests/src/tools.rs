@@ -1,0 +1,143 @@
+//! The traffic tools in `tests/tools/` (Python, standard library only) and real clients
+//! (curl), as commands to run in a pod or on the external host.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::cluster::{enter_netns, wait_for};
+
+pub fn tool(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools").join(name)
+}
+
+fn python(script: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg(tool(script));
+    cmd
+}
+
+/// Blocking byte-exact server (server speaks first), see tools/bulk_server.py.
+pub fn bulk_server(bind: IpAddr, port: u16) -> Command {
+    let mut cmd = python("bulk_server.py");
+    cmd.args(["--bind", &bind.to_string(), "--port", &port.to_string()]);
+    cmd
+}
+
+/// Blocking client: uploads then half-closes, then downloads; verifies both.
+pub fn bulk_client(host: IpAddr, port: u16, upload: usize, download: usize) -> Command {
+    let mut cmd = python("bulk_client.py");
+    cmd.args([
+        "--host",
+        &host.to_string(),
+        "--port",
+        &port.to_string(),
+        "--upload",
+        &upload.to_string(),
+        "--download",
+        &download.to_string(),
+    ]);
+    cmd
+}
+
+pub fn many_client(host: IpAddr, port: u16, count: usize) -> Command {
+    let mut cmd = python("many_client.py");
+    cmd.args(["--host", &host.to_string(), "--port", &port.to_string(), "--count", &count.to_string()]);
+    cmd
+}
+
+pub fn connect_loop(host: IpAddr, port: u16, seconds: f64) -> Command {
+    let mut cmd = python("connect_loop.py");
+    cmd.args(["--host", &host.to_string(), "--port", &port.to_string(), "--seconds", &seconds.to_string()]);
+    cmd
+}
+
+/// A connection held open until `release` exists (tools/hold_client.py).
+pub fn hold_client(host: IpAddr, port: u16, release: &Path) -> Command {
+    let mut cmd = python("hold_client.py");
+    cmd.args(["--host", &host.to_string(), "--port", &port.to_string(), "--release-file"]).arg(release);
+    cmd
+}
+
+/// Connects until a connection is `want` ("intercepted" or "direct"); times from `since`.
+pub fn probe(host: IpAddr, port: u16, want: &str, since: f64) -> Command {
+    let mut cmd = python("probe.py");
+    cmd.args([
+        "--host",
+        &host.to_string(),
+        "--port",
+        &port.to_string(),
+        "--want",
+        want,
+        "--since",
+        &format!("{since:.6}"),
+    ]);
+    cmd
+}
+
+/// Seconds since the Unix epoch (the clock the Python tools report in).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+pub fn http_server(bind: IpAddr, port: u16, dir: &Path) -> Command {
+    let mut cmd = python("http_server.py");
+    cmd.args(["--bind", &bind.to_string(), "--port", &port.to_string(), "--dir"]).arg(dir);
+    cmd
+}
+
+/// `host:port` as a URL authority.
+pub fn authority(host: IpAddr, port: u16) -> String {
+    match host {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// The last stdout line of a tool, as JSON; fails with stderr when the tool failed.
+pub fn json_result(what: &str, out: &Output) -> anyhow::Result<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    if !out.status.success() {
+        bail!("{what} failed ({}): {line}\n{}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_str(line).with_context(|| format!("{what} printed {line:?}"))
+}
+
+/// Waits until something listens on `port` in the namespace at `netns`.
+pub fn wait_listening(netns: &Path, port: u16) -> anyhow::Result<()> {
+    wait_for(&format!("a listener on port {port}"), Duration::from_secs(15), || {
+        let Ok(mut cmd) = enter_netns(Command::new("ss"), netns) else { return false };
+        cmd.args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+    })
+}
+
+/// Writes a file of `len` deterministic pseudo-random bytes and returns its sha256 (hex).
+pub fn write_payload(path: &Path, len: usize) -> anyhow::Result<String> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ len as u64;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        // xorshift64*: fast and good enough to defeat compression and catch reordering.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        data.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, &data)?;
+    sha256_file(path)
+}
+
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().next().context("sha256sum output")?.to_owned())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Connects again and again until a connection is (or is not) intercepted, telling them apart
+by the local address: an intercepted connect lands on the proxy's loopback listener. Prints
+one JSON line with the seconds it took (since --since, a Unix time, when given)."""
+import argparse, json, socket, sys, time
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--want", choices=["intercepted", "direct"], required=True)
+    p.add_argument("--timeout", type=float, default=5)
+    p.add_argument("--since", type=float)
+    a = p.parse_args()
+    start = a.since or time.time()
+    tries = 0
+    while time.time() - start < a.timeout:
+        tries += 1
+        s = socket.create_connection((a.host, a.port), timeout=2)
+        local = s.getsockname()[0]
+        s.close()
+        intercepted = local in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+        if intercepted == (a.want == "intercepted"):
+            print(json.dumps({"ok": True, "seconds": time.time() - start, "tries": tries, "local": local}))
+            return
+        time.sleep(0.005)
+    print(json.dumps({"ok": False, "seconds": time.time() - start, "tries": tries}))
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
