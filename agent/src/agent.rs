@@ -18,7 +18,7 @@ use crate::{
     admin::{self, AdminState},
     cli::AgentArgs,
     config::{Config, Overrides},
-    datapath::{Datapath, DatapathSettings, PinDir},
+    datapath::{Datapath, DatapathSettings, PinDir, btf},
     enroll::FileSource,
     pods::{cgroup, netns},
     proxy::{Proxy, ProxySettings},
@@ -50,7 +50,7 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(mut config: Config) -> anyhow::Result<()> {
     // Before any thread exists: every thread returns to this namespace after stepping into a
     // pod's.
     netns::init().context("reading the agent's network namespace")?;
@@ -60,7 +60,19 @@ fn run(config: Config) -> anyhow::Result<()> {
         Some(root) => root.clone(),
         None => cgroup::cgroup2_mount().context("finding the cgroup v2 mount")?,
     };
+    // The splice's backpressure reads one kernel-internal field; without its offset the
+    // splice would have none, so it stays off.
+    let tcp_sock_bytes_acked = match btf::kernel_field_offset("tcp_sock", "bytes_acked") {
+        Ok(offset) => offset,
+        Err(e) if config.splice => {
+            tracing::warn!(error = %e, "kernel BTF lacks tcp_sock.bytes_acked; splice turned off");
+            config.splice = false;
+            0
+        }
+        Err(_) => 0,
+    };
     let settings = DatapathSettings {
+        tcp_sock_bytes_acked,
         config: DatapathConfig {
             outbound_port: config.ports.outbound,
             inbound_port: config.ports.inbound,
@@ -88,6 +100,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             drain_timeout: config.drain_timeout,
             max_buffer_bytes: config.max_buffer_bytes,
             splice: config.splice,
+            splice_inflight_cap: config.splice_inflight_bytes,
         },
         maps,
         data_plane.handle().clone(),

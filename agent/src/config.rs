@@ -39,6 +39,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Hand established connections to the kernel (sockmap splice). See docs/acceleration.md.
     pub splice: bool,
+    /// Spliced bytes a direction may have in the kernel that the receiver's TCP has not
+    /// acknowledged yet, before the proxy steps in (backpressure on slow readers).
+    pub splice_inflight_bytes: u64,
     /// Largest copy buffer per direction of a proxied connection (buffers start small and
     /// grow while reads fill them).
     pub max_buffer_bytes: usize,
@@ -74,6 +77,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             splice: false,
+            splice_inflight_bytes: 4 << 20,
             max_buffer_bytes: 256 * 1024,
             log: "info".into(),
         }
@@ -181,6 +185,9 @@ impl Config {
         }
         if !(4096..=16 << 20).contains(&self.max_buffer_bytes) {
             return Err(invalid("max_buffer_bytes", "must be between 4096 and 16 MiB".into()));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.splice_inflight_bytes) {
+            return Err(invalid("splice_inflight_bytes", "must be between 64 KiB and 1 GiB".into()));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(invalid("log", format!("{:?} is not a log filter", self.log)));

@@ -2,6 +2,7 @@
 //! and owns every pin so it can remove them all on shutdown.
 
 mod bpf_sys;
+pub mod btf;
 mod hooks;
 mod loader;
 mod maps;
@@ -52,6 +53,7 @@ pub struct SharedMaps {
     pub listeners: SharedMap,
     pub splice_socks: SharedMap,
     pub splice_state: SharedMap,
+    pub splice_ctl: SharedMap,
 }
 
 /// A loaded program, for `nodemesh status`.
@@ -92,6 +94,7 @@ impl Datapath {
             listeners: open(names::LISTENERS)?,
             splice_socks: open(names::SPLICE_SOCKS)?,
             splice_state: open(names::SPLICE_STATE)?,
+            splice_ctl: open(names::SPLICE_CTL)?,
         })
     }
 

@@ -5,6 +5,7 @@
 mod connection;
 mod forward;
 mod listeners;
+mod splice;
 pub mod stats;
 mod upstream;
 
@@ -34,6 +35,7 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     pub max_buffer_bytes: usize,
     pub splice: bool,
+    pub splice_inflight_cap: u64,
 }
 
 /// An enrolled pod as the proxy sees it.

@@ -18,14 +18,17 @@ pub const ORIG_DST: &str = "nm_orig_dst";
 pub const LISTENERS: &str = "nm_listeners";
 /// Per-CPU reason counters, indexed by [`crate::Counter`].
 pub const COUNTERS: &str = "nm_counters";
-/// The proxy's spliced sockets by socket cookie.
+/// The proxy's spliced sockets by socket cookie. The splice maps are not pinned: they only
+/// describe the running agent's own sockets, which die with it.
 pub const SPLICE_SOCKS: &str = "nm_splice";
-/// Splice state by socket cookie ([`crate::SpliceState`]).
+/// Splice state by socket cookie ([`crate::SpliceState`]), written by the kernel.
 pub const SPLICE_STATE: &str = "nm_splice_st";
+/// Splice control by socket cookie ([`crate::SpliceCtl`]), written by the agent.
+pub const SPLICE_CTL: &str = "nm_splice_ctl";
 
-/// Every pinned map, for adoption checks and cleanup.
-pub const PINNED: [&str; 8] =
-    [CONFIG, EXCLUDED_OUTBOUND, EXCLUDED_INBOUND, ORIG_DST, LISTENERS, COUNTERS, SPLICE_SOCKS, SPLICE_STATE];
+/// Every pinned map, for adoption checks and cleanup: the ones that programs outliving an
+/// agent (pinned links) read and write. The splice maps are not pinned.
+pub const PINNED: [&str; 6] = [CONFIG, EXCLUDED_OUTBOUND, EXCLUDED_INBOUND, ORIG_DST, LISTENERS, COUNTERS];
 
 /// Capacity of [`ORIG_DST`]: an LRU, so a burst of connects the proxy never accepts cannot
 /// fill it for good.
@@ -43,7 +46,7 @@ mod tests {
 
     #[test]
     fn names_fit_the_kernel_limit_and_share_the_prefix() {
-        for name in PINNED.iter().chain([SOCKET_DST].iter()) {
+        for name in PINNED.iter().chain([SOCKET_DST, SPLICE_SOCKS, SPLICE_STATE, SPLICE_CTL].iter()) {
             assert!(name.len() < 16, "{name} is too long for BPF_OBJ_NAME_LEN");
             assert!(name.starts_with("nm_"), "{name} lacks the nm_ prefix");
         }

@@ -60,16 +60,31 @@ pub struct SpliceState {
     pub redirected: u64,
     /// Bytes the stream verdict passed up to the proxy instead.
     pub passed: u64,
-    /// Most bytes that may sit redirected but not yet sent by the peer before the verdict
-    /// passes bytes to the proxy again (so the TCP window closes on a slow reader).
+}
+
+/// The proxy's side of a spliced direction, same key as [`SpliceState`]. Only the agent
+/// writes it (whole-value updates); the kernel only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceCtl {
+    /// Of the bytes the verdict passed up, how many the proxy has written to the peer. The
+    /// verdict redirects only while this equals `SpliceState::passed`, so redirected bytes
+    /// can never overtake bytes still in the proxy.
+    pub forwarded: u64,
+    /// Backpressure: the most bytes this direction may have given the peer socket that its
+    /// TCP has not had acknowledged yet (its send queue plus the redirect backlog). Past it
+    /// the verdict passes bytes up, and the proxy's blocking write closes the source's window.
     pub inflight_cap: u64,
+    /// The peer socket's `bytes_acked` when the splice began.
+    pub peer_base_acked: u64,
 }
 
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<OrigDstKey>() == 32);
 const _: () = assert!(size_of::<ListenerKey>() == 16);
 const _: () = assert!(size_of::<DatapathConfig>() == 8);
-const _: () = assert!(size_of::<SpliceState>() == 32);
+const _: () = assert!(size_of::<SpliceState>() == 24);
+const _: () = assert!(size_of::<SpliceCtl>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -80,4 +95,5 @@ mod pod {
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::SpliceState {}
+    unsafe impl aya::Pod for super::SpliceCtl {}
 }

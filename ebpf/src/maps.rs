@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use nodemesh_common::{
-    DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceState, counters, maps as names,
+    DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState, counters, maps as names,
 };
 
 #[map(name = "nm_config")]
@@ -34,7 +34,10 @@ pub static LISTENERS: SockHash<ListenerKey> = SockHash::pinned(names::LISTENER_E
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
 
 #[map(name = "nm_splice")]
-pub static SPLICE_SOCKS: SockHash<u64> = SockHash::pinned(names::SPLICE_ENTRIES, 0);
+pub static SPLICE_SOCKS: SockHash<u64> = SockHash::with_max_entries(names::SPLICE_ENTRIES, 0);
 
 #[map(name = "nm_splice_st")]
-pub static SPLICE_STATE: HashMap<u64, SpliceState> = HashMap::pinned(names::SPLICE_ENTRIES, 0);
+pub static SPLICE_STATE: HashMap<u64, SpliceState> = HashMap::with_max_entries(names::SPLICE_ENTRIES, 0);
+
+#[map(name = "nm_splice_ctl")]
+pub static SPLICE_CTL: HashMap<u64, SpliceCtl> = HashMap::with_max_entries(names::SPLICE_ENTRIES, 0);

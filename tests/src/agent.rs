@@ -17,13 +17,15 @@ use crate::cluster::{Inner, Node, wait_for};
 pub struct AgentOptions {
     /// Hand established connections to the kernel splice.
     pub splice: bool,
+    /// The agent's log filter.
+    pub log: String,
     /// Extra YAML appended to the generated config.
     pub extra_config: String,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { splice: false, extra_config: String::new() }
+        Self { splice: false, log: "info".into(), extra_config: String::new() }
     }
 }
 
@@ -49,12 +51,13 @@ impl Node {
         }
         let config_path = inner.work.join(format!("{}-agent.yaml", self.name));
         let config = format!(
-            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\nenrollment_file: {}\nsplice: {}\nlog: info\n{}",
+            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\nenrollment_file: {}\nsplice: {}\nlog: {:?}\n{}",
             self.name,
             bpffs_dir.display(),
             inner.cgroup_root.display(),
             self.enrollment_path().display(),
             options.splice,
+            options.log,
             options.extra_config,
         );
         fs::write(&config_path, config)?;

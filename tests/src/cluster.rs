@@ -173,6 +173,22 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// On a failed test, the agents' logs say what happened; they are about to be deleted.
+    fn dump_agent_logs(&self) {
+        let Ok(entries) = fs::read_dir(&self.work) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-agent.log") {
+                let text = fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- {name} (last 80 lines) ---");
+                for line in &lines[lines.len().saturating_sub(80)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
     fn add_netns(&self, name: &str) -> anyhow::Result<()> {
         cmd::run("ip", &["netns", "add", name])?;
         self.lock().netns.push(name.to_owned());
@@ -235,6 +251,9 @@ impl Inner {
     }
 
     fn cleanup(&self) {
+        if std::thread::panicking() {
+            self.dump_agent_logs();
+        }
         let mut state = self.lock();
         for child in &mut state.children {
             let _ = child.kill();

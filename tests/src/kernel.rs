@@ -50,3 +50,15 @@ pub fn listeners(netns: &Path, ports: &[u16]) -> anyhow::Result<Vec<String>> {
     let out = cmd.args(["-Hltn", &filter]).output()?;
     Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
 }
+
+/// `bytes_acked` of every connected TCP socket in a namespace with local port `port` (from
+/// `ss -ti`): how much a sender has got through to the other side.
+pub fn bytes_acked(netns: &Path, port: u16) -> anyhow::Result<Vec<u64>> {
+    let mut cmd = enter_netns(Command::new("ss"), netns)?;
+    let out = cmd.args(["-Htin", "state", "connected", &format!("sport = :{port}")]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_acked:"))
+        .filter_map(|n| n.parse().ok())
+        .collect())
+}

@@ -58,6 +58,24 @@ pub fn connect_loop(host: IpAddr, port: u16, seconds: f64) -> Command {
     cmd
 }
 
+/// A reader that stops reading for `pause_s` after `pause_after` bytes.
+pub fn slow_client(host: IpAddr, port: u16, download: usize, pause_after: usize, pause_s: f64) -> Command {
+    let mut cmd = python("slow_client.py");
+    cmd.args([
+        "--host",
+        &host.to_string(),
+        "--port",
+        &port.to_string(),
+        "--download",
+        &download.to_string(),
+        "--pause-after",
+        &pause_after.to_string(),
+        "--pause",
+        &pause_s.to_string(),
+    ]);
+    cmd
+}
+
 /// A connection held open until `release` exists (tools/hold_client.py).
 pub fn hold_client(host: IpAddr, port: u16, release: &Path) -> Command {
     let mut cmd = python("hold_client.py");

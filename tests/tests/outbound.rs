@@ -57,6 +57,16 @@ fn byte_exact_both_ways(splice: bool) {
         "the proxy must see every connection: {stats}"
     );
     assert_eq!(stats["outbound"]["failed"], 0, "{stats}");
+    if splice {
+        assert_eq!(
+            stats["outbound"]["spliced"].as_u64().expect("n"),
+            connections,
+            "every connection is spliced"
+        );
+        let redirected = s.agent.counter("splice", "redirected").expect("counter");
+        assert!(redirected > 1000, "the kernel moved almost nothing itself: {redirected} skbs");
+    }
+    eprintln!("{}", s.agent.cli(&["status"]).expect("status"));
 }
 
 #[test]
@@ -70,7 +80,8 @@ fn byte_exact_both_ways_splice() {
 }
 
 fn thousand_concurrent(splice: bool) {
-    let s = SingleNode::start("many", &AgentOptions { splice, ..Default::default() }).expect("cluster");
+    let options = AgentOptions { splice, log: "nodemesh=debug".into(), ..Default::default() };
+    let s = SingleNode::start("many", &options).expect("cluster");
     for (what, target) in [("external", IpAddr::from(s.ext.ipv4)), ("same-node pod", s.server.ipv4.into())] {
         let before =
             s.agent.pod_stats("mesh/client").expect("stats")["outbound"]["accepted"].as_u64().expect("n");
@@ -81,6 +92,9 @@ fn thousand_concurrent(splice: bool) {
             s.agent.pod_stats("mesh/client").expect("stats")["outbound"]["accepted"].as_u64().expect("n");
         assert_eq!(after - before, 1000, "the proxy must see all 1,000 connections to {what}");
     }
+    let spliced =
+        s.agent.pod_stats("mesh/client").expect("stats")["outbound"]["spliced"].as_u64().expect("n");
+    assert_eq!(spliced, if splice { 2000 } else { 0 });
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::{fs, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapInfo},
-    programs::Program,
+    maps::{Array, MapData, MapInfo, SockHash},
+    programs::{Program, SkSkb},
 };
 use nodemesh_common::{DatapathConfig, maps as names};
 
@@ -15,10 +15,15 @@ use super::{DatapathError, maps, pins::PinDir};
 /// The eBPF object built by build.rs from the `nodemesh-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodemesh"));
 
+/// The splice verdict's load-time constant (see ebpf/src/splice.rs).
+const TCP_SOCK_BYTES_ACKED: &str = "NM_TCP_SOCK_BYTES_ACKED";
+
 /// What the kernel programs need to know from the agent's configuration.
 #[derive(Clone, Debug)]
 pub struct DatapathSettings {
     pub config: DatapathConfig,
+    /// Offset of `bytes_acked` in the kernel's `struct tcp_sock` (0: unknown, no splice).
+    pub tcp_sock_bytes_acked: u32,
     pub excluded_outbound_ports: Vec<u16>,
     pub excluded_inbound_ports: Vec<u16>,
 }
@@ -29,6 +34,7 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
 
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps())
+        .override_global(TCP_SOCK_BYTES_ACKED, &settings.tcp_sock_bytes_acked, true)
         .load(OBJECT)
         .map_err(|e| DatapathError::Load(format!("{e:#}")))?;
 
@@ -54,7 +60,28 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
         result.map_err(|e| DatapathError::Load(format!("program {name}: {e:?}")))?;
     }
     write_settings(&mut ebpf, settings)?;
+    attach_splice_verdict(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// The splice verdict runs on every socket in the splice sockhash (only ever the proxy's
+/// own), so it is attached to the map once, not per pod.
+fn attach_splice_verdict(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let map = ebpf.map(names::SPLICE_SOCKS).ok_or_else(|| DatapathError::Map(names::SPLICE_SOCKS.into()))?;
+    let socks: SockHash<&MapData, u64> =
+        SockHash::try_from(map).map_err(|e| DatapathError::Map(format!("{}: {e}", names::SPLICE_SOCKS)))?;
+    let fd = socks.fd().try_clone().map_err(|e| DatapathError::io("duplicating the splice map fd", e))?;
+    let program: &mut SkSkb = ebpf
+        .program_mut(super::hooks::SPLICE_VERDICT)
+        .ok_or_else(|| {
+            DatapathError::Load(format!("the eBPF object has no program {}", super::hooks::SPLICE_VERDICT))
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DatapathError::Load(super::error_chain(&e)))?;
+    program.attach(&fd).map_err(|e| {
+        DatapathError::Load(format!("attaching the splice verdict: {}", super::error_chain(&e)))
+    })?;
+    Ok(())
 }
 
 /// Removes map pins this build would not adopt: unknown names (older layouts) and maps whose

@@ -7,9 +7,7 @@
 use std::mem::size_of;
 
 use aya::maps::MapType;
-use nodemesh_common::{
-    DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceState, counters, maps as names,
-};
+use nodemesh_common::{DatapathConfig, ListenerKey, OrigDstKey, SockAddr, counters, maps as names};
 
 /// The shape of one pinned map.
 #[derive(Clone, Copy, Debug)]
@@ -24,7 +22,7 @@ pub struct MapShape {
 /// A socket map's value as user space writes it: the socket's file descriptor.
 type SocketFd = u32;
 
-pub const SHAPES: [MapShape; 8] = [
+pub const SHAPES: [MapShape; 6] = [
     MapShape {
         name: names::CONFIG,
         map_type: MapType::Array,
@@ -66,20 +64,6 @@ pub const SHAPES: [MapShape; 8] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
         max_entries: counters::COUNT,
-    },
-    MapShape {
-        name: names::SPLICE_SOCKS,
-        map_type: MapType::SockHash,
-        key_size: size_of::<u64>(),
-        value_size: size_of::<SocketFd>(),
-        max_entries: names::SPLICE_ENTRIES,
-    },
-    MapShape {
-        name: names::SPLICE_STATE,
-        map_type: MapType::Hash,
-        key_size: size_of::<u64>(),
-        value_size: size_of::<SpliceState>(),
-        max_entries: names::SPLICE_ENTRIES,
     },
 ];
 

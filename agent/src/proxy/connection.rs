@@ -3,14 +3,14 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
 };
 
 use nodemesh_common::{OrigDstKey, SockAddr, addr};
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
-use super::{ListenerKind, PodRuntime, Proxy, forward, ip_words, stats::DirectionStats, upstream};
+use super::{ListenerKind, PodRuntime, Proxy, forward, ip_words, splice, stats::DirectionStats, upstream};
 
 pub(super) async fn handle(
     kind: ListenerKind,
@@ -55,7 +55,7 @@ async fn outbound(
     };
     let Some(dst) = proxy.maps().orig_dst.take::<_, SockAddr>(&key)?.map(to_socket_addr) else {
         // Not a connection connect4 redirected (or its entry was evicted): nowhere to send it.
-        stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.failed.fetch_add(1, Relaxed);
         forward::reset(&client);
         return Err(io::Error::new(io::ErrorKind::NotFound, "no original destination"));
     };
@@ -66,7 +66,7 @@ async fn outbound(
     // inbound listener.
     let connected = match proxy.pod_by_ip(&dst.ip()) {
         Some(target) => {
-            target.stats.inbound.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            target.stats.inbound.accepted.fetch_add(1, Relaxed);
             upstream::connect(
                 &target.netns,
                 Some(upstream::local_app_source(&dst)),
@@ -111,13 +111,25 @@ async fn splice_or_copy(
         Err(e) => {
             // The app's connect already succeeded (to us); a reset is the closest thing to
             // the refusal or timeout it would have seen directly.
-            stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.failed.fetch_add(1, Relaxed);
             forward::reset(client);
             return Err(e);
         }
     };
     client.set_nodelay(true)?;
     let settings = proxy.settings();
+    if settings.splice {
+        match splice::splice(client, &mut upstream, proxy.maps(), settings.splice_inflight_cap).await {
+            Ok(result) => {
+                stats.spliced.fetch_add(1, Relaxed);
+                let transfer = result?;
+                stats.bytes_sent.fetch_add(transfer.client_to_upstream, Relaxed);
+                stats.bytes_received.fetch_add(transfer.upstream_to_client, Relaxed);
+                return Ok(());
+            }
+            Err(splice::NotSpliced(e)) => tracing::debug!(error = %e, "not spliced; copying"),
+        }
+    }
     forward::forward(
         client,
         &mut upstream,
@@ -162,13 +174,13 @@ struct NodeActive<'a>(&'a Proxy);
 
 impl<'a> NodeActive<'a> {
     fn new(proxy: &'a Proxy) -> Self {
-        proxy.shared.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        proxy.shared.active.fetch_add(1, Relaxed);
         Self(proxy)
     }
 }
 
 impl Drop for NodeActive<'_> {
     fn drop(&mut self) {
-        self.0.shared.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.shared.active.fetch_sub(1, Relaxed);
     }
 }

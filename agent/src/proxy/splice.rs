@@ -1,0 +1,273 @@
+//! Handing an established connection to the kernel: both of the proxy's sockets go into the
+//! splice sockhash, whose stream verdict (ebpf/src/splice.rs) moves each direction's bytes to
+//! the other socket's egress. The app's socket never enters a map, so blocking apps keep
+//! plain TCP semantics (no spurious EAGAIN).
+//!
+//! The proxy stays in charge of what the kernel cannot do alone, woken only when the verdict
+//! passes bytes up or a side reaches EOF:
+//! - **Ordering.** Before writing bytes of its own to a socket, and before shutting it down,
+//!   it waits until every byte redirected to that socket is in its send queue ("drain").
+//! - **Hand-back.** Bytes the verdict passed up are forwarded, then published as
+//!   `SpliceCtl::forwarded`; the verdict redirects only once all passed bytes are forwarded.
+//! - **Backpressure.** The verdict redirects while the target socket has fewer than
+//!   `inflight_cap` bytes unacknowledged (it reads the target's `bytes_acked` itself); past
+//!   that it passes bytes up, and the proxy's blocking write closes the source's TCP window.
+//! - **Half-close.** EOF on one side becomes a FIN on the other after the drain.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
+
+use nodemesh_common::{SpliceCtl, SpliceState};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+use super::forward::{Transfer, reset};
+use crate::{datapath::SharedMaps, pods::netns::socket_cookie};
+
+/// The proxy's read buffer for bytes the verdict passes up.
+const BUFFER: usize = 64 * 1024;
+/// How often a half-closed spliced connection is checked for a reset.
+const RESET_CHECK: Duration = Duration::from_millis(500);
+
+/// Why a connection was not spliced (it is copied instead).
+#[derive(Debug)]
+pub struct NotSpliced(pub io::Error);
+
+/// One direction: bytes arriving on `src` leave through `dst`.
+struct Direction {
+    /// Cookie of the socket the bytes arrive on (the key of its state and control).
+    key: u64,
+    /// Bytes the proxy forwarded itself.
+    forwarded: u64,
+    /// Bytes already handed to `dst`'s TCP before the splice began.
+    dst_base_handed: u64,
+    dst_base_acked: u64,
+    eof: bool,
+}
+
+pub async fn splice(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    maps: &SharedMaps,
+    mut inflight_cap: u64,
+) -> Result<io::Result<Transfer>, NotSpliced> {
+    let cookies = (socket_cookie(client).map_err(NotSpliced)?, socket_cookie(upstream).map_err(NotSpliced)?);
+    let (client_info, upstream_info) =
+        (tcp_info(client).map_err(NotSpliced)?, tcp_info(upstream).map_err(NotSpliced)?);
+    let mut up = Direction::new(cookies.0, &upstream_info);
+    let mut down = Direction::new(cookies.1, &client_info);
+    let entries = Entries { maps, cookies };
+    for (dir, peer) in [(&up, cookies.1), (&down, cookies.0)] {
+        let state = SpliceState { peer_cookie: peer, ..Default::default() };
+        maps.splice_state.update(&dir.key, &state).map_err(NotSpliced)?;
+        maps.splice_ctl.update(&dir.key, &dir.ctl(inflight_cap)).map_err(NotSpliced)?;
+    }
+    // Upstream first: once the client's socket is in, its bytes are redirected to upstream.
+    if let Err(e) = maps.splice_socks.insert_socket(&cookies.1, upstream.as_fd()) {
+        // Nothing entered the map (typically the peer already sent FIN): plain copy.
+        return Err(NotSpliced(e));
+    }
+    if let Err(e) = maps.splice_socks.insert_socket(&cookies.0, client.as_fd()) {
+        // Upstream is in the map and may already hold passed bytes in its queue, which
+        // leaving the map would drop. Keep it there with no room in flight: the verdict
+        // passes every byte up and the proxy forwards them all.
+        tracing::debug!(error = %e, "splice insert failed; forwarding through the proxy");
+        inflight_cap = 0;
+        for dir in [&up, &down] {
+            let _ = maps.splice_ctl.update(&dir.key, &dir.ctl(0));
+        }
+    }
+    // Bytes queued before the insert wait for the next wakeup; a receive low-water mark set
+    // now makes the kernel run the verdict over them.
+    for stream in [&*client, &*upstream] {
+        set_rcvlowat(stream, 1);
+    }
+
+    let result = supervise(client, upstream, &mut up, &mut down, maps, inflight_cap).await;
+    let transfer = Transfer {
+        client_to_upstream: up.forwarded + entries.redirected(cookies.0),
+        upstream_to_client: down.forwarded + entries.redirected(cookies.1),
+    };
+    drop(entries);
+    Ok(match result {
+        Ok(()) => Ok(transfer),
+        Err(e) => {
+            reset(client);
+            reset(upstream);
+            Err(e)
+        }
+    })
+}
+
+async fn supervise(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    up: &mut Direction,
+    down: &mut Direction,
+    maps: &SharedMaps,
+    inflight_cap: u64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUFFER];
+    // Once one direction is done its socket is no longer watched, so a reset there would go
+    // unnoticed (the kernel drops what it can no longer redirect); look at it now and then.
+    let mut watchdog = tokio::time::interval(RESET_CHECK);
+    while !(up.eof && down.eof) {
+        tokio::select! {
+            _ = watchdog.tick(), if up.eof || down.eof => {
+                // A reset leaves a pending socket error; a clean close does not (TCP_CLOSE alone
+                // is also what a socket shows once it has gone to TIME_WAIT).
+                for stream in [&*client, &*upstream] {
+                    if let Some(e) = stream.take_error()? {
+                        return Err(e);
+                    }
+                }
+            }
+            ready = client.readable(), if !up.eof => {
+                ready?;
+                up.on_readable(client, upstream, &mut buf, maps, inflight_cap).await?;
+            }
+            ready = upstream.readable(), if !down.eof => {
+                ready?;
+                down.on_readable(upstream, client, &mut buf, maps, inflight_cap).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Direction {
+    fn new(key: u64, dst_info: &libc::tcp_info) -> Self {
+        Self {
+            key,
+            forwarded: 0,
+            dst_base_handed: handed(dst_info),
+            dst_base_acked: dst_info.tcpi_bytes_acked,
+            eof: false,
+        }
+    }
+
+    async fn on_readable(
+        &mut self,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        buf: &mut [u8],
+        maps: &SharedMaps,
+        inflight_cap: u64,
+    ) -> io::Result<()> {
+        let n = match src.try_read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.drain(dst, maps).await?;
+        if n == 0 {
+            dst.shutdown().await?;
+            self.eof = true;
+            return Ok(());
+        }
+        dst.write_all(&buf[..n]).await?;
+        self.forwarded += n as u64;
+        // Published only now that the bytes are in dst's send queue: from here on, bytes the
+        // verdict redirects land behind them.
+        maps.splice_ctl.update(&self.key, &self.ctl(inflight_cap))
+    }
+
+    fn ctl(&self, inflight_cap: u64) -> SpliceCtl {
+        SpliceCtl { forwarded: self.forwarded, inflight_cap, peer_base_acked: self.dst_base_acked }
+    }
+
+    fn state(&self, maps: &SharedMaps) -> io::Result<SpliceState> {
+        maps.splice_state.lookup(&self.key)?.ok_or_else(|| io::Error::other("splice state vanished"))
+    }
+
+    /// Waits until every byte meant for `dst` (redirected by the kernel or written by us) is
+    /// in its send queue.
+    async fn drain(&self, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
+        let target = self.dst_base_handed + self.forwarded + self.state(maps)?.redirected;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let info = tcp_info(dst)?;
+            if handed(&info) >= target {
+                return Ok(());
+            }
+            // ESTABLISHED or CLOSE_WAIT: the socket can still send; anything else means the
+            // redirected bytes will never get there.
+            if !matches!(info.tcpi_state, 1 | 8) {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "splice target closed before draining",
+                ));
+            }
+            if pause < Duration::from_millis(1) {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Bytes ever written into a socket's send queue: sent (without retransmissions) plus not yet
+/// sent.
+fn handed(info: &libc::tcp_info) -> u64 {
+    info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans) + u64::from(info.tcpi_notsent_bytes)
+}
+
+fn set_rcvlowat(stream: &TcpStream, bytes: libc::c_int) {
+    // SAFETY: an int option of the right size on a valid socket.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn tcp_info(stream: &TcpStream) -> io::Result<libc::tcp_info> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a tcp_info-sized out buffer on a valid TCP socket.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getsockopt filled (a prefix of) the zeroed struct.
+    Ok(unsafe { info.assume_init() })
+}
+
+/// The map entries of one spliced connection; removed on drop. Closing the sockets takes
+/// them out of the sockhash anyway, but the state and control entries are ours to delete.
+struct Entries<'a> {
+    maps: &'a SharedMaps,
+    cookies: (u64, u64),
+}
+
+impl Entries<'_> {
+    fn redirected(&self, key: u64) -> u64 {
+        self.maps.splice_state.lookup::<_, SpliceState>(&key).ok().flatten().map_or(0, |s| s.redirected)
+    }
+}
+
+impl Drop for Entries<'_> {
+    fn drop(&mut self) {
+        for key in [self.cookies.0, self.cookies.1] {
+            let _ = self.maps.splice_socks.delete(&key);
+            let _ = self.maps.splice_state.delete(&key);
+            let _ = self.maps.splice_ctl.delete(&key);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! What the kernel splice must keep from the copying proxy: a slow reader holds the sender
+//! back (bounded kernel memory, no unbounded queue between the proxy's sockets), and the
+//! proxy's byte counts stay exact although the kernel moves the bytes.
+
+use std::{fs::File, net::IpAddr, time::Duration};
+
+use nodemesh_testbed::{
+    AgentOptions, kernel,
+    scenario::{BULK_PORT, SingleNode},
+    tools, wait_for,
+};
+
+/// Bytes the stalled server may get acknowledged: the reader's receive buffer, the proxy's
+/// two sockets' buffers and the splice's in-flight cap, with room to spare. Without
+/// backpressure the whole download would be acknowledged.
+const BOUND: u64 = 48 << 20;
+const DOWNLOAD: usize = 256 << 20;
+
+fn a_stalled_reader_holds_the_sender_back(splice: bool) {
+    let s = SingleNode::start("slowreader", &AgentOptions { splice, ..Default::default() }).expect("cluster");
+    let out = s.cluster.work_dir().join("slow.out");
+    let mut cmd = tools::slow_client(IpAddr::from(s.server.ipv4), BULK_PORT, DOWNLOAD, 1 << 20, 3.0);
+    cmd.stdout(File::create(&out).expect("out"));
+    let pid = s.client.spawn(cmd).expect("spawn");
+    wait_for("the reader to stall", Duration::from_secs(20), || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("paused"))
+    })
+    .expect("paused");
+    std::thread::sleep(Duration::from_millis(1500));
+    let acked = kernel::bytes_acked(&s.server.netns_path(), BULK_PORT).expect("ss");
+    let max = acked.iter().copied().max().unwrap_or(0);
+    eprintln!("stalled reader, splice {splice}: the server got {} MiB acknowledged", max >> 20);
+    assert!(
+        !acked.is_empty(),
+        "the server sent the whole download while the reader stalled: nothing held it back"
+    );
+    assert!(max < BOUND, "{max} bytes went into the pipeline while the reader stalled");
+
+    let status = s.client.wait(pid, Duration::from_secs(60)).expect("exit");
+    let text = std::fs::read_to_string(&out).expect("out");
+    assert!(status.success(), "the download broke: {text}");
+    if splice {
+        assert!(
+            s.agent.counter("splice", "passed_backpressure").expect("counter") > 0,
+            "backpressure never engaged"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_reader_holds_the_sender_back_copy() {
+    a_stalled_reader_holds_the_sender_back(false);
+}
+
+#[test]
+fn a_stalled_reader_holds_the_sender_back_splice() {
+    a_stalled_reader_holds_the_sender_back(true);
+}
+
+fn byte_counts_are_exact(splice: bool) {
+    let s = SingleNode::start("bytecount", &AgentOptions { splice, ..Default::default() }).expect("cluster");
+    let before = s.agent.pod_stats("mesh/client").expect("stats")["outbound"].clone();
+    let (up, down) = (10_000_019usize, 23_000_017usize);
+    let out =
+        s.client.output(tools::bulk_client(IpAddr::from(s.ext.ipv4), BULK_PORT, up, down)).expect("run");
+    let r = tools::json_result("bulk", &out).expect("bulk");
+    assert_eq!(r["ok"], true);
+    // What crossed the wire at the application layer, per direction (tools/bulk_server.py).
+    let greeting = r["greeting"].as_str().expect("greeting").len() + 1;
+    let expected_sent = format!("{up} {down}\n").len() + up;
+    let expected_received = greeting + 65 + down;
+    let after = s.agent.pod_stats("mesh/client").expect("stats")["outbound"].clone();
+    let delta = |field: &str| after[field].as_u64().expect("n") - before[field].as_u64().expect("n");
+    assert_eq!(delta("bytes_sent"), expected_sent as u64);
+    assert_eq!(delta("bytes_received"), expected_received as u64);
+    assert_eq!(delta("spliced"), u64::from(splice));
+}
+
+#[test]
+fn byte_counts_are_exact_copy() {
+    byte_counts_are_exact(false);
+}
+
+#[test]
+fn byte_counts_are_exact_splice() {
+    byte_counts_are_exact(true);
+}
