@@ -97,7 +97,6 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             outbound_port: config.ports.outbound,
             inbound_port: config.ports.inbound,
             connect_timeout: config.connect_timeout,
-            drain_timeout: config.drain_timeout,
             max_buffer_bytes: config.max_buffer_bytes,
             splice: config.splice,
             splice_inflight_cap: config.splice_inflight_bytes,

@@ -150,10 +150,6 @@ impl Datapath {
         out
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     /// Removes every pin the agent owns. Links detach as their last reference goes.
     pub fn remove_all(self) -> io::Result<()> {
         let Self { ebpf, pins, counters } = self;

@@ -32,7 +32,6 @@ pub struct ProxySettings {
     pub outbound_port: u16,
     pub inbound_port: u16,
     pub connect_timeout: Duration,
-    pub drain_timeout: Duration,
     pub max_buffer_bytes: usize,
     pub splice: bool,
     pub splice_inflight_cap: u64,
@@ -41,7 +40,6 @@ pub struct ProxySettings {
 /// An enrolled pod as the proxy sees it.
 #[derive(Debug)]
 pub struct PodRuntime {
-    pub uid: String,
     /// `namespace/name`.
     pub name: String,
     pub ips: Vec<IpAddr>,

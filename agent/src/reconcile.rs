@@ -170,7 +170,6 @@ impl Reconciler {
     fn enroll(&self, pod: &PodSpec) -> Result<Enrolled, EnrollError> {
         let place = pods::locate(&self.cgroup_root, &pod.uid)?;
         let runtime = Arc::new(PodRuntime {
-            uid: pod.uid.clone(),
             name: pod.display_name(),
             ips: pod.ips.clone(),
             netns: place.netns,

@@ -574,18 +574,22 @@ pub struct External {
 }
 
 impl External {
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
-        enter(Command::new(program), Path::new(&format!("/run/netns/{}", self.netns)), None)
+        enter(Command::new(program), &self.netns_path(), None)
     }
 
     pub fn spawn(&self, cmd: Command) -> anyhow::Result<u32> {
-        let mut cmd = enter(cmd, Path::new(&format!("/run/netns/{}", self.netns)), None)?;
+        let mut cmd = enter(cmd, &self.netns_path(), None)?;
         let child = cmd.stdin(Stdio::null()).spawn().context("spawning on the external host")?;
         Ok(self.inner.track_child(child))
     }
 
     pub fn output(&self, cmd: Command) -> anyhow::Result<Output> {
-        let mut cmd = enter(cmd, Path::new(&format!("/run/netns/{}", self.netns)), None)?;
+        let mut cmd = enter(cmd, &self.netns_path(), None)?;
         cmd.stdin(Stdio::null()).output().context("running on the external host")
     }
 }

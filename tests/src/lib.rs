@@ -41,12 +41,12 @@ pub fn nodemesh_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/nodemesh
-    let candidate = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("nodemesh"))
-        .expect("target layout");
+    // Next to xtask (target/<profile>/xtask), or one up from a test (target/<profile>/deps/<test>).
+    let dir = exe.parent().expect("exe dir");
+    let candidate = [dir.join("nodemesh"), dir.parent().map(|p| p.join("nodemesh")).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join("nodemesh"));
     assert!(
         candidate.exists(),
         "{} is missing: build it first (`cargo build -p nodemesh`, which `cargo xtask test` does)",

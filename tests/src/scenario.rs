@@ -57,9 +57,8 @@ impl SingleNode {
             tools::wait_listening(&pod.netns_path(), BULK_PORT)?;
             tools::wait_listening(&pod.netns_path(), HTTP_PORT)?;
         }
-        let ext_ns = PathBuf::from(format!("/run/netns/{}", ext.netns));
-        tools::wait_listening(&ext_ns, BULK_PORT)?;
-        tools::wait_listening(&ext_ns, HTTP_PORT)?;
+        tools::wait_listening(&ext.netns_path(), BULK_PORT)?;
+        tools::wait_listening(&ext.netns_path(), HTTP_PORT)?;
 
         let agent = node.start_agent(agent)?;
         agent.wait_enrolled(&["mesh/client", "mesh/server"], Duration::from_secs(10))?;

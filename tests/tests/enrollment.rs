@@ -19,7 +19,7 @@ fn systemd_cgroup_layout_is_found() {
         .expect("pod");
     node.set_intercept("mesh", Some("enabled")).expect("label");
     ext.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
-    tools::wait_listening(format!("/run/netns/{}", ext.netns).as_ref(), BULK_PORT).expect("listening");
+    tools::wait_listening(&ext.netns_path(), BULK_PORT).expect("listening");
     let agent = node.start_agent(&AgentOptions::default()).expect("agent");
     let status = agent.wait_enrolled(&["mesh/sd"], Duration::from_secs(10)).expect("enrolled");
     let cgroup = status["pods"][0]["cgroup"].as_str().expect("cgroup");

@@ -24,7 +24,7 @@ fn unlabelled_namespace_and_opted_out_pod_are_untouched() {
     let plain = node.add_pod("plain", "plain", PodOptions::default()).expect("pod");
     node.set_intercept("mesh", Some("enabled")).expect("label");
     ext.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
-    tools::wait_listening(&format!("/run/netns/{}", ext.netns).as_ref(), BULK_PORT).expect("listening");
+    tools::wait_listening(&ext.netns_path(), BULK_PORT).expect("listening");
     let agent = node.start_agent(&AgentOptions::default()).expect("agent");
     agent.wait_enrolled(&["mesh/client"], Duration::from_secs(10)).expect("enrolled");
 

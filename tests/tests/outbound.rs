@@ -106,3 +106,22 @@ fn thousand_concurrent_connections_copy() {
 fn thousand_concurrent_connections_splice() {
     thousand_concurrent(true);
 }
+
+/// An upstream that never answers: the proxy gives up after `connect_timeout` and resets
+/// the app's connection (the closest thing to the timeout the app would have seen).
+#[test]
+fn upstream_connect_times_out() {
+    let options = AgentOptions { extra_config: "connect_timeout: 500\n".into(), ..Default::default() };
+    let s = SingleNode::start("timeout", &options).expect("cluster");
+    // Nobody owns this fabric address: ARP goes unanswered, the SYN never leaves.
+    let nowhere: IpAddr = "192.168.100.250".parse().expect("ip");
+    let started = std::time::Instant::now();
+    let out = s.client.output(tools::bulk_client(nowhere, BULK_PORT, 10, 10)).expect("run");
+    let elapsed = started.elapsed();
+    assert!(!out.status.success(), "a connection to nowhere succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ConnectionResetError") || stderr.contains("Connection reset"), "{stderr}");
+    assert!(elapsed < std::time::Duration::from_secs(2), "took {elapsed:?}, the timeout is 500 ms");
+    let stats = s.agent.pod_stats("mesh/client").expect("stats");
+    assert_eq!(stats["outbound"]["failed"], 1, "{stats}");
+}

@@ -61,7 +61,6 @@ def main():
     a = p.parse_args()
     cls = Server6 if ":" in a.bind else Server
     with cls((a.bind, a.port), Handler) as srv:
-        print("listening", flush=True)
         srv.serve_forever()
 
 

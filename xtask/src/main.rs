@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask <command>`: everything a fresh machine needs, in two commands (README).
+//! - `demo`: set up, build, run a fake node with pods, send traffic through the mesh, print
+//!   `nodemesh status`, tear down.
+//! - `test`: set up, build, run every test (unit, then root tests on the real kernel).
+//! - `setup`: only install and check prerequisites.
+
+mod demo;
+mod setup;
+mod test;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install and check prerequisites (llvm-22-dev, rust-src, bpf-linker, bpftool, bpffs).
+    Setup,
+    /// Setup, build, then run every test.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Setup, build, then show traffic through the mesh on a fake node.
+    Demo {
+        /// Run the agent with the kernel splice off.
+        #[arg(long)]
+        no_splice: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { filter } => {
+            setup::run()?;
+            test::run(filter.as_deref())
+        }
+        Cmd::Demo { no_splice } => {
+            setup::run()?;
+            build()?;
+            demo::run(!no_splice)
+        }
+    }
+}
+
+/// Builds the agent binary the tests and the demo run.
+pub fn build() -> anyhow::Result<()> {
+    sh("cargo", &["build", "--quiet", "-p", "nodemesh"])
+}
+
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@
 use std::{
     io,
     mem::{MaybeUninit, size_of},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd},
 };
 
 use aya::Pod;
@@ -39,10 +39,6 @@ pub struct SharedMap {
 impl SharedMap {
     pub fn new(fd: BorrowedFd<'_>) -> io::Result<Self> {
         Ok(Self { fd: fd.try_clone_to_owned()? })
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     pub fn lookup<K: Pod, V: Pod>(&self, key: &K) -> io::Result<Option<V>> {

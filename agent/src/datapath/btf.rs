@@ -154,6 +154,6 @@ mod tests {
     fn reads_the_running_kernel() {
         // Every kernel this agent supports has BTF and tcp_sock.bytes_acked.
         let offset = kernel_field_offset("tcp_sock", "bytes_acked").expect("tcp_sock.bytes_acked");
-        assert!(offset > 0 && offset % 8 == 0, "{offset}");
+        assert!(offset > 0 && offset.is_multiple_of(8), "{offset}");
     }
 }

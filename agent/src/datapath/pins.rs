@@ -23,10 +23,6 @@ impl PinDir {
         Self { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn maps(&self) -> PathBuf {
         self.root.join("maps")
     }

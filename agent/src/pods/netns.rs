@@ -106,40 +106,29 @@ fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// `SO_NETNS_COOKIE` of the namespace a socket lives in.
 pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a u64 out-parameter of the size the kernel expects.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            std::ptr::from_mut(&mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
+    socket_option_u64(socket, SO_NETNS_COOKIE)
 }
 
 /// `SO_COOKIE` of a socket (the key the kernel programs use for it).
 pub fn socket_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
-    let mut cookie = 0u64;
+    socket_option_u64(socket, libc::SO_COOKIE)
+}
+
+fn socket_option_u64(socket: &impl AsRawFd, option: libc::c_int) -> io::Result<u64> {
+    let mut value = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: as above.
+    // SAFETY: a u64 out-parameter of the size the kernel expects for these options.
     let rc = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            std::ptr::from_mut(&mut cookie).cast(),
+            option,
+            std::ptr::from_mut(&mut value).cast(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
 }

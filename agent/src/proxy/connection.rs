@@ -154,21 +154,6 @@ fn to_socket_addr(a: SockAddr) -> SocketAddr {
     SocketAddr::new(ip, a.port)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_round_trip_through_the_kernel_layout() {
-        for text in ["10.1.2.3:80", "[fd00::5]:8080"] {
-            let sa: SocketAddr = text.parse().expect("addr");
-            let k = SockAddr { addr: ip_words(sa.ip()), port: sa.port(), _pad: [0; 2] };
-            assert_eq!(to_socket_addr(k), sa);
-        }
-        assert_eq!(ip_words("10.1.2.3".parse().expect("ip")), addr::from_v4(addr::v4([10, 1, 2, 3])));
-    }
-}
-
 /// Counts a connection in the node-wide total until dropped.
 struct NodeActive<'a>(&'a Proxy);
 
@@ -182,5 +167,20 @@ impl<'a> NodeActive<'a> {
 impl Drop for NodeActive<'_> {
     fn drop(&mut self) {
         self.0.shared.active.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_the_kernel_layout() {
+        for text in ["10.1.2.3:80", "[fd00::5]:8080"] {
+            let sa: SocketAddr = text.parse().expect("addr");
+            let k = SockAddr { addr: ip_words(sa.ip()), port: sa.port(), _pad: [0; 2] };
+            assert_eq!(to_socket_addr(k), sa);
+        }
+        assert_eq!(ip_words("10.1.2.3".parse().expect("ip")), addr::from_v4(addr::v4([10, 1, 2, 3])));
     }
 }
