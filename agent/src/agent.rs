@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nodemesh_common::DatapathConfig;
+use nodemesh_common::{DatapathConfig, TcpSockOffsets};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -60,19 +60,20 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         Some(root) => root.clone(),
         None => cgroup::cgroup2_mount().context("finding the cgroup v2 mount")?,
     };
-    // The splice's backpressure reads one kernel-internal field; without its offset the
-    // splice would have none, so it stays off.
-    let tcp_sock_bytes_acked = match btf::kernel_field_offset("tcp_sock", "bytes_acked") {
-        Ok(offset) => offset,
-        Err(e) if config.splice => {
-            tracing::warn!(error = %e, "kernel BTF lacks tcp_sock.bytes_acked; splice turned off");
+    // The splice's backpressure reads two kernel-internal fields; without their offsets it
+    // would have none, so the splice stays off.
+    let tcp_sock = match btf::tcp_sock_offsets() {
+        Ok(offsets) => offsets,
+        Err(e) => {
+            if config.splice {
+                tracing::warn!(error = %e, "kernel BTF lacks what the splice reads; splice turned off");
+            }
             config.splice = false;
-            0
+            TcpSockOffsets::default()
         }
-        Err(_) => 0,
     };
     let settings = DatapathSettings {
-        tcp_sock_bytes_acked,
+        tcp_sock,
         config: DatapathConfig {
             outbound_port: config.ports.outbound,
             inbound_port: config.ports.inbound,
@@ -100,6 +101,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             max_buffer_bytes: config.max_buffer_bytes,
             splice: config.splice,
             splice_inflight_cap: config.splice_inflight_bytes,
+            splice_after_bytes: config.splice_after_bytes,
         },
         maps,
         data_plane.handle().clone(),

@@ -29,6 +29,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
+    /// Run as a classic per-pod sidecar proxy behind an nftables/iptables REDIRECT rule (for
+    /// comparisons; the node agent never needs it).
+    Sidecar(crate::sidecar::SidecarArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -39,9 +39,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Hand established connections to the kernel (sockmap splice). See docs/acceleration.md.
     pub splice: bool,
-    /// Spliced bytes a direction may have in the kernel that the receiver's TCP has not
-    /// acknowledged yet, before the proxy steps in (backpressure on slow readers).
+    /// Spliced bytes a direction may have given the other socket that it has not sent yet,
+    /// before the proxy steps in (backpressure on slow readers).
     pub splice_inflight_bytes: u64,
+    /// Bytes a connection moves through the copying proxy before it is spliced (0: at once).
+    /// Short connections are cheaper copied than handed over.
+    pub splice_after_bytes: u64,
     /// Largest copy buffer per direction of a proxied connection (buffers start small and
     /// grow while reads fill them).
     pub max_buffer_bytes: usize,
@@ -76,8 +79,9 @@ impl Default for Config {
             excluded_inbound_ports: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
-            splice: false,
+            splice: true,
             splice_inflight_bytes: 4 << 20,
+            splice_after_bytes: 16 << 10,
             max_buffer_bytes: 256 * 1024,
             log: "info".into(),
         }

@@ -9,6 +9,7 @@ mod enroll;
 mod pods;
 mod proxy;
 mod reconcile;
+mod sidecar;
 mod spec;
 mod status;
 
@@ -24,6 +25,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Agent(args) => agent::main(args),
         cli::Command::Status { json, admin } => cli::status(json, admin),
+        cli::Command::Sidecar(args) => sidecar::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

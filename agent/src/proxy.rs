@@ -3,7 +3,7 @@
 //! pod is speaking.
 
 mod connection;
-mod forward;
+pub(crate) mod forward;
 mod listeners;
 mod splice;
 pub mod stats;
@@ -14,7 +14,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -33,8 +33,11 @@ pub struct ProxySettings {
     pub inbound_port: u16,
     pub connect_timeout: Duration,
     pub max_buffer_bytes: usize,
+    /// The node's default; a pod's `nodemesh.io/splice` label overrides it.
     pub splice: bool,
     pub splice_inflight_cap: u64,
+    /// Bytes a connection moves (both ways) through the copy path before it is spliced.
+    pub splice_after_bytes: u64,
 }
 
 /// An enrolled pod as the proxy sees it.
@@ -45,6 +48,15 @@ pub struct PodRuntime {
     pub ips: Vec<IpAddr>,
     pub netns: Netns,
     pub stats: PodStats,
+    /// Whether this pod's connections may be spliced (node default, or the pod's
+    /// `nodemesh.io/splice` label); can change while the pod stays enrolled.
+    pub splice: AtomicBool,
+}
+
+impl PodRuntime {
+    pub fn splice(&self) -> bool {
+        self.splice.load(Relaxed)
+    }
 }
 
 /// Node-wide proxy counters.

@@ -63,6 +63,8 @@ pub struct EnrolledPod {
     pub netns_inode: u64,
     pub listeners: Vec<ListenerInfo>,
     pub links: Vec<crate::datapath::LinkStatus>,
+    /// Whether this pod's connections are handed to the kernel splice.
+    pub splice: bool,
 }
 
 /// A pod that should be intercepted but is not (yet), and why.
@@ -129,6 +131,9 @@ impl Reconciler {
         for (uid, pod) in &desired {
             if let Some(e) = self.enrolled.get_mut(*uid) {
                 e.spec = (*pod).clone();
+                e.runtime
+                    .splice
+                    .store(pod.splice(self.proxy.settings().splice), std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             match self.enroll(pod) {
@@ -174,6 +179,7 @@ impl Reconciler {
             ips: pod.ips.clone(),
             netns: place.netns,
             stats: PodStats::default(),
+            splice: pod.splice(self.proxy.settings().splice).into(),
         });
         let listeners = self.proxy.open_listeners(&runtime).map_err(EnrollError::Listen)?;
         let steering = &self.proxy.maps().listeners;
@@ -223,6 +229,7 @@ impl Reconciler {
                         netns_inode: e.runtime.netns.inode(),
                         listeners: e.listeners.info().to_vec(),
                         links: e.links.status(),
+                        splice: e.runtime.splice(),
                     },
                     Arc::clone(&e.runtime),
                 )

@@ -10,6 +10,10 @@ pub const INTERCEPT_LABEL: &str = "nodemesh.io/intercept";
 pub const ENABLED: &str = "enabled";
 pub const DISABLED: &str = "disabled";
 
+/// The pod label that turns the kernel splice on or off for one workload (`enabled` /
+/// `disabled`), whatever the node's default.
+pub const SPLICE_LABEL: &str = "nodemesh.io/splice";
+
 pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,15 @@ impl NodeSpec {
 impl PodSpec {
     pub fn display_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether this pod's connections are spliced, given the node's default.
+    pub fn splice(&self, node_default: bool) -> bool {
+        match self.labels.get(SPLICE_LABEL).map(String::as_str) {
+            Some(ENABLED) => true,
+            Some(DISABLED) => false,
+            _ => node_default,
+        }
     }
 }
 

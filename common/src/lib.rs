@@ -12,4 +12,4 @@ pub mod ports;
 pub mod types;
 
 pub use counters::Counter;
-pub use types::{DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState};
+pub use types::{DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState, TcpSockOffsets};

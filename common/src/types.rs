@@ -71,12 +71,25 @@ pub struct SpliceCtl {
     /// verdict redirects only while this equals `SpliceState::passed`, so redirected bytes
     /// can never overtake bytes still in the proxy.
     pub forwarded: u64,
-    /// Backpressure: the most bytes this direction may have given the peer socket that its
-    /// TCP has not had acknowledged yet (its send queue plus the redirect backlog). Past it
-    /// the verdict passes bytes up, and the proxy's blocking write closes the source's window.
+    /// Backpressure: the most bytes this direction may have given the peer socket that it
+    /// has not transmitted yet (its unsent queue plus the redirect backlog). Past it the
+    /// verdict passes bytes up, and the proxy's blocking write closes the source's window.
+    /// Bytes on the wire awaiting an ACK do not count: a fast reader behind a large receive
+    /// window would look congested.
     pub inflight_cap: u64,
-    /// The peer socket's `bytes_acked` when the splice began.
-    pub peer_base_acked: u64,
+    /// Bytes the peer socket had been handed (sent or queued) when the splice began.
+    pub peer_base_sent: u64,
+}
+
+/// Offsets of the `struct tcp_sock` fields the splice verdict reads, from the running
+/// kernel's BTF (set by the agent at load time; zero means unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSockOffsets {
+    /// `u64 bytes_sent`: bytes transmitted, retransmissions included.
+    pub bytes_sent: u32,
+    /// `u64 bytes_retrans`.
+    pub bytes_retrans: u32,
 }
 
 const _: () = assert!(size_of::<SockAddr>() == 20);
@@ -85,6 +98,7 @@ const _: () = assert!(size_of::<ListenerKey>() == 16);
 const _: () = assert!(size_of::<DatapathConfig>() == 8);
 const _: () = assert!(size_of::<SpliceState>() == 24);
 const _: () = assert!(size_of::<SpliceCtl>() == 24);
+const _: () = assert!(size_of::<TcpSockOffsets>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -96,4 +110,5 @@ mod pod {
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::SpliceState {}
     unsafe impl aya::Pod for super::SpliceCtl {}
+    unsafe impl aya::Pod for super::TcpSockOffsets {}
 }

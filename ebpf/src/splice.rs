@@ -5,9 +5,9 @@
 //!
 //! Bytes go up to the proxy instead (SK_PASS) when it must take part: while bytes it was
 //! given earlier are not yet forwarded (so redirected bytes never overtake them), when the
-//! peer socket has more than `SpliceCtl::inflight_cap` bytes unacknowledged (backpressure:
-//! the proxy's blocking write then closes the source's TCP window), or when the redirect
-//! fails. Either way every byte is counted, per direction, in `nm_splice_st`.
+//! peer socket holds more than `SpliceCtl::inflight_cap` bytes it has not transmitted
+//! (backpressure: the proxy's blocking write then closes the source's TCP window), or when
+//! the redirect fails. Either way every byte is counted, per direction, in `nm_splice_st`.
 
 use core::ptr;
 
@@ -21,7 +21,7 @@ use aya_ebpf::{
     macros::stream_verdict,
     programs::SkBuffContext,
 };
-use nodemesh_common::Counter;
+use nodemesh_common::{Counter, TcpSockOffsets};
 
 use crate::{
     counters::count,
@@ -55,12 +55,12 @@ fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
         bump(passed, len);
         return (Counter::SplicePassedCatchUp, SK_PASS);
     }
-    let Some(peer_acked) = bytes_acked(peer) else {
+    let Some(peer_transmitted) = transmitted(peer) else {
         bump(passed, len);
         return (Counter::SplicePassedRedirectFailed, SK_PASS);
     };
     let given = load(redirected) + ctl.forwarded;
-    let in_flight = given.saturating_sub(peer_acked.saturating_sub(ctl.peer_base_acked));
+    let in_flight = given.saturating_sub(peer_transmitted.saturating_sub(ctl.peer_base_sent));
     if in_flight + len > ctl.inflight_cap {
         bump(passed, len);
         return (Counter::SplicePassedBackpressure, SK_PASS);
@@ -76,19 +76,20 @@ fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
     }
 }
 
-/// Offset of `bytes_acked` in the kernel's `struct tcp_sock`, set by the agent at load time
-/// from the running kernel's BTF (Rust eBPF has no CO-RE). The map holding it is read-only
-/// and frozen, so the verifier knows the value and checks the access against the BTF type.
-/// Zero means unknown; the agent then never splices.
+/// Where `struct tcp_sock` keeps the fields read below, set by the agent at load time from
+/// the running kernel's BTF (Rust eBPF has no CO-RE). The map holding it is read-only and
+/// frozen, so the verifier knows the offsets and checks each access against the BTF type.
+/// Zeros mean unknown; the agent then never splices.
 #[unsafe(no_mangle)]
-static NM_TCP_SOCK_BYTES_ACKED: Global<u32> = Global::new(0);
+static NM_TCP_SOCK: Global<TcpSockOffsets> = Global::new(TcpSockOffsets { bytes_sent: 0, bytes_retrans: 0 });
 
-/// `bytes_acked` of the socket with `cookie` in the splice sockhash. (`bpf_tcp_sock`, the
-/// stable view, is not allowed in stream verdicts; `bpf_skc_to_tcp_sock` is.)
+/// Bytes the socket with `cookie` (in the splice sockhash) has transmitted, counting each
+/// once. (`bpf_tcp_sock`, the stable view, is not allowed in stream verdicts and lacks these
+/// fields; `bpf_skc_to_tcp_sock` is allowed.)
 #[inline(always)]
-fn bytes_acked(cookie: u64) -> Option<u64> {
-    let offset = NM_TCP_SOCK_BYTES_ACKED.load() as usize;
-    if offset == 0 {
+fn transmitted(cookie: u64) -> Option<u64> {
+    let offsets = NM_TCP_SOCK.load();
+    if offsets.bytes_sent == 0 || offsets.bytes_retrans == 0 {
         return None;
     }
     // SAFETY: our own map definition; a sockhash lookup takes a reference on the socket,
@@ -102,16 +103,22 @@ fn bytes_acked(cookie: u64) -> Option<u64> {
     }
     // SAFETY: `sk` is a referenced socket; the helper checks it is a TCP socket.
     let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) }.cast::<u8>();
-    let acked = if tcp.is_null() {
+    let sent = if tcp.is_null() {
         None
     } else {
-        // SAFETY: the offset comes from this kernel's BTF for struct tcp_sock, and the
-        // verifier checks the load against that type.
-        Some(unsafe { ptr::read_volatile(tcp.add(offset).cast::<u64>()) })
+        // SAFETY: the offsets come from this kernel's BTF for struct tcp_sock, and the
+        // verifier checks both loads against that type.
+        let (sent, retrans) = unsafe {
+            (
+                ptr::read_volatile(tcp.add(offsets.bytes_sent as usize).cast::<u64>()),
+                ptr::read_volatile(tcp.add(offsets.bytes_retrans as usize).cast::<u64>()),
+            )
+        };
+        Some(sent.saturating_sub(retrans))
     };
     // SAFETY: releases the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
-    acked
+    sent
 }
 
 #[inline(always)]

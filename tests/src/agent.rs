@@ -17,21 +17,33 @@ use crate::cluster::{Inner, Node, wait_for};
 pub struct AgentOptions {
     /// Hand established connections to the kernel splice.
     pub splice: bool,
+    /// Bytes copied before a connection is spliced. Tests default to 0 (splice at once, so
+    /// every transfer size goes through the kernel path); `None` leaves the agent's default.
+    pub splice_after_bytes: Option<u64>,
     /// The agent's log filter.
     pub log: String,
     /// Extra YAML appended to the generated config.
     pub extra_config: String,
+    /// The agent binary (default: [`crate::nodemesh_bin`]); benchmarks run a release build.
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { splice: false, log: "info".into(), extra_config: String::new() }
+        Self {
+            splice: false,
+            splice_after_bytes: Some(0),
+            log: "info".into(),
+            extra_config: String::new(),
+            binary: None,
+        }
     }
 }
 
 pub struct Agent {
     inner: Arc<Inner>,
     pid: u32,
+    binary: PathBuf,
     pub node_netns: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -51,18 +63,21 @@ impl Node {
         }
         let config_path = inner.work.join(format!("{}-agent.yaml", self.name));
         let config = format!(
-            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\nenrollment_file: {}\nsplice: {}\nlog: {:?}\n{}",
+            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\nenrollment_file: {}\nsplice: {}\nlog: {:?}\n{}{}",
             self.name,
             bpffs_dir.display(),
             inner.cgroup_root.display(),
             self.enrollment_path().display(),
             options.splice,
             options.log,
+            options.splice_after_bytes.map(|b| format!("splice_after_bytes: {b}\n")).unwrap_or_default(),
             options.extra_config,
         );
         fs::write(&config_path, config)?;
         let log_path = inner.work.join(format!("{}-agent.log", self.name));
-        let agent = Agent { inner, pid: 0, node_netns: self.netns_path(), config_path, log_path, bpffs_dir };
+        let binary = options.binary.clone().unwrap_or_else(crate::nodemesh_bin);
+        let agent =
+            Agent { inner, pid: 0, binary, node_netns: self.netns_path(), config_path, log_path, bpffs_dir };
         agent.spawn(self)
     }
 }
@@ -70,7 +85,7 @@ impl Node {
 impl Agent {
     fn spawn(mut self, node: &Node) -> anyhow::Result<Self> {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
-        let mut cmd = node.command(crate::nodemesh_bin())?;
+        let mut cmd = node.command(&self.binary)?;
         cmd.arg("agent").arg("--config").arg(&self.config_path);
         let child = cmd
             .stdin(Stdio::null())
@@ -110,7 +125,7 @@ impl Agent {
     /// Runs the `nodemesh` CLI in the node's namespace; returns stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd =
-            crate::cluster::enter_netns(std::process::Command::new(crate::nodemesh_bin()), &self.node_netns)?;
+            crate::cluster::enter_netns(std::process::Command::new(&self.binary), &self.node_netns)?;
         let out = cmd.args(args).output()?;
         if !out.status.success() {
             bail!("nodemesh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());

@@ -405,7 +405,7 @@ impl Node {
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let uid =
             format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), u64::from(n) << 8 | u64::from(host));
-        let netns = format!("{NETNS_PREFIX}{}-{}-{name}", inner.id, self.name);
+        let netns = format!("{NETNS_PREFIX}{}-{}-{namespace}-{name}", inner.id, self.name);
         inner.add_netns(&netns)?;
         let host_if = format!("veth{host}");
         ip(&self.netns, &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
@@ -477,6 +477,20 @@ impl Node {
         self.write_enrollment()
     }
 
+    /// Sets (or, with `None`, removes) a label on one of this node's pods and rewrites the
+    /// enrollment file.
+    pub fn set_pod_label(&self, pod: &Pod, key: &str, value: Option<&str>) -> anyhow::Result<()> {
+        {
+            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            let record = pods.iter_mut().find(|p| p.uid == pod.uid).context("not a pod of this node")?;
+            match value {
+                Some(v) => record.labels.insert(key.into(), v.into()),
+                None => record.labels.remove(key),
+            };
+        }
+        self.write_enrollment()
+    }
+
     /// Writes the enrollment file from the node's pods and namespace labels (atomically, as
     /// a ConfigMap update would land).
     pub fn write_enrollment(&self) -> anyhow::Result<()> {
@@ -539,6 +553,19 @@ impl Pod {
     /// Prepares `cmd` (built with `Command::new`) to run in the pod.
     pub fn prepare(&self, cmd: Command) -> anyhow::Result<Command> {
         enter(cmd, &self.netns_path(), Some(&self.container.join("cgroup.procs")))
+    }
+
+    /// Sets a sysctl in the pod's network namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        cmd::sysctl(&self.netns, key, value)
+    }
+
+    /// Starts a long-running process in the pod's network namespace but *not* its cgroup, so
+    /// the pod's hooks do not apply to it (as with a sidecar proxy's own sockets).
+    pub fn spawn_in_netns(&self, cmd: Command) -> anyhow::Result<u32> {
+        let mut cmd = enter(cmd, &self.netns_path(), None)?;
+        let child = cmd.stdin(Stdio::null()).spawn().context("spawning in the pod's namespace")?;
+        Ok(self.inner.track_child(child))
     }
 
     /// Starts a long-running process in the pod; the cluster kills it on drop.

@@ -85,3 +85,31 @@ fn byte_counts_are_exact_copy() {
 fn byte_counts_are_exact_splice() {
     byte_counts_are_exact(true);
 }
+
+/// With a hand-off threshold, a connection starts in the copying proxy and moves to the
+/// kernel mid-stream: byte-exact across the hand-off, both ways. A short exchange stays
+/// copied, and so does a connection half-closed before the threshold (the kernel refuses a
+/// socket whose peer sent FIN), which still completes byte-exact.
+#[test]
+fn hand_off_in_the_middle_of_a_stream() {
+    let options = AgentOptions { splice: true, splice_after_bytes: Some(100_000), ..Default::default() };
+    let s = SingleNode::start("handoff", &options).expect("cluster");
+    let spliced =
+        || s.agent.pod_stats("mesh/client").expect("stats")["outbound"]["spliced"].as_u64().expect("n");
+    let server = IpAddr::from(s.server.ipv4);
+    // (upload, download, handed over?) The client half-closes after its upload.
+    let cases = [
+        (1000, 1000, false),
+        (3 << 20, 5 << 20, true),
+        (64 << 20, 1 << 20, true),
+        (1 << 10, 64 << 20, false),
+    ];
+    for (up, down, handed_over) in cases {
+        let before = spliced();
+        let out = s.client.output(tools::bulk_client(server, BULK_PORT, up, down)).expect("run");
+        let r = tools::json_result(&format!("{up} B up, {down} B down"), &out).expect("bulk");
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(spliced() - before, u64::from(handed_over), "{up} B up, {down} B down");
+    }
+    assert!(s.agent.counter("splice", "redirected").expect("counter") > 100);
+}

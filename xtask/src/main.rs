@@ -2,8 +2,10 @@
 //! - `demo`: set up, build, run a fake node with pods, send traffic through the mesh, print
 //!   `nodemesh status`, tear down.
 //! - `test`: set up, build, run every test (unit, then root tests on the real kernel).
+//! - `bench`: measure the mesh against the direct path and a sidecar (docs/bench.md).
 //! - `setup`: only install and check prerequisites.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -35,6 +37,8 @@ enum Cmd {
         #[arg(long)]
         no_splice: bool,
     },
+    /// Setup, build release binaries, measure every scenario (docs/bench.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +47,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { filter } => {
             setup::run()?;
             test::run(filter.as_deref())
+        }
+        Cmd::Bench(args) => {
+            setup::run()?;
+            bench::run(&args)
         }
         Cmd::Demo { no_splice } => {
             setup::run()?;

@@ -24,5 +24,21 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
             args.insert(1, f);
         }
     }
-    sh("cargo", &args)
+    sh("cargo", &args)?;
+    if filter.is_none() {
+        // The benchmark harness, one short round: proves it still runs and writes valid JSON.
+        crate::bench::run(&crate::bench::BenchArgs {
+            quick: true,
+            rounds: 1,
+            seconds: 0.3,
+            rr_size: 1024,
+            rr_conns: 64,
+            crr_size: 64,
+            crr_conns: 4,
+            only: Vec::new(),
+            show_status: false,
+            agent_config: String::new(),
+        })?;
+    }
+    Ok(())
 }

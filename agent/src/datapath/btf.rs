@@ -1,11 +1,13 @@
 //! Just enough of a BTF reader to find where a kernel struct keeps a field.
 //!
 //! Rust eBPF has no CO-RE relocations, so the one kernel-internal field a program reads
-//! (`tcp_sock.bytes_acked`, for splice backpressure) gets its offset from the running
-//! kernel's own type information at load time, handed to the program as a read-only global
-//! the verifier treats as a constant. Nothing is hard-coded per kernel version.
+//! (`tcp_sock.bytes_sent` and `.bytes_retrans`, for splice backpressure) get their offsets
+//! from the running kernel's own type information at load time, handed to the program as a
+//! read-only global the verifier treats as constants. Nothing is hard-coded per kernel.
 
 use std::{fs, io, path::Path};
+
+use nodemesh_common::TcpSockOffsets;
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
@@ -32,12 +34,15 @@ pub enum BtfError {
     BitField(String, String),
 }
 
-/// Byte offset of `field` in `struct name`, from the kernel's BTF.
-pub fn kernel_field_offset(name: &str, field: &str) -> Result<u32, BtfError> {
+/// Where the running kernel's `struct tcp_sock` keeps what the splice verdict reads.
+pub fn tcp_sock_offsets() -> Result<TcpSockOffsets, BtfError> {
     let path = Path::new("/sys/kernel/btf/vmlinux");
     let data =
         fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
-    field_offset(&data, name, field)
+    Ok(TcpSockOffsets {
+        bytes_sent: field_offset(&data, "tcp_sock", "bytes_sent")?,
+        bytes_retrans: field_offset(&data, "tcp_sock", "bytes_retrans")?,
+    })
 }
 
 struct Reader<'a> {
@@ -152,8 +157,10 @@ mod tests {
 
     #[test]
     fn reads_the_running_kernel() {
-        // Every kernel this agent supports has BTF and tcp_sock.bytes_acked.
-        let offset = kernel_field_offset("tcp_sock", "bytes_acked").expect("tcp_sock.bytes_acked");
-        assert!(offset > 0 && offset.is_multiple_of(8), "{offset}");
+        // Every kernel this agent supports has BTF and these tcp_sock fields (u64s).
+        let offsets = tcp_sock_offsets().expect("tcp_sock offsets");
+        for offset in [offsets.bytes_sent, offsets.bytes_retrans] {
+            assert!(offset > 0 && offset.is_multiple_of(8), "{offsets:?}");
+        }
     }
 }

@@ -8,22 +8,22 @@ use aya::{
     maps::{Array, MapData, MapInfo, SockHash},
     programs::{Program, SkSkb},
 };
-use nodemesh_common::{DatapathConfig, maps as names};
+use nodemesh_common::{DatapathConfig, TcpSockOffsets, maps as names};
 
 use super::{DatapathError, maps, pins::PinDir};
 
 /// The eBPF object built by build.rs from the `nodemesh-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodemesh"));
 
-/// The splice verdict's load-time constant (see ebpf/src/splice.rs).
-const TCP_SOCK_BYTES_ACKED: &str = "NM_TCP_SOCK_BYTES_ACKED";
+/// The splice verdict's load-time constants (see ebpf/src/splice.rs).
+const TCP_SOCK: &str = "NM_TCP_SOCK";
 
 /// What the kernel programs need to know from the agent's configuration.
 #[derive(Clone, Debug)]
 pub struct DatapathSettings {
     pub config: DatapathConfig,
-    /// Offset of `bytes_acked` in the kernel's `struct tcp_sock` (0: unknown, no splice).
-    pub tcp_sock_bytes_acked: u32,
+    /// Offsets in the kernel's `struct tcp_sock` the splice reads (zeros: unknown, no splice).
+    pub tcp_sock: TcpSockOffsets,
     pub excluded_outbound_ports: Vec<u16>,
     pub excluded_inbound_ports: Vec<u16>,
 }
@@ -34,7 +34,7 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
 
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps())
-        .override_global(TCP_SOCK_BYTES_ACKED, &settings.tcp_sock_bytes_acked, true)
+        .override_global(TCP_SOCK, &settings.tcp_sock, true)
         .load(OBJECT)
         .map_err(|e| DatapathError::Load(format!("{e:#}")))?;
 

@@ -64,20 +64,16 @@ async fn outbound(
     // Same node and enrolled: go straight into the destination pod's namespace (its inbound
     // side handled here too), instead of out through the network and back in through its
     // inbound listener.
-    let connected = match proxy.pod_by_ip(&dst.ip()) {
+    let (connected, splice) = match proxy.pod_by_ip(&dst.ip()) {
         Some(target) => {
             target.stats.inbound.accepted.fetch_add(1, Relaxed);
-            upstream::connect(
-                &target.netns,
-                Some(upstream::local_app_source(&dst)),
-                dst,
-                settings.connect_timeout,
-            )
-            .await
+            let source = Some(upstream::local_app_source(&dst));
+            let connected = upstream::connect(&target.netns, source, dst, settings.connect_timeout).await;
+            (connected, pod.splice() && target.splice())
         }
-        None => upstream::connect(&pod.netns, None, dst, settings.connect_timeout).await,
+        None => (upstream::connect(&pod.netns, None, dst, settings.connect_timeout).await, pod.splice()),
     };
-    splice_or_copy(&mut client, connected, proxy, stats).await
+    splice_or_copy(&mut client, connected, splice, proxy, stats).await
 }
 
 /// A client reached `pod`'s address; sk_lookup sent it here, so our local address is the
@@ -97,12 +93,13 @@ async fn inbound(
         proxy.settings().connect_timeout,
     )
     .await;
-    splice_or_copy(&mut client, connected, proxy, stats).await
+    splice_or_copy(&mut client, connected, pod.splice(), proxy, stats).await
 }
 
 async fn splice_or_copy(
     client: &mut TcpStream,
     connected: io::Result<TcpStream>,
+    splice: bool,
     proxy: &Proxy,
     stats: &DirectionStats,
 ) -> io::Result<()> {
@@ -118,27 +115,28 @@ async fn splice_or_copy(
     };
     client.set_nodelay(true)?;
     let settings = proxy.settings();
-    if settings.splice {
-        match splice::splice(client, &mut upstream, proxy.maps(), settings.splice_inflight_cap).await {
-            Ok(result) => {
-                stats.spliced.fetch_add(1, Relaxed);
-                let transfer = result?;
-                stats.bytes_sent.fetch_add(transfer.client_to_upstream, Relaxed);
-                stats.bytes_received.fetch_add(transfer.upstream_to_client, Relaxed);
-                return Ok(());
-            }
-            Err(splice::NotSpliced(e)) => tracing::debug!(error = %e, "not spliced; copying"),
+    let (max, sent, received) = (settings.max_buffer_bytes, &stats.bytes_sent, &stats.bytes_received);
+    // Copy first; once the connection has moved `splice_after_bytes`, hand it to the kernel.
+    // One-shot connections never pay for the hand-off; persistent and bulk ones get the splice.
+    let hand_off_after = splice.then_some(settings.splice_after_bytes);
+    if let forward::Outcome::Done(_) =
+        forward::forward(client, &mut upstream, max, sent, received, hand_off_after).await?
+    {
+        return Ok(());
+    }
+    match splice::splice(client, &mut upstream, proxy.maps(), settings.splice_inflight_cap).await {
+        Ok(result) => {
+            stats.spliced.fetch_add(1, Relaxed);
+            let transfer = result?;
+            stats.bytes_sent.fetch_add(transfer.client_to_upstream, Relaxed);
+            stats.bytes_received.fetch_add(transfer.upstream_to_client, Relaxed);
+            Ok(())
+        }
+        Err(splice::NotSpliced(e)) => {
+            tracing::debug!(error = %e, "not spliced; copying");
+            forward::forward(client, &mut upstream, max, sent, received, None).await.map(|_| ())
         }
     }
-    forward::forward(
-        client,
-        &mut upstream,
-        settings.max_buffer_bytes,
-        &stats.bytes_sent,
-        &stats.bytes_received,
-    )
-    .await
-    .map(|_| ())
 }
 
 fn to_socket_addr(a: SockAddr) -> SocketAddr {

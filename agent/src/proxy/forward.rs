@@ -17,6 +17,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
+    sync::watch,
 };
 
 const INITIAL_BUFFER: usize = 4096;
@@ -28,54 +29,144 @@ pub struct Transfer {
     pub upstream_to_client: u64,
 }
 
-/// Forwards until both directions have seen EOF, or one fails.
+/// How forwarding ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions reached EOF.
+    Done(Transfer),
+    /// Stopped at a clean point once the hand-off threshold was crossed: neither direction
+    /// at EOF and no byte held by the proxy (every byte read was written). The caller hands
+    /// the connection to the kernel, or calls [`forward`] again to carry on.
+    Paused(Transfer),
+}
+
+/// How one direction ended.
+enum HalfEnd {
+    Eof(u64),
+    Paused(u64),
+}
+
+/// Forwards until both directions have seen EOF, or one fails, or (with `hand_off_after`)
+/// the connection has moved that many bytes both ways together.
 pub async fn forward(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     max_buffer: usize,
     sent: &AtomicU64,
     received: &AtomicU64,
-) -> io::Result<Transfer> {
-    let result = {
-        let (mut client_r, mut client_w) = client.split();
-        let (mut upstream_r, mut upstream_w) = upstream.split();
-        tokio::try_join!(
-            copy_half(&mut client_r, &mut upstream_w, max_buffer, sent),
-            copy_half(&mut upstream_r, &mut client_w, max_buffer, received),
-        )
-    };
-    match result {
-        Ok((up, down)) => Ok(Transfer { client_to_upstream: up, upstream_to_client: down }),
-        Err(e) => {
-            reset(client);
-            reset(upstream);
-            Err(e)
+    hand_off_after: Option<u64>,
+) -> io::Result<Outcome> {
+    if hand_off_after == Some(0) {
+        return Ok(Outcome::Paused(Transfer::default()));
+    }
+    let result = forward_halves(client, upstream, max_buffer, sent, received, hand_off_after).await;
+    if result.is_err() {
+        reset(client);
+        reset(upstream);
+    }
+    result
+}
+
+async fn forward_halves(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    max_buffer: usize,
+    sent: &AtomicU64,
+    received: &AtomicU64,
+    hand_off_after: Option<u64>,
+) -> io::Result<Outcome> {
+    let (mut client_r, mut client_w) = client.split();
+    let (mut upstream_r, mut upstream_w) = upstream.split();
+    let moved = AtomicU64::new(0);
+    let (pause, _) = watch::channel(false);
+    let limit = Limit { after: hand_off_after, moved: &moved, pause: &pause };
+    let (up, down) = tokio::try_join!(
+        copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit),
+        copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit),
+    )?;
+    let unlimited = Limit { after: None, ..limit };
+    Ok(match (up, down) {
+        (HalfEnd::Eof(a), HalfEnd::Eof(b)) => {
+            Outcome::Done(Transfer { client_to_upstream: a, upstream_to_client: b })
+        }
+        (HalfEnd::Paused(a), HalfEnd::Paused(b)) => {
+            Outcome::Paused(Transfer { client_to_upstream: a, upstream_to_client: b })
+        }
+        // One side already half-closed: nothing worth handing over, finish copying the other.
+        (HalfEnd::Eof(a), HalfEnd::Paused(b)) => {
+            let rest = copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &unlimited).await?;
+            Outcome::Done(Transfer { client_to_upstream: a, upstream_to_client: b + rest.bytes() })
+        }
+        (HalfEnd::Paused(a), HalfEnd::Eof(b)) => {
+            let rest = copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited).await?;
+            Outcome::Done(Transfer { client_to_upstream: a + rest.bytes(), upstream_to_client: b })
+        }
+    })
+}
+
+impl HalfEnd {
+    fn bytes(&self) -> u64 {
+        match self {
+            HalfEnd::Eof(n) | HalfEnd::Paused(n) => *n,
         }
     }
 }
 
-/// Copies until EOF, then shuts down the writer's sending side.
-pub async fn copy_half<R, W>(
+/// The hand-off threshold shared by both directions.
+#[derive(Clone, Copy)]
+struct Limit<'a> {
+    after: Option<u64>,
+    moved: &'a AtomicU64,
+    pause: &'a watch::Sender<bool>,
+}
+
+/// Copies until EOF (then shuts down the writer's sending side) or a pause.
+///
+/// A pause is only taken where the reader's receive queue holds no partly read skb: once the
+/// socket enters the splice sockhash, the kernel hands the verdict whole skbs from that queue
+/// (`tcp_read_skb` ignores a consumed prefix), so a prefix we already forwarded would be sent
+/// twice. A read that filled the buffer may have stopped inside an skb, so after one the half
+/// reads again before it may pause; a read that came back short emptied the queue, and a
+/// pending read means the queue was empty, so cancelling it loses nothing. A write is never
+/// cancelled.
+async fn copy_half<R, W>(
     reader: &mut R,
     writer: &mut W,
     max_buffer: usize,
     counter: &AtomicU64,
-) -> io::Result<u64>
+    limit: &Limit<'_>,
+) -> io::Result<HalfEnd>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
     let mut buf = vec![0u8; INITIAL_BUFFER.min(max_buffer)];
     let mut total = 0u64;
+    let mut paused = limit.pause.subscribe();
+    let mut maybe_mid_skb = false;
     loop {
-        let n = reader.read(&mut buf).await?;
+        let may_pause = limit.after.is_some() && !maybe_mid_skb;
+        if may_pause && *paused.borrow() {
+            return Ok(HalfEnd::Paused(total));
+        }
+        let n = tokio::select! {
+            biased;
+            _ = paused.changed(), if may_pause => continue,
+            n = reader.read(&mut buf) => n?,
+        };
         if n == 0 {
             writer.shutdown().await?;
-            return Ok(total);
+            return Ok(HalfEnd::Eof(total));
         }
+        maybe_mid_skb = n == buf.len();
         writer.write_all(&buf[..n]).await?;
         total += n as u64;
         counter.fetch_add(n as u64, Relaxed);
+        if let Some(after) = limit.after
+            && limit.moved.fetch_add(n as u64, Relaxed) + n as u64 >= after
+        {
+            limit.pause.send_replace(true);
+        }
         if n == buf.len() && buf.len() < max_buffer {
             buf.resize((buf.len() * 2).min(max_buffer), 0);
         }
@@ -106,7 +197,7 @@ mod tests {
         let (mut upstream_side, mut server) = pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let proxy = tokio::spawn(async move {
-            forward(&mut client_side, &mut upstream_side, 64 * 1024, &sent, &received).await
+            forward(&mut client_side, &mut upstream_side, 64 * 1024, &sent, &received, None).await
         });
 
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -123,9 +214,9 @@ mod tests {
         let mut answer = Vec::new();
         app.read_to_end(&mut answer).await.expect("read");
         assert_eq!(answer, b"answer after half-close");
-        let transfer = proxy.await.expect("join").expect("forward");
-        assert_eq!(transfer.client_to_upstream, request.len() as u64);
-        assert_eq!(transfer.upstream_to_client, 23);
+        let outcome = proxy.await.expect("join").expect("forward");
+        let expected = Transfer { client_to_upstream: request.len() as u64, upstream_to_client: 23 };
+        assert_eq!(outcome, Outcome::Done(expected));
     }
 
     #[tokio::test]
@@ -134,7 +225,7 @@ mod tests {
         let (mut upstream_side, server) = pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let proxy = tokio::spawn(async move {
-            forward(&mut client_side, &mut upstream_side, 64 * 1024, &sent, &received).await
+            forward(&mut client_side, &mut upstream_side, 64 * 1024, &sent, &received, None).await
         });
         reset(&server);
         drop(server);
@@ -142,5 +233,40 @@ mod tests {
         let mut buf = [0u8; 1];
         let err = app.read(&mut buf).await.expect_err("the app sees the reset");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn pauses_at_a_clean_point_and_resumes() {
+        let (mut app, mut client_side) = pair().await;
+        let (mut upstream_side, mut server) = pair().await;
+        let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+        let request: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let to_send = request.clone();
+        let app_task = tokio::spawn(async move {
+            app.write_all(&to_send).await.expect("write");
+            app.shutdown().await.expect("half-close");
+            let mut answer = Vec::new();
+            app.read_to_end(&mut answer).await.expect("read");
+            answer
+        });
+        // Crosses 10 kB, pauses with nothing held, then carries on where it stopped.
+        let first = forward(&mut client_side, &mut upstream_side, 4096, &sent, &received, Some(10_000))
+            .await
+            .expect("forward");
+        let Outcome::Paused(before) = first else { panic!("expected a pause, got {first:?}") };
+        assert!(before.client_to_upstream >= 10_000 && before.client_to_upstream < request.len() as u64);
+        let server_task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.expect("server reads");
+            server.write_all(b"ok").await.expect("answer");
+            server.shutdown().await.expect("shutdown");
+            got
+        });
+        let rest =
+            forward(&mut client_side, &mut upstream_side, 4096, &sent, &received, None).await.expect("rest");
+        let Outcome::Done(after) = rest else { panic!("expected the end, got {rest:?}") };
+        assert_eq!(before.client_to_upstream + after.client_to_upstream, request.len() as u64);
+        assert_eq!(server_task.await.expect("join"), request, "byte-exact across the pause");
+        assert_eq!(app_task.await.expect("join"), b"ok");
     }
 }

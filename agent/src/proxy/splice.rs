@@ -26,8 +26,8 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use super::forward::{Transfer, reset};
 use crate::{datapath::SharedMaps, pods::netns::socket_cookie};
 
-/// The proxy's read buffer for bytes the verdict passes up.
-const BUFFER: usize = 64 * 1024;
+/// The proxy's read buffer for bytes the verdict passes up (as large as the copy path's).
+const BUFFER: usize = 256 * 1024;
 /// How often a half-closed spliced connection is checked for a reset.
 const RESET_CHECK: Duration = Duration::from_millis(500);
 
@@ -43,7 +43,9 @@ struct Direction {
     forwarded: u64,
     /// Bytes already handed to `dst`'s TCP before the splice began.
     dst_base_handed: u64,
-    dst_base_acked: u64,
+    /// The redirected count at the last drain: while it has not moved, every redirected byte
+    /// is known to be in dst's send queue and the next write need not wait.
+    drained_redirected: u64,
     eof: bool,
 }
 
@@ -59,6 +61,17 @@ pub async fn splice(
     let mut up = Direction::new(cookies.0, &upstream_info);
     let mut down = Direction::new(cookies.1, &client_info);
     let entries = Entries { maps, cookies };
+    // The kernel's worker that sends redirected bytes retries a full send buffer only a tick
+    // (4 ms at HZ=250) later, and an autotuned buffer starts small. A fixed buffer above the
+    // in-flight cap means the verdict hands bytes to the proxy before the worker would stall.
+    for stream in [&*client, &*upstream] {
+        set_int_option(
+            stream,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            inflight_cap.min(1 << 30) as libc::c_int,
+        );
+    }
     for (dir, peer) in [(&up, cookies.1), (&down, cookies.0)] {
         let state = SpliceState { peer_cookie: peer, ..Default::default() };
         maps.splice_state.update(&dir.key, &state).map_err(NotSpliced)?;
@@ -82,7 +95,7 @@ pub async fn splice(
     // Bytes queued before the insert wait for the next wakeup; a receive low-water mark set
     // now makes the kernel run the verdict over them.
     for stream in [&*client, &*upstream] {
-        set_rcvlowat(stream, 1);
+        set_int_option(stream, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1);
     }
 
     let result = supervise(client, upstream, &mut up, &mut down, maps, inflight_cap).await;
@@ -139,13 +152,7 @@ async fn supervise(
 
 impl Direction {
     fn new(key: u64, dst_info: &libc::tcp_info) -> Self {
-        Self {
-            key,
-            forwarded: 0,
-            dst_base_handed: handed(dst_info),
-            dst_base_acked: dst_info.tcpi_bytes_acked,
-            eof: false,
-        }
+        Self { key, forwarded: 0, dst_base_handed: handed(dst_info), drained_redirected: 0, eof: false }
     }
 
     async fn on_readable(
@@ -156,26 +163,38 @@ impl Direction {
         maps: &SharedMaps,
         inflight_cap: u64,
     ) -> io::Result<()> {
-        let n = match src.try_read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        self.drain(dst, maps).await?;
-        if n == 0 {
+        // Take everything passed up so far in one go: the fewer round trips here, the sooner
+        // forwarded catches up with passed and the verdict goes back to redirecting.
+        let (mut n, mut eof) = (0, false);
+        while n < buf.len() {
+            match src.try_read(&mut buf[n..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if n > 0 {
+            self.drain(dst, maps).await?;
+            dst.write_all(&buf[..n]).await?;
+            self.forwarded += n as u64;
+            // Published only now that the bytes are in dst's send queue: from here on, bytes
+            // the verdict redirects land behind them.
+            maps.splice_ctl.update(&self.key, &self.ctl(inflight_cap))?;
+        }
+        if eof {
+            self.drain(dst, maps).await?;
             dst.shutdown().await?;
             self.eof = true;
-            return Ok(());
         }
-        dst.write_all(&buf[..n]).await?;
-        self.forwarded += n as u64;
-        // Published only now that the bytes are in dst's send queue: from here on, bytes the
-        // verdict redirects land behind them.
-        maps.splice_ctl.update(&self.key, &self.ctl(inflight_cap))
+        Ok(())
     }
 
     fn ctl(&self, inflight_cap: u64) -> SpliceCtl {
-        SpliceCtl { forwarded: self.forwarded, inflight_cap, peer_base_acked: self.dst_base_acked }
+        SpliceCtl { forwarded: self.forwarded, inflight_cap, peer_base_sent: self.dst_base_handed }
     }
 
     fn state(&self, maps: &SharedMaps) -> io::Result<SpliceState> {
@@ -184,12 +203,17 @@ impl Direction {
 
     /// Waits until every byte meant for `dst` (redirected by the kernel or written by us) is
     /// in its send queue.
-    async fn drain(&self, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
-        let target = self.dst_base_handed + self.forwarded + self.state(maps)?.redirected;
+    async fn drain(&mut self, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
+        let redirected = self.state(maps)?.redirected;
+        if redirected == self.drained_redirected {
+            return Ok(());
+        }
+        let target = self.dst_base_handed + self.forwarded + redirected;
         let mut pause = Duration::from_micros(50);
         loop {
             let info = tcp_info(dst)?;
             if handed(&info) >= target {
+                self.drained_redirected = redirected;
                 return Ok(());
             }
             // ESTABLISHED or CLOSE_WAIT: the socket can still send; anything else means the
@@ -205,7 +229,9 @@ impl Direction {
             } else {
                 tokio::time::sleep(pause).await;
             }
-            pause = (pause * 2).min(Duration::from_millis(20));
+            // Never longer than the timer's resolution: the worker drains in microseconds
+            // unless the target is genuinely blocked, and a long nap stalls the stream.
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
     }
 }
@@ -216,14 +242,15 @@ fn handed(info: &libc::tcp_info) -> u64 {
     info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans) + u64::from(info.tcpi_notsent_bytes)
 }
 
-fn set_rcvlowat(stream: &TcpStream, bytes: libc::c_int) {
+/// Best effort: a failure leaves the kernel's default, which is slower but correct.
+fn set_int_option(stream: &TcpStream, level: libc::c_int, option: libc::c_int, value: libc::c_int) {
     // SAFETY: an int option of the right size on a valid socket.
     unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            std::ptr::from_ref(&bytes).cast(),
+            level,
+            option,
+            std::ptr::from_ref(&value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }

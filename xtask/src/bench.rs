@@ -1,0 +1,154 @@
+//! `cargo xtask bench`: every scenario measured in one run, interleaved round by round, as
+//! ratios against the direct path measured alongside (docs/bench.md).
+
+mod measure;
+mod report;
+mod topology;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+pub use measure::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// One short round on the debug build; checks the harness, asserts no numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds (the report shows medians).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Request and response size for rr1/rr64 (bytes).
+    #[arg(long, default_value_t = 1024)]
+    pub rr_size: usize,
+    /// Connections for rr64.
+    #[arg(long, default_value_t = 64)]
+    pub rr_conns: usize,
+    /// Request and response size for the connection-rate test (bytes).
+    #[arg(long, default_value_t = 64)]
+    pub crr_size: usize,
+    /// Concurrent clients for the connection-rate test.
+    #[arg(long, default_value_t = 4)]
+    pub crr_conns: usize,
+    /// Only these scenarios (comma-separated; for profiling). The report then covers only
+    /// them, so docs/bench.md is left alone.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Print both agents' `nodemesh status` (kernel counters included) at the end.
+    #[arg(long)]
+    pub show_status: bool,
+    /// Extra agent configuration (YAML lines), for experiments.
+    #[arg(long, default_value = "")]
+    pub agent_config: String,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let (profile, rounds, seconds) =
+        if args.quick { ("debug", 1, 0.3) } else { ("release", args.rounds.max(1), args.seconds) };
+    crate::sh(
+        "cargo",
+        &if args.quick {
+            vec!["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen"]
+        } else {
+            vec!["build", "--quiet", "--release", "-p", "nodemesh", "-p", "nm-loadgen"]
+        },
+    )?;
+    let bin_dir = root.join("target").join(profile);
+    let settings = Settings {
+        seconds,
+        rr_size: args.rr_size,
+        rr_conns: args.rr_conns,
+        crr_size: args.crr_size,
+        crr_conns: args.crr_conns,
+    };
+    nodemesh_testbed::sweep_stale();
+    let topo =
+        topology::Topology::start(&bin_dir, &args.agent_config).context("building the benchmark cluster")?;
+    let scenarios: Vec<_> = topo
+        .scenarios()
+        .into_iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
+        .collect();
+    anyhow::ensure!(!scenarios.is_empty(), "no scenario matches --only {:?}", args.only);
+    let order: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+    let mut raw = report::Raw::new();
+    let started = Instant::now();
+    for round in 0..rounds {
+        // Rotate the order so no scenario always runs first (or right after a cold start).
+        let mut line = format!("round {}/{rounds}:", round + 1);
+        for i in 0..scenarios.len() {
+            let scenario = &scenarios[(i + round) % scenarios.len()];
+            let sample = measure::run(&topo, scenario, &settings, &bin_dir)
+                .with_context(|| format!("scenario {}", scenario.name))?;
+            line.push_str(&format!(
+                " {} {:.0}µs/{:.1}Gbps/{:.0}cps;",
+                scenario.name,
+                sample["rr1_spin_p50_us"].as_f64().unwrap_or(0.0),
+                sample["tput_gbps"].as_f64().unwrap_or(0.0),
+                sample["crr_cps"].as_f64().unwrap_or(0.0)
+            ));
+            raw.entry(scenario.name.to_owned()).or_default().push(sample);
+        }
+        println!("{line} ({:.0}s)", started.elapsed().as_secs_f64());
+    }
+
+    if args.show_status {
+        for agent in [&topo.agent1, &topo.agent2] {
+            println!("{}", agent.cli(&["status"])?);
+        }
+    }
+    let results = report::results(&raw, &order, rounds, &report::machine(), settings.to_json());
+    let out_dir = root.join("target").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let partial = !args.only.is_empty();
+    let file = out_dir.join(match (args.quick, partial) {
+        (true, _) => "results-quick.json",
+        (false, true) => "results-partial.json",
+        (false, false) => "results.json",
+    });
+    std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
+    check_schema(&results, &order)?;
+    println!("wrote {}", file.display());
+    if !args.quick && !partial {
+        report::write_docs(&results, &order, &root.join("docs"), &today())?;
+        println!("wrote docs/bench.md and docs/bench.svg");
+    }
+    Ok(())
+}
+
+/// The schema docs/bench.md promises: every scenario with every metric, as numbers.
+fn check_schema(results: &Value, order: &[&str]) -> anyhow::Result<()> {
+    for name in order {
+        for metric in measure::METRICS {
+            results["scenarios"][name][metric]
+                .as_f64()
+                .with_context(|| format!("results.json lacks {name}.{metric}"))?;
+        }
+    }
+    anyhow::ensure!(
+        results["rounds"].as_u64().is_some() && results["machine"].is_string(),
+        "results.json header"
+    );
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,195 @@
+//! The benchmark's fake cluster.
+//!
+//! Every scenario uses the *same* client pod and the same server pods, so that what differs
+//! between scenarios is the path alone: pods differ in ways that move latency by more than
+//! the effects measured here (seen: 10 µs between two pod pairs running identical code). The
+//! path is chosen by the destination port and one pod label:
+//!
+//! | scenario | port | path |
+//! |---|---|---|
+//! | `direct` | 9101, excluded from interception both ways | veth, bridge, veth |
+//! | `mesh` | 9100 | the agent, splice on (pods labelled `nodemesh.io/splice=enabled`) |
+//! | `mesh_nosockmap` | 9100 | the agent, splice off (the label flipped to `disabled`) |
+//! | `sidecar` | 9102, excluded from interception | nftables REDIRECT in the client pod to a sidecar process in that pod |
+//!
+//! and the same for `xnode_*` against a server pod on node 2.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use nodemesh_testbed::{Agent, AgentOptions, Cluster, Node, Pod, PodOptions, tools, wait_for};
+
+/// `nm-loadgen server` ports in every server pod.
+pub const MESH_PORT: u16 = 9100;
+const DIRECT_PORT: u16 = 9101;
+const SIDECAR_PORT: u16 = 9102;
+/// The sidecar's listener (15001 is the agent's, in the same pod) and the SO_MARK its own
+/// connections carry so the REDIRECT rule skips them (Istio's 1337).
+const SIDECAR_LISTEN: u16 = 15101;
+const SIDECAR_MARK: u32 = 1337;
+const SPLICE_LABEL: &str = "nodemesh.io/splice";
+
+/// Which processes do the proxying in a scenario (for CPU and RSS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proxies {
+    None,
+    Agent1,
+    BothAgents,
+    Sidecar,
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub server: IpAddr,
+    pub port: u16,
+    pub proxies: Proxies,
+    /// The splice setting the pods must have (mesh scenarios only).
+    pub splice: Option<bool>,
+}
+
+pub struct Topology {
+    /// Kept for its drop, which removes everything the benchmark created.
+    _cluster: Cluster,
+    node1: Node,
+    node2: Node,
+    pub agent1: Agent,
+    pub agent2: Agent,
+    pub client: Pod,
+    server: Pod,
+    server2: Pod,
+    sidecar_pid: u32,
+}
+
+impl Topology {
+    pub fn start(bin_dir: &Path, agent_config: &str) -> anyhow::Result<Self> {
+        let cluster = Cluster::new("bench")?;
+        let node1 = cluster.add_node("node1", 1)?;
+        let node2 = cluster.add_node("node2", 2)?;
+        let spliced = PodOptions {
+            labels: BTreeMap::from([(SPLICE_LABEL.into(), "enabled".into())]),
+            ..Default::default()
+        };
+        let client = node1.add_pod("mesh", "client", spliced.clone())?;
+        let server = node1.add_pod("mesh", "server", spliced.clone())?;
+        let server2 = node2.add_pod("mesh", "server", spliced)?;
+        for node in [&node1, &node2] {
+            node.set_intercept("mesh", Some("enabled"))?;
+        }
+        // A connection-rate test opens tens of thousands of connections in seconds; without
+        // TIME_WAIT reuse (the default allows it on loopback only) the client runs out of
+        // ports over veth and measures port search instead. Load testers always set this.
+        client.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+
+        let loadgen = bin_dir.join("nm-loadgen");
+        for pod in [&server, &server2] {
+            for port in [MESH_PORT, DIRECT_PORT, SIDECAR_PORT] {
+                let mut cmd = Command::new(&loadgen);
+                cmd.args(["server", "--port", &port.to_string()]);
+                pod.spawn(cmd)?;
+            }
+        }
+        for pod in [&server, &server2] {
+            for port in [MESH_PORT, DIRECT_PORT, SIDECAR_PORT] {
+                tools::wait_listening(&pod.netns_path(), port)?;
+            }
+        }
+
+        let nodemesh = bin_dir.join("nodemesh");
+        let sidecar_pid = start_sidecar(&client, &nodemesh)?;
+        let options = AgentOptions {
+            // The node default does not matter: the pods' label decides.
+            splice: true,
+            // Measure the agent's own default hand-off point.
+            splice_after_bytes: None,
+            binary: Some(nodemesh),
+            extra_config: format!(
+                "excluded_outbound_ports: [{DIRECT_PORT}, {SIDECAR_PORT}]\n\
+                 excluded_inbound_ports: [{DIRECT_PORT}, {SIDECAR_PORT}]\n{agent_config}\n"
+            ),
+            ..Default::default()
+        };
+        let agent1 = node1.start_agent(&options)?;
+        let agent2 = node2.start_agent(&options)?;
+        agent1.wait_enrolled(&["mesh/client", "mesh/server"], Duration::from_secs(15))?;
+        agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(15))?;
+        Ok(Self { _cluster: cluster, node1, node2, agent1, agent2, client, server, server2, sidecar_pid })
+    }
+
+    /// The scenarios, in a fixed order.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let (local, remote) = (IpAddr::from(self.server.ipv4), IpAddr::from(self.server2.ipv4));
+        let s = |name, server, port, proxies, splice| Scenario { name, server, port, proxies, splice };
+        vec![
+            s("direct", local, DIRECT_PORT, Proxies::None, None),
+            s("mesh", local, MESH_PORT, Proxies::Agent1, Some(true)),
+            s("mesh_nosockmap", local, MESH_PORT, Proxies::Agent1, Some(false)),
+            s("sidecar", local, SIDECAR_PORT, Proxies::Sidecar, None),
+            s("xnode_direct", remote, DIRECT_PORT, Proxies::None, None),
+            s("xnode_mesh", remote, MESH_PORT, Proxies::BothAgents, Some(true)),
+        ]
+    }
+
+    /// Puts the pods' splice label where the scenario needs it and waits until the agents
+    /// have applied it.
+    pub fn prepare(&self, scenario: &Scenario) -> anyhow::Result<()> {
+        let Some(splice) = scenario.splice else { return Ok(()) };
+        let value = if splice { "enabled" } else { "disabled" };
+        for (node, agent, pods) in [
+            (&self.node1, &self.agent1, vec![&self.client, &self.server]),
+            (&self.node2, &self.agent2, vec![&self.server2]),
+        ] {
+            for pod in &pods {
+                node.set_pod_label(pod, SPLICE_LABEL, Some(value))?;
+            }
+            wait_for(&format!("splice {value} on {}", node.name), Duration::from_secs(10), || {
+                agent.status().is_ok_and(|st| {
+                    st["pods"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().all(|p| p["splice"].as_bool() == Some(splice)))
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Process ids whose CPU and memory count as the scenario's proxy.
+    pub fn proxy_pids(&self, proxies: Proxies) -> Vec<u32> {
+        match proxies {
+            Proxies::None => vec![],
+            Proxies::Agent1 => vec![self.agent1.pid()],
+            Proxies::BothAgents => vec![self.agent1.pid(), self.agent2.pid()],
+            Proxies::Sidecar => vec![self.sidecar_pid],
+        }
+    }
+}
+
+/// The classic sidecar: an nftables REDIRECT in the client pod sends its traffic to the
+/// sidecar port to a proxy process in the same pod, which skips its own marked connections.
+fn start_sidecar(pod: &Pod, nodemesh: &PathBuf) -> anyhow::Result<u32> {
+    let rules = format!(
+        "table ip nmsidecar {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    \
+         meta mark {SIDECAR_MARK} return\n    tcp dport {SIDECAR_PORT} redirect to :{SIDECAR_LISTEN}\n  }}\n}}\n"
+    );
+    let rules_file = std::env::temp_dir().join(format!("nodemesh-sidecar-{}.nft", std::process::id()));
+    std::fs::write(&rules_file, rules)?;
+    let mut nft = Command::new("nft");
+    nft.arg("-f").arg(&rules_file);
+    let out = pod.output(nft).context("nft")?;
+    let _ = std::fs::remove_file(&rules_file);
+    if !out.status.success() {
+        bail!("installing the sidecar's REDIRECT rule: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut sidecar = Command::new(nodemesh);
+    sidecar.args(["sidecar", "--port", &SIDECAR_LISTEN.to_string(), "--mark", &SIDECAR_MARK.to_string()]);
+    sidecar.stderr(std::process::Stdio::null());
+    let pid = pod.spawn_in_netns(sidecar)?;
+    tools::wait_listening(&pod.netns_path(), SIDECAR_LISTEN)?;
+    Ok(pid)
+}
