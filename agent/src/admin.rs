@@ -21,13 +21,21 @@ use crate::{
     status::{CounterReport, PodReport, StatusReport},
 };
 
+/// Where the node's pods come from.
+#[derive(Clone)]
+pub enum Source {
+    File(Arc<Mutex<SourceStatus>>),
+    ControlPlane(Arc<crate::xds::Shared>),
+    None,
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub config: Arc<Config>,
     pub started: Instant,
     pub datapath: Arc<Mutex<Datapath>>,
     pub view: Arc<Mutex<View>>,
-    pub source: Option<Arc<Mutex<SourceStatus>>>,
+    pub source: Source,
     pub spec: tokio::sync::watch::Receiver<Arc<crate::spec::NodeSpec>>,
     /// Set once the first reconcile has run.
     pub ready: Arc<AtomicBool>,
@@ -50,7 +58,11 @@ async fn status(State(s): State<AdminState>) -> Json<StatusReport> {
 
 async fn config_dump(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let spec = Arc::clone(&s.spec.borrow());
-    Json(json!({ "config": &*s.config, "node_spec": &*spec }))
+    let xds = match &s.source {
+        Source::ControlPlane(shared) => shared.state.lock().unwrap_or_else(|p| p.into_inner()).dump(),
+        _ => serde_json::Value::Null,
+    };
+    Json(json!({ "config": &*s.config, "node_spec": &*spec, "xds": xds }))
 }
 
 async fn ready(State(s): State<AdminState>) -> StatusCode {
@@ -87,7 +99,16 @@ pub fn report(s: &AdminState) -> StatusReport {
         uptime_s: s.started.elapsed().as_secs(),
         splice: s.config.splice,
         bpffs_dir: s.config.bpffs_dir.display().to_string(),
-        enrollment: s.source.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        enrollment: match &s.source {
+            Source::File(status) => Some(status.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            _ => None,
+        },
+        sync: match &s.source {
+            Source::ControlPlane(shared) => {
+                Some(shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            }
+            _ => None,
+        },
         pods,
         pending: view.pending.clone(),
         programs,

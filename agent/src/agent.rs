@@ -15,6 +15,7 @@ use nodemesh_common::{DatapathConfig, TcpSockOffsets};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    admin::Source,
     admin::{self, AdminState},
     cli::AgentArgs,
     config::{Config, Overrides},
@@ -24,6 +25,7 @@ use crate::{
     proxy::{Proxy, ProxySettings},
     reconcile::Reconciler,
     spec::NodeSpec,
+    xds,
 };
 
 /// How often enrollment is re-checked without a spec change (pods whose cgroup or process
@@ -32,12 +34,30 @@ const RECHECK: Duration = Duration::from_millis(500);
 
 pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     check_privileges()?;
-    let AgentArgs { config, node_name, enrollment_file, bpffs_dir, cgroup_root, admin_addr, splice, log } =
-        args;
-    let config = Config::load(
-        config.as_deref(),
-        Overrides { node_name, bpffs_dir, cgroup_root, enrollment_file, admin_addr, splice, log },
-    )?;
+    let AgentArgs {
+        config,
+        node_name,
+        enrollment_file,
+        xds_address,
+        xds_snapshot,
+        bpffs_dir,
+        cgroup_root,
+        admin_addr,
+        splice,
+        log,
+    } = args;
+    let overrides = Overrides {
+        node_name,
+        bpffs_dir,
+        cgroup_root,
+        enrollment_file,
+        xds_address,
+        xds_snapshot,
+        admin_addr,
+        splice,
+        log,
+    };
+    let config = Config::load(config.as_deref(), overrides)?;
     init_logging(&config.log);
     tracing::info!(config = %serde_json::to_string(&config)?, "starting");
     run(config)
@@ -134,16 +154,24 @@ async fn control_plane(
     // Without a source the spec stays empty; the sender lives to the end of this function so
     // `changed()` pends instead of failing.
     let (_empty_tx, empty_rx) = tokio::sync::watch::channel(Arc::new(NodeSpec::default()));
-    let (mut spec_rx, source_status) = match &config.enrollment_file {
-        Some(path) => {
-            let (mut source, rx, status) = FileSource::new(path);
-            source.poll();
-            tokio::spawn(source.run());
-            (rx, Some(status))
+    let (mut spec_rx, source) = match (&config.enrollment_file, &config.xds_address) {
+        (Some(path), _) => {
+            let (mut file, rx, status) = FileSource::new(path);
+            file.poll();
+            tokio::spawn(file.run());
+            (rx, Source::File(status))
         }
-        None => {
-            tracing::warn!("no enrollment file configured: no pod will be intercepted");
-            (empty_rx, None)
+        (None, Some(address)) => {
+            let (shared, rx) = xds::start(xds::XdsSettings {
+                address: address.clone(),
+                node_name: config.node_name.clone(),
+                snapshot: config.xds_snapshot.clone(),
+            });
+            (rx, Source::ControlPlane(shared))
+        }
+        (None, None) => {
+            tracing::warn!("neither an enrollment file nor a control plane: no pod will be intercepted");
+            (empty_rx, Source::None)
         }
     };
 
@@ -154,7 +182,7 @@ async fn control_plane(
         started: Instant::now(),
         datapath,
         view: reconciler.view(),
-        source: source_status,
+        source,
         spec: spec_rx.clone(),
         ready: Arc::clone(&ready),
     };

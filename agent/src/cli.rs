@@ -29,6 +29,8 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
+    /// Run the reference control plane: Kubernetes-style YAML in, delta xDS out.
+    Controlplane(ControlplaneArgs),
     /// Run as a classic per-pod sidecar proxy behind an nftables/iptables REDIRECT rule (for
     /// comparisons; the node agent never needs it).
     Sidecar(crate::sidecar::SidecarArgs),
@@ -45,6 +47,12 @@ pub struct AgentArgs {
     /// Local mode: a YAML file listing the node's pods and namespaces (docs/enrollment.md).
     #[arg(long)]
     pub enrollment_file: Option<PathBuf>,
+    /// Control-plane mode: the delta xDS server (e.g. http://istiod.istio-system:15010).
+    #[arg(long)]
+    pub xds_address: Option<String>,
+    /// Where to keep the last state accepted from the control plane.
+    #[arg(long)]
+    pub xds_snapshot: Option<PathBuf>,
     /// Where to pin links and maps (on a bpffs).
     #[arg(long)]
     pub bpffs_dir: Option<PathBuf>,
@@ -60,6 +68,26 @@ pub struct AgentArgs {
     /// Log filter, e.g. `info` or `nodemesh=debug`.
     #[arg(long)]
     pub log: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlplaneArgs {
+    /// Directory of YAML files (Namespaces, Pods, Services, AuthorizationPolicies).
+    #[arg(long)]
+    pub config_dir: PathBuf,
+    /// Delta xDS (gRPC, plaintext).
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    pub listen: SocketAddr,
+    /// Admin API (/status, /ready).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub admin: SocketAddr,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Policies without a selector in this namespace apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+    #[arg(long, default_value = "info")]
+    pub log: String,
 }
 
 pub fn status(json: bool, admin: SocketAddr) -> anyhow::Result<()> {

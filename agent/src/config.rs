@@ -23,6 +23,10 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
     /// Local mode: the node's pods and namespaces (docs/enrollment.md).
     pub enrollment_file: Option<PathBuf>,
+    /// Control-plane mode: delta xDS server, e.g. `http://istiod.istio-system:15010`.
+    pub xds_address: Option<String>,
+    /// Where the last state accepted from the control plane is kept.
+    pub xds_snapshot: PathBuf,
     /// Admin API (status, config dump); loopback in the node's namespace.
     pub admin_addr: SocketAddr,
     pub ports: Ports,
@@ -73,6 +77,8 @@ impl Default for Config {
             bpffs_dir: PathBuf::from("/sys/fs/bpf/nodemesh"),
             cgroup_root: None,
             enrollment_file: None,
+            xds_address: None,
+            xds_snapshot: PathBuf::from("/var/lib/nodemesh/xds-snapshot.pb"),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], ports::ADMIN)),
             ports: Ports::default(),
             excluded_outbound_ports: Vec::new(),
@@ -107,6 +113,8 @@ pub struct Overrides {
     pub bpffs_dir: Option<PathBuf>,
     pub cgroup_root: Option<PathBuf>,
     pub enrollment_file: Option<PathBuf>,
+    pub xds_address: Option<String>,
+    pub xds_snapshot: Option<PathBuf>,
     pub admin_addr: Option<SocketAddr>,
     pub splice: Option<bool>,
     pub log: Option<String>,
@@ -123,8 +131,17 @@ impl Config {
             }
             None => Self::default(),
         };
-        let Overrides { node_name, bpffs_dir, cgroup_root, enrollment_file, admin_addr, splice, log } =
-            overrides;
+        let Overrides {
+            node_name,
+            bpffs_dir,
+            cgroup_root,
+            enrollment_file,
+            xds_address,
+            xds_snapshot,
+            admin_addr,
+            splice,
+            log,
+        } = overrides;
         if let Some(v) = node_name {
             config.node_name = v;
         }
@@ -136,6 +153,12 @@ impl Config {
         }
         if enrollment_file.is_some() {
             config.enrollment_file = enrollment_file;
+        }
+        if xds_address.is_some() {
+            config.xds_address = xds_address;
+        }
+        if let Some(v) = xds_snapshot {
+            config.xds_snapshot = v;
         }
         if let Some(v) = admin_addr {
             config.admin_addr = v;
@@ -180,6 +203,20 @@ impl Config {
         }
         if p.outbound == p.inbound || p.outbound == p.hbone || p.inbound == p.hbone {
             return Err(invalid("ports", "outbound, inbound and hbone must differ".into()));
+        }
+        if self.enrollment_file.is_some() && self.xds_address.is_some() {
+            return Err(invalid(
+                "enrollment_file, xds_address",
+                "set one: the local file (no control plane) or a control plane".into(),
+            ));
+        }
+        if let Some(address) = &self.xds_address
+            && !(address.starts_with("http://") || address.starts_with("https://"))
+        {
+            return Err(invalid(
+                "xds_address",
+                format!("{address:?} needs a scheme, e.g. http://host:15010"),
+            ));
         }
         if !self.bpffs_dir.is_absolute() {
             return Err(invalid("bpffs_dir", format!("{} is not absolute", self.bpffs_dir.display())));

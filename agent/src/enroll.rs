@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::spec::{Labels, NamespaceSpec, NodeSpec, PodSpec};
+use crate::spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec};
 
 /// How often the file is checked. Polling a small file is cheap and, unlike inotify, sees
 /// every way a file can be replaced (rename, symlink swap as in ConfigMap volumes).
@@ -69,14 +69,20 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
         error(if path == "." { "(document)".into() } else { path }, e.into_inner().to_string())
     })?;
 
-    let mut namespaces = BTreeMap::new();
+    let mut namespaces: BTreeMap<String, Labels> = BTreeMap::new();
     for (i, ns) in file.namespaces.into_iter().enumerate() {
         validate_name(&format!("namespaces[{i}].name"), &ns.name)?;
         if namespaces.contains_key(&ns.name) {
             return Err(error(format!("namespaces[{i}].name"), format!("duplicate namespace {:?}", ns.name)));
         }
-        namespaces.insert(ns.name.clone(), NamespaceSpec { name: ns.name, labels: ns.labels });
+        namespaces.insert(ns.name, ns.labels);
     }
+    // Interception: the namespace says enabled and the pod does not opt out.
+    let intercepts = |pod: &PodEntry| {
+        let namespace_on =
+            namespaces.get(&pod.namespace).and_then(|l| l.get(INTERCEPT_LABEL)).is_some_and(|v| v == ENABLED);
+        namespace_on && pod.labels.get(INTERCEPT_LABEL).is_none_or(|v| v != DISABLED)
+    };
 
     let mut pods = Vec::with_capacity(file.pods.len());
     let (mut uids, mut addresses) = (HashSet::new(), HashSet::new());
@@ -101,15 +107,17 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             }
             ips.push(parsed);
         }
+        let intercept = intercepts(&pod);
         pods.push(PodSpec {
             uid: pod.uid,
             namespace: pod.namespace,
             name: pod.name,
             ips,
             labels: pod.labels,
+            intercept,
         });
     }
-    Ok(NodeSpec { namespaces, pods })
+    Ok(NodeSpec { pods })
 }
 
 /// Kubernetes names (RFC 1123 labels, also the rule for namespaces).
@@ -226,7 +234,24 @@ pods:
         let spec = parse(GOOD).expect("valid");
         assert_eq!(spec.pods.len(), 1);
         assert_eq!(spec.pods[0].ips.len(), 2);
-        assert!(spec.intercepts(&spec.pods[0]));
+        assert!(spec.pods[0].intercept);
+    }
+
+    #[test]
+    fn namespace_label_enables_and_pod_label_opts_out() {
+        let text = r#"
+namespaces:
+  - {name: on, labels: {nodemesh.io/intercept: enabled}}
+  - {name: off}
+pods:
+  - {uid: a1, namespace: on, name: in}
+  - {uid: a2, namespace: on, name: out, labels: {nodemesh.io/intercept: disabled}}
+  - {uid: a3, namespace: off, name: plain}
+  - {uid: a4, namespace: unknown, name: stray}
+"#;
+        let spec = parse(text).expect("valid");
+        let intercepted: Vec<&str> = spec.intercepted().map(|p| p.name.as_str()).collect();
+        assert_eq!(intercepted, ["in"]);
     }
 
     #[test]

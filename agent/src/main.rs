@@ -4,6 +4,7 @@ mod admin;
 mod agent;
 mod cli;
 mod config;
+mod controlplane;
 mod datapath;
 mod enroll;
 mod pods;
@@ -12,6 +13,7 @@ mod reconcile;
 mod sidecar;
 mod spec;
 mod status;
+mod xds;
 
 use clap::Parser as _;
 
@@ -26,6 +28,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Agent(args) => agent::main(args),
         cli::Command::Status { json, admin } => cli::status(json, admin),
         cli::Command::Sidecar(args) => sidecar::main(args),
+        cli::Command::Controlplane(args) => controlplane::main(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,6 +18,8 @@ pub struct StatusReport {
     pub bpffs_dir: String,
     /// Where the pod list comes from, and whether its last version was accepted.
     pub enrollment: Option<SourceStatus>,
+    /// Control-plane sync, when the agent runs against one.
+    pub sync: Option<crate::xds::SyncStatus>,
     pub pods: Vec<PodReport>,
     pub pending: Vec<PendingPod>,
     pub programs: Vec<ProgramStatus>,

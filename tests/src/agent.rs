@@ -26,6 +26,8 @@ pub struct AgentOptions {
     pub extra_config: String,
     /// The agent binary (default: [`crate::nodemesh_bin`]); benchmarks run a release build.
     pub binary: Option<PathBuf>,
+    /// Run against this control plane (`http://…:15010`) instead of the enrollment file.
+    pub xds_address: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -36,6 +38,7 @@ impl Default for AgentOptions {
             log: "info".into(),
             extra_config: String::new(),
             binary: None,
+            xds_address: None,
         }
     }
 }
@@ -58,16 +61,24 @@ impl Node {
         let inner = Arc::clone(self.inner());
         let bpffs_dir = PathBuf::from(format!("/sys/fs/bpf/nodemesh-test-{}-{}", inner.id, self.name));
         inner.track_bpffs(bpffs_dir.clone());
-        if !self.enrollment_path().exists() {
-            self.write_enrollment()?;
-        }
+        let source = match &options.xds_address {
+            Some(address) => format!(
+                "xds_address: {address}\nxds_snapshot: {}\n",
+                inner.work.join(format!("{}-xds-snapshot.pb", self.name)).display()
+            ),
+            None => {
+                if !self.enrollment_path().exists() {
+                    self.write_enrollment()?;
+                }
+                format!("enrollment_file: {}\n", self.enrollment_path().display())
+            }
+        };
         let config_path = inner.work.join(format!("{}-agent.yaml", self.name));
         let config = format!(
-            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\nenrollment_file: {}\nsplice: {}\nlog: {:?}\n{}{}",
+            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\n{source}splice: {}\nlog: {:?}\n{}{}",
             self.name,
             bpffs_dir.display(),
             inner.cgroup_root.display(),
-            self.enrollment_path().display(),
             options.splice,
             options.log,
             options.splice_after_bytes.map(|b| format!("splice_after_bytes: {b}\n")).unwrap_or_default(),

@@ -142,23 +142,34 @@ impl Cluster {
     /// A host outside the mesh on the fabric (192.168.100.200, fd00:100::200), with routes
     /// to every node's pods.
     pub fn add_external(&self, name: &str) -> anyhow::Result<External> {
+        let (netns, ipv4) = self.add_fabric_host(name, 200)?;
+        Ok(External {
+            inner: Arc::clone(&self.inner),
+            netns,
+            ipv4,
+            ipv6: format!("{FABRIC_V6}:200").parse().context("v6")?,
+        })
+    }
+
+    /// A namespace on the fabric at 192.168.100.<host> and fd00:100::<host>, routed to every
+    /// node's pods (and every later node's).
+    pub(crate) fn add_fabric_host(&self, name: &str, host: u8) -> anyhow::Result<(String, Ipv4Addr)> {
         let inner = &self.inner;
         let netns = format!("{NETNS_PREFIX}{}-{name}", inner.id);
         inner.add_netns(&netns)?;
-        let (v4, v6) = (format!("{FABRIC_V4}.200"), format!("{FABRIC_V6}:200"));
-        inner.attach_to_fabric(&netns, "ext0", &v4, &v6)?;
+        let (v4, v6) = (format!("{FABRIC_V4}.{host}"), format!("{FABRIC_V6}:{host}"));
+        inner.attach_to_fabric(&netns, &format!("h{host}"), &v4, &v6)?;
         let mut state = inner.lock();
         for (index, _) in &state.nodes {
             route_pods_via(&netns, *index, &format!("{FABRIC_V4}.{index}"), &format!("{FABRIC_V6}:{index}"))?;
         }
         state.externals.push(netns.clone());
         drop(state);
-        Ok(External {
-            inner: Arc::clone(inner),
-            netns,
-            ipv4: v4.parse().context("v4")?,
-            ipv6: v6.parse().context("v6")?,
-        })
+        Ok((netns, v4.parse().context("v4")?))
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 }
 
@@ -370,12 +381,12 @@ pub struct Node {
 }
 
 #[derive(Clone)]
-struct PodRecord {
-    uid: String,
-    namespace: String,
-    name: String,
-    ips: Vec<IpAddr>,
-    labels: BTreeMap<String, String>,
+pub(crate) struct PodRecord {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -523,6 +534,10 @@ impl Node {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+
+    pub(crate) fn pod_records(&self) -> Vec<PodRecord> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod cluster;
 mod cmd;
+pub mod controlplane;
 pub mod kernel;
 pub mod scenario;
 pub mod tools;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 
 pub use agent::{Agent, AgentOptions};
 pub use cluster::{CgroupLayout, Cluster, External, Node, Pod, PodOptions, enter_netns, wait_for};
+pub use controlplane::ControlPlane;
 
 /// Fails loudly (never skips) when the caller is not root.
 pub fn require_root() {

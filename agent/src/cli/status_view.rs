@@ -3,7 +3,46 @@
 use std::fmt::Write as _;
 
 use super::table::Table;
-use crate::status::StatusReport;
+use crate::{status::StatusReport, xds::SyncStatus};
+
+fn sync_lines(s: &SyncStatus) -> String {
+    let mut out = String::new();
+    let now = crate::xds::unix_now();
+    let state = match (s.connected, s.from_disk) {
+        (true, _) => {
+            format!("connected for {}s", now.saturating_sub(s.connected_since_unix_s.unwrap_or(now)))
+        }
+        (false, true) => "DISCONNECTED, serving the state saved on disk".to_owned(),
+        (false, false) => "DISCONNECTED, serving the last accepted state".to_owned(),
+    };
+    let _ = writeln!(out, "Control plane {} {state}", s.control_plane);
+    let age = s.accepted_unix_s.map_or("never".to_owned(), |t| format!("{}s ago", now.saturating_sub(t)));
+    let versions: Vec<String> =
+        s.versions.iter().map(|(t, v)| format!("{}={v}", t.rsplit('.').next().unwrap_or(t))).collect();
+    let _ = writeln!(
+        out,
+        "  state accepted {age}; versions {}; {} addresses, {} policies; {} ACKs, {} NACKs",
+        if versions.is_empty() { "-".to_owned() } else { versions.join(" ") },
+        s.counts.addresses,
+        s.counts.authorizations,
+        s.acks,
+        s.nacks
+    );
+    if let Some(nack) = &s.last_nack {
+        let _ = writeln!(out, "  last NACK {}s ago: {}", now.saturating_sub(nack.unix_s), nack.reason);
+    }
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(out, "  last error: {e}");
+    }
+    if !s.counts.pending_without_pod_uid.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} mesh workloads here lack a pod UID and cannot be enrolled",
+            s.counts.pending_without_pod_uid.len()
+        );
+    }
+    out
+}
 
 pub fn render(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -25,8 +64,13 @@ pub fn render(r: &StatusReport) -> String {
             let _ = writeln!(out, "Enrollment {} (generation {}) {}", e.path.display(), e.generation, state);
         }
         None => {
-            let _ = writeln!(out, "Enrollment none configured");
+            if r.sync.is_none() {
+                let _ = writeln!(out, "Enrollment none configured");
+            }
         }
+    }
+    if let Some(sync) = &r.sync {
+        out.push_str(&sync_lines(sync));
     }
 
     let _ = writeln!(out, "\nPODS ({} enrolled, {} pending)", r.pods.len(), r.pending.len());

@@ -1,0 +1,151 @@
+//! The control-plane source: a delta ADS client (Envoy's incremental xDS, as ztunnel speaks
+//! it to istiod) for Istio's workload API and L4 policy.
+//!
+//! - Starts from the snapshot on disk, if any, so a restarted agent serves its last good state
+//!   while the control plane is away.
+//! - Each response is checked whole; a bad one is NACKed with a reason that names the
+//!   resource and the field, and the state stays as it was. A good one is applied, written to
+//!   disk atomically, published to the reconciler, then ACKed.
+//! - Reconnects with exponential backoff and jitter, telling the server what it holds, so only
+//!   what changed meanwhile comes back.
+
+mod backoff;
+mod session;
+mod snapshot;
+pub mod state;
+pub mod translate;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::spec::NodeSpec;
+
+#[derive(Clone, Debug)]
+pub struct XdsSettings {
+    /// e.g. `http://istiod.istio-system:15010`.
+    pub address: String,
+    pub node_name: String,
+    pub snapshot: PathBuf,
+}
+
+/// Sync state, for `nodemesh status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub control_plane: String,
+    pub connected: bool,
+    pub connected_since_unix_s: Option<u64>,
+    pub last_error: Option<String>,
+    /// system_version_info of the last accepted response, per type.
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// When the state in use was accepted from the control plane.
+    pub accepted_unix_s: Option<u64>,
+    /// The state in use was loaded from disk and not yet confirmed by a control plane.
+    pub from_disk: bool,
+    pub last_nack: Option<Nack>,
+    pub acks: u64,
+    pub nacks: u64,
+    pub counts: state::Counts,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Nack {
+    pub unix_s: u64,
+    pub reason: String,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Everything the xDS task shares with the rest of the agent.
+pub struct Shared {
+    pub settings: XdsSettings,
+    pub status: Mutex<SyncStatus>,
+    pub state: Mutex<state::State>,
+    spec: watch::Sender<Arc<NodeSpec>>,
+}
+
+impl Shared {
+    fn status(&self) -> std::sync::MutexGuard<'_, SyncStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes the node's spec from the current state, and refreshes the counts.
+    fn publish(&self) {
+        let (spec, counts) = {
+            let state = self.state();
+            (state.node_spec(&self.settings.node_name), state.counts(&self.settings.node_name))
+        };
+        self.status().counts = counts;
+        self.spec.send_replace(Arc::new(spec));
+    }
+}
+
+/// Starts the source: loads the snapshot (if any) now, then syncs in the background.
+pub fn start(settings: XdsSettings) -> (Arc<Shared>, watch::Receiver<Arc<NodeSpec>>) {
+    let (tx, rx) = watch::channel(Arc::new(NodeSpec::default()));
+    let shared = Arc::new(Shared {
+        status: Mutex::new(SyncStatus { control_plane: settings.address.clone(), ..Default::default() }),
+        state: Mutex::default(),
+        spec: tx,
+        settings,
+    });
+    load_snapshot(&shared);
+    tokio::spawn(run(Arc::clone(&shared)));
+    (shared, rx)
+}
+
+fn load_snapshot(shared: &Shared) {
+    let path = &shared.settings.snapshot;
+    match snapshot::load(path) {
+        Ok(None) => {}
+        Ok(Some(snap)) => match state::State::from_snapshot(&snap) {
+            Ok(state) => {
+                tracing::info!(path = %path.display(), age_s = unix_now().saturating_sub(snap.accepted_unix_seconds as u64),
+                    "serving the last accepted state from disk until the control plane answers");
+                *shared.state() = state;
+                let mut status = shared.status();
+                status.from_disk = true;
+                status.accepted_unix_s = Some(snap.accepted_unix_seconds as u64);
+                drop(status);
+                shared.publish();
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "ignoring a snapshot that does not check")
+            }
+        },
+        Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot read the snapshot"),
+    }
+}
+
+async fn run(shared: Arc<Shared>) {
+    let mut backoff = backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
+    loop {
+        let outcome = session::run(&shared).await;
+        {
+            let mut status = shared.status();
+            status.connected = false;
+            status.connected_since_unix_s = None;
+            status.last_error = outcome.error.as_ref().map(ToString::to_string);
+        }
+        if outcome.received {
+            backoff.reset();
+        }
+        let wait = backoff.next();
+        match &outcome.error {
+            Some(e) => tracing::warn!(error = %e, retry_in = ?wait, "control plane stream ended"),
+            None => tracing::info!(retry_in = ?wait, "control plane closed the stream"),
+        }
+        tokio::time::sleep(wait).await;
+    }
+}

@@ -1,0 +1,136 @@
+//! One ADS stream: subscribe, then check, apply, persist, publish and ACK (or NACK) each
+//! response until the stream ends.
+
+use nodemesh_proto::{
+    envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    },
+    prost_types::{Struct, Value, value::Kind},
+    tonic::{self, transport::Endpoint},
+    type_urls,
+};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Nack, Shared, snapshot, state::State, unix_now};
+
+/// gRPC's INVALID_ARGUMENT, the code of a NACK.
+const INVALID_ARGUMENT: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("control plane: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the request stream closed")]
+    Closed,
+}
+
+pub struct Outcome {
+    /// At least one response arrived (the control plane was reachable and talking).
+    pub received: bool,
+    pub error: Option<SessionError>,
+}
+
+pub async fn run(shared: &Shared) -> Outcome {
+    let mut received = false;
+    let error = stream(shared, &mut received).await.err();
+    Outcome { received, error }
+}
+
+async fn stream(shared: &Shared, received: &mut bool) -> Result<(), SessionError> {
+    let address = shared.settings.address.clone();
+    let channel = Endpoint::from_shared(address.clone())
+        .map_err(|source| SessionError::Connect { address: address.clone(), source })?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|source| SessionError::Connect { address: address.clone(), source })?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+
+    let (tx, rx) = mpsc::channel(16);
+    for (i, type_url) in [type_urls::ADDRESS, type_urls::AUTHORIZATION].into_iter().enumerate() {
+        let initial_resource_versions = shared.state().versions(type_url);
+        let request = DeltaDiscoveryRequest {
+            node: (i == 0).then(|| node(&shared.settings.node_name)),
+            type_url: type_url.into(),
+            initial_resource_versions,
+            ..Default::default()
+        };
+        tx.send(request).await.map_err(|_| SessionError::Closed)?;
+    }
+    let mut inbound = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    {
+        let mut status = shared.status();
+        status.connected = true;
+        status.connected_since_unix_s = Some(unix_now());
+        status.last_error = None;
+    }
+    tracing::info!(%address, "connected to the control plane");
+    while let Some(response) = inbound.message().await? {
+        *received = true;
+        let reply = handle(shared, &response);
+        tx.send(reply).await.map_err(|_| SessionError::Closed)?;
+    }
+    Ok(())
+}
+
+fn handle(shared: &Shared, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    let mut reply = DeltaDiscoveryRequest {
+        type_url: response.type_url.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    };
+    let checked = match State::check(response) {
+        Ok(checked) => checked,
+        Err(invalid) => {
+            let reason = invalid.to_string();
+            tracing::warn!(nonce = %response.nonce, %reason, "NACK: the response is rejected, the last good state stays");
+            let mut status = shared.status();
+            status.nacks += 1;
+            status.last_nack = Some(Nack { unix_s: unix_now(), reason: reason.clone() });
+            reply.error_detail =
+                Some(Status { code: INVALID_ARGUMENT, message: reason, details: Vec::new() });
+            return reply;
+        }
+    };
+    let snapshot = {
+        let mut state = shared.state();
+        state.apply(checked);
+        state.to_snapshot(&shared.settings.address, unix_now() as i64)
+    };
+    if let Err(e) = snapshot::save(&shared.settings.snapshot, &snapshot) {
+        // Serving goes on; only a restart without the control plane would miss this state.
+        tracing::error!(path = %shared.settings.snapshot.display(), error = %e, "cannot persist the state");
+    }
+    {
+        let mut status = shared.status();
+        status.acks += 1;
+        status.from_disk = false;
+        status.accepted_unix_s = Some(unix_now());
+        status.versions.insert(response.type_url.clone(), response.system_version_info.clone());
+    }
+    shared.publish();
+    reply
+}
+
+/// Who we are: ztunnel's conventions (NODE_NAME in the metadata), so istiod can serve us.
+fn node(name: &str) -> Node {
+    let string = |s: &str| Value { kind: Some(Kind::StringValue(s.into())) };
+    Node {
+        id: format!("nodemesh~{name}"),
+        metadata: Some(Struct { fields: [("NODE_NAME".to_owned(), string(name))].into() }),
+        build_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,195 @@
+//! The state accepted from the control plane: resources by type and name, as they arrived
+//! (for persistence and for telling a reconnected server what the agent holds) and
+//! translated (for use). A response is checked whole before any of it is applied: one bad
+//! resource rejects the response and leaves the state as it was.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nodemesh_proto::{
+    envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
+    nodemesh::v1::{Snapshot, snapshot::TypeState},
+    type_urls,
+};
+use serde::Serialize;
+
+use super::translate::{self, Address, Authorization, Invalid};
+use crate::spec::{NodeSpec, PodSpec};
+
+#[derive(Clone, Debug)]
+struct Held<T> {
+    raw: Resource,
+    value: T,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    addresses: BTreeMap<String, Held<Address>>,
+    authorizations: BTreeMap<String, Held<Authorization>>,
+    system_versions: BTreeMap<String, String>,
+}
+
+/// A response that passed every check, ready to apply.
+pub struct Checked {
+    type_url: String,
+    system_version: String,
+    addresses: Vec<Held<Address>>,
+    authorizations: Vec<Held<Authorization>>,
+    removed: Vec<String>,
+}
+
+/// What the node's workloads look like, for status.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub addresses: usize,
+    pub authorizations: usize,
+    pub local_workloads: usize,
+    /// Captured workloads on this node the agent cannot enroll (no pod UID sent).
+    pub pending_without_pod_uid: Vec<String>,
+}
+
+impl State {
+    pub fn check(response: &DeltaDiscoveryResponse) -> Result<Checked, Invalid> {
+        let mut checked = Checked {
+            type_url: response.type_url.clone(),
+            system_version: response.system_version_info.clone(),
+            addresses: Vec::new(),
+            authorizations: Vec::new(),
+            removed: response.removed_resources.clone(),
+        };
+        for resource in &response.resources {
+            match response.type_url.as_str() {
+                type_urls::ADDRESS => checked
+                    .addresses
+                    .push(Held { raw: resource.clone(), value: translate::address(resource)? }),
+                type_urls::AUTHORIZATION => checked
+                    .authorizations
+                    .push(Held { raw: resource.clone(), value: translate::authorization(resource)? }),
+                other => {
+                    return Err(Invalid {
+                        resource: resource.name.clone(),
+                        field: "type_url".into(),
+                        message: format!("{other:?} was not asked for"),
+                    });
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    pub fn apply(&mut self, checked: Checked) {
+        let Checked { type_url, system_version, addresses, authorizations, removed } = checked;
+        for name in &removed {
+            if type_url == type_urls::ADDRESS {
+                self.addresses.remove(name);
+            } else {
+                self.authorizations.remove(name);
+            }
+        }
+        for held in addresses {
+            self.addresses.insert(held.raw.name.clone(), held);
+        }
+        for held in authorizations {
+            self.authorizations.insert(held.raw.name.clone(), held);
+        }
+        self.system_versions.insert(type_url, system_version);
+    }
+
+    /// name → version of what the agent holds, for a new stream's initial_resource_versions.
+    pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        match type_url {
+            type_urls::ADDRESS => {
+                self.addresses.iter().map(|(n, h)| (n.clone(), h.raw.version.clone())).collect()
+            }
+            type_urls::AUTHORIZATION => {
+                self.authorizations.iter().map(|(n, h)| (n.clone(), h.raw.version.clone())).collect()
+            }
+            _ => HashMap::new(),
+        }
+    }
+
+    pub fn system_version(&self, type_url: &str) -> Option<&str> {
+        self.system_versions.get(type_url).map(String::as_str)
+    }
+
+    /// The node's pods: every workload on `node`, intercepted when it is in the mesh.
+    pub fn node_spec(&self, node: &str) -> NodeSpec {
+        let pods = self
+            .local_workloads(node)
+            .filter_map(|w| {
+                Some(PodSpec {
+                    uid: w.pod_uid.clone()?,
+                    namespace: w.namespace.clone(),
+                    name: w.name.clone(),
+                    ips: w.ips.clone(),
+                    labels: BTreeMap::new(),
+                    intercept: w.captured,
+                })
+            })
+            .collect();
+        NodeSpec { pods }
+    }
+
+    pub fn counts(&self, node: &str) -> Counts {
+        Counts {
+            addresses: self.addresses.len(),
+            authorizations: self.authorizations.len(),
+            local_workloads: self.local_workloads(node).count(),
+            pending_without_pod_uid: self
+                .local_workloads(node)
+                .filter(|w| w.captured && w.pod_uid.is_none())
+                .map(|w| w.uid.clone())
+                .collect(),
+        }
+    }
+
+    fn local_workloads<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a translate::Workload> + 'a {
+        self.addresses.values().filter_map(move |h| match &h.value {
+            Address::Workload(w) if w.node == node => Some(w),
+            _ => None,
+        })
+    }
+
+    /// Everything held, for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let addresses: BTreeMap<&String, &Address> =
+            self.addresses.iter().map(|(n, h)| (n, &h.value)).collect();
+        let authorizations: BTreeMap<&String, &Authorization> =
+            self.authorizations.iter().map(|(n, h)| (n, &h.value)).collect();
+        serde_json::json!({
+            "system_versions": self.system_versions,
+            "addresses": addresses,
+            "authorizations": authorizations,
+        })
+    }
+
+    pub fn to_snapshot(&self, control_plane: &str, accepted_unix_seconds: i64) -> Snapshot {
+        let types = [
+            (type_urls::ADDRESS, self.addresses.values().map(|h| h.raw.clone()).collect::<Vec<_>>()),
+            (type_urls::AUTHORIZATION, self.authorizations.values().map(|h| h.raw.clone()).collect()),
+        ]
+        .into_iter()
+        .map(|(type_url, resources)| TypeState {
+            type_url: type_url.into(),
+            system_version_info: self.system_version(type_url).unwrap_or_default().into(),
+            resources,
+        })
+        .collect();
+        Snapshot { types, accepted_unix_seconds, control_plane: control_plane.into() }
+    }
+
+    /// Rebuilds the state from a snapshot, checking every resource again (a file from an
+    /// older or newer agent must not be trusted blindly).
+    pub fn from_snapshot(snapshot: &Snapshot) -> Result<Self, Invalid> {
+        let mut state = State::default();
+        for t in &snapshot.types {
+            let response = DeltaDiscoveryResponse {
+                system_version_info: t.system_version_info.clone(),
+                type_url: t.type_url.clone(),
+                resources: t.resources.clone(),
+                ..Default::default()
+            };
+            state.apply(State::check(&response)?);
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,398 @@
+//! The one place xDS resources become domain types. Every field the agent relies on is
+//! checked; an error names the resource and the field, and becomes the NACK's reason.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use nodemesh_proto::{
+    envoy::service::discovery::v3::Resource,
+    istio::{security as sec, workload as wl},
+    prost::Message as _,
+    type_urls,
+};
+use serde::{Deserialize, Serialize};
+
+/// The Workload extension carrying the pod's Kubernetes UID (sent by Nodemesh's control
+/// plane; istiod does not send it, and such workloads wait in `pending`).
+pub const POD_UID_EXTENSION: &str = "nodemesh.io/pod-uid";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("resource {resource:?}: {field}: {message}")]
+pub struct Invalid {
+    pub resource: String,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMap {
+    pub service_port: u16,
+    /// 0: the service names its target port and this workload did not resolve it.
+    pub target_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub uid: String,
+    pub pod_uid: Option<String>,
+    pub name: String,
+    pub namespace: String,
+    pub ips: Vec<IpAddr>,
+    pub node: String,
+    /// In the mesh (HBONE): its node proxy intercepts it.
+    pub captured: bool,
+    pub trust_domain: String,
+    pub service_account: String,
+    /// Services it backs, by "namespace/hostname".
+    pub services: BTreeMap<String, Vec<PortMap>>,
+    pub authorization_policies: Vec<String>,
+    pub healthy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<PortMap>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Address {
+    Workload(Workload),
+    Service(Service),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StrMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Present,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cidr {
+    pub ip: IpAddr,
+    pub len: u8,
+}
+
+/// One match: every non-empty field must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchSpec {
+    pub namespaces: Vec<StrMatch>,
+    pub not_namespaces: Vec<StrMatch>,
+    pub principals: Vec<StrMatch>,
+    pub not_principals: Vec<StrMatch>,
+    pub source_ips: Vec<Cidr>,
+    pub not_source_ips: Vec<Cidr>,
+    pub destination_ips: Vec<Cidr>,
+    pub not_destination_ips: Vec<Cidr>,
+    pub destination_ports: Vec<u16>,
+    pub not_destination_ports: Vec<u16>,
+    pub service_accounts: Vec<(String, String)>,
+    pub not_service_accounts: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    Global,
+    Namespace,
+    WorkloadSelector,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    pub name: String,
+    pub namespace: String,
+    pub scope: Scope,
+    pub action: Action,
+    /// Rules (any) of clauses (all) of matches (any).
+    pub rules: Vec<Vec<Vec<MatchSpec>>>,
+    pub dry_run: bool,
+}
+
+struct Ctx<'a> {
+    resource: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid { resource: self.resource.to_owned(), field: field.into(), message: message.into() }
+    }
+
+    fn ip(&self, field: String, bytes: &[u8]) -> Result<IpAddr, Invalid> {
+        match bytes.len() {
+            4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).map_err(|_| self.err(&field, "bad length"))?)),
+            16 => Ok(IpAddr::from(<[u8; 16]>::try_from(bytes).map_err(|_| self.err(&field, "bad length"))?)),
+            n => Err(self.err(field, format!("{n} bytes is not an IPv4 or IPv6 address"))),
+        }
+    }
+
+    fn port(&self, field: String, value: u32, allow_zero: bool) -> Result<u16, Invalid> {
+        match u16::try_from(value) {
+            Ok(0) if !allow_zero => Err(self.err(field, "port 0")),
+            Ok(p) => Ok(p),
+            Err(_) => Err(self.err(field, format!("{value} is not a port"))),
+        }
+    }
+
+    fn nonempty(&self, field: &str, value: &str) -> Result<String, Invalid> {
+        if value.is_empty() { Err(self.err(field, "required")) } else { Ok(value.to_owned()) }
+    }
+}
+
+/// Decodes and checks one Address resource.
+pub fn address(resource: &Resource) -> Result<Address, Invalid> {
+    let ctx = Ctx { resource: &resource.name };
+    let any = resource.resource.as_ref().ok_or_else(|| ctx.err("resource", "missing"))?;
+    if any.type_url != type_urls::ADDRESS {
+        return Err(ctx.err("resource.type_url", format!("{:?} is not {}", any.type_url, type_urls::ADDRESS)));
+    }
+    let address =
+        wl::Address::decode(any.value.as_slice()).map_err(|e| ctx.err("resource.value", e.to_string()))?;
+    match address.r#type {
+        Some(wl::address::Type::Workload(w)) => workload(&ctx, w).map(Address::Workload),
+        Some(wl::address::Type::Service(s)) => service(&ctx, s).map(Address::Service),
+        None => Err(ctx.err("type", "neither a workload nor a service")),
+    }
+}
+
+fn ports(ctx: &Ctx<'_>, field: &str, list: &[wl::Port]) -> Result<Vec<PortMap>, Invalid> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Ok(PortMap {
+                service_port: ctx.port(format!("{field}[{i}].service_port"), p.service_port, false)?,
+                target_port: ctx.port(format!("{field}[{i}].target_port"), p.target_port, true)?,
+            })
+        })
+        .collect()
+}
+
+fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
+    let uid = ctx.nonempty("workload.uid", &w.uid)?;
+    let ips = w
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ctx.ip(format!("workload.addresses[{i}]"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tunnel = wl::TunnelProtocol::try_from(w.tunnel_protocol)
+        .map_err(|_| ctx.err("workload.tunnel_protocol", format!("unknown value {}", w.tunnel_protocol)))?;
+    let mut pod_uid = None;
+    for (i, ext) in w.extensions.iter().enumerate() {
+        if ext.name != POD_UID_EXTENSION {
+            continue;
+        }
+        let field = format!("workload.extensions[{i}].config");
+        let config = ext.config.as_ref().ok_or_else(|| ctx.err(&field, "missing"))?;
+        if config.type_url != type_urls::STRING_VALUE {
+            return Err(
+                ctx.err(format!("{field}.type_url"), format!("{:?} is not a StringValue", config.type_url))
+            );
+        }
+        let value = String::decode(config.value.as_slice()).map_err(|e| ctx.err(&field, e.to_string()))?;
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(ctx.err(field, format!("{value:?} is not a pod UID")));
+        }
+        pod_uid = Some(value);
+    }
+    let mut services = BTreeMap::new();
+    for (key, list) in &w.services {
+        services.insert(key.clone(), ports(ctx, &format!("workload.services[{key:?}].ports"), &list.ports)?);
+    }
+    Ok(Workload {
+        pod_uid,
+        name: ctx.nonempty("workload.name", &w.name)?,
+        namespace: ctx.nonempty("workload.namespace", &w.namespace)?,
+        ips,
+        node: w.node,
+        captured: tunnel == wl::TunnelProtocol::Hbone,
+        trust_domain: w.trust_domain,
+        service_account: w.service_account,
+        services,
+        authorization_policies: w.authorization_policies,
+        healthy: w.status != wl::WorkloadStatus::Unhealthy as i32,
+        uid,
+    })
+}
+
+fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
+    let vips = s
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ctx.ip(format!("service.addresses[{i}].address"), &a.address))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Service {
+        name: ctx.nonempty("service.name", &s.name)?,
+        namespace: ctx.nonempty("service.namespace", &s.namespace)?,
+        hostname: ctx.nonempty("service.hostname", &s.hostname)?,
+        vips,
+        ports: ports(ctx, "service.ports", &s.ports)?,
+    })
+}
+
+/// Decodes and checks one Authorization resource.
+pub fn authorization(resource: &Resource) -> Result<Authorization, Invalid> {
+    let ctx = Ctx { resource: &resource.name };
+    let any = resource.resource.as_ref().ok_or_else(|| ctx.err("resource", "missing"))?;
+    if any.type_url != type_urls::AUTHORIZATION {
+        return Err(
+            ctx.err("resource.type_url", format!("{:?} is not {}", any.type_url, type_urls::AUTHORIZATION))
+        );
+    }
+    let a = sec::Authorization::decode(any.value.as_slice())
+        .map_err(|e| ctx.err("resource.value", e.to_string()))?;
+    let scope = match sec::Scope::try_from(a.scope) {
+        Ok(sec::Scope::Global) => Scope::Global,
+        Ok(sec::Scope::Namespace) => Scope::Namespace,
+        Ok(sec::Scope::WorkloadSelector) => Scope::WorkloadSelector,
+        Err(_) => return Err(ctx.err("scope", format!("unknown value {}", a.scope))),
+    };
+    let action = match sec::Action::try_from(a.action) {
+        Ok(sec::Action::Allow) => Action::Allow,
+        Ok(sec::Action::Deny) => Action::Deny,
+        Err(_) => return Err(ctx.err("action", format!("unknown value {}", a.action))),
+    };
+    let mut rules = Vec::with_capacity(a.rules.len());
+    for (r, rule) in a.rules.iter().enumerate() {
+        let mut clauses = Vec::with_capacity(rule.clauses.len());
+        for (c, clause) in rule.clauses.iter().enumerate() {
+            let mut matches = Vec::with_capacity(clause.matches.len());
+            for (m, mat) in clause.matches.iter().enumerate() {
+                matches.push(match_spec(&ctx, &format!("rules[{r}].clauses[{c}].matches[{m}]"), mat)?);
+            }
+            clauses.push(matches);
+        }
+        rules.push(clauses);
+    }
+    Ok(Authorization {
+        name: ctx.nonempty("name", &a.name)?,
+        namespace: a.namespace,
+        scope,
+        action,
+        rules,
+        dry_run: a.dry_run,
+    })
+}
+
+fn match_spec(ctx: &Ctx<'_>, at: &str, m: &sec::Match) -> Result<MatchSpec, Invalid> {
+    let strs = |name: &str, list: &[sec::StringMatch]| -> Result<Vec<StrMatch>, Invalid> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                use sec::string_match::MatchType;
+                match &s.match_type {
+                    Some(MatchType::Exact(v)) => Ok(StrMatch::Exact(v.clone())),
+                    Some(MatchType::Prefix(v)) => Ok(StrMatch::Prefix(v.clone())),
+                    Some(MatchType::Suffix(v)) => Ok(StrMatch::Suffix(v.clone())),
+                    Some(MatchType::Presence(())) => Ok(StrMatch::Present),
+                    None => Err(ctx.err(format!("{at}.{name}[{i}]"), "empty string match")),
+                }
+            })
+            .collect()
+    };
+    let cidrs = |name: &str, list: &[sec::Address]| -> Result<Vec<Cidr>, Invalid> {
+        list.iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let ip = ctx.ip(format!("{at}.{name}[{i}].address"), &a.address)?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len = u8::try_from(a.length).ok().filter(|l| *l <= max).ok_or_else(|| {
+                    ctx.err(format!("{at}.{name}[{i}].length"), format!("{} is too long", a.length))
+                })?;
+                Ok(Cidr { ip, len })
+            })
+            .collect()
+    };
+    let port_list = |name: &str, list: &[u32]| -> Result<Vec<u16>, Invalid> {
+        list.iter().enumerate().map(|(i, p)| ctx.port(format!("{at}.{name}[{i}]"), *p, false)).collect()
+    };
+    let sas = |list: &[sec::ServiceAccountMatch]| {
+        list.iter().map(|s| (s.namespace.clone(), s.service_account.clone())).collect()
+    };
+    Ok(MatchSpec {
+        namespaces: strs("namespaces", &m.namespaces)?,
+        not_namespaces: strs("not_namespaces", &m.not_namespaces)?,
+        principals: strs("principals", &m.principals)?,
+        not_principals: strs("not_principals", &m.not_principals)?,
+        source_ips: cidrs("source_ips", &m.source_ips)?,
+        not_source_ips: cidrs("not_source_ips", &m.not_source_ips)?,
+        destination_ips: cidrs("destination_ips", &m.destination_ips)?,
+        not_destination_ips: cidrs("not_destination_ips", &m.not_destination_ips)?,
+        destination_ports: port_list("destination_ports", &m.destination_ports)?,
+        not_destination_ports: port_list("not_destination_ports", &m.not_destination_ports)?,
+        service_accounts: sas(&m.service_accounts),
+        not_service_accounts: sas(&m.not_service_accounts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodemesh_proto::prost_types::Any;
+
+    fn resource(name: &str, w: wl::Workload) -> Resource {
+        Resource {
+            name: name.into(),
+            resource: Some(Any {
+                type_url: type_urls::ADDRESS.into(),
+                value: wl::Address { r#type: Some(wl::address::Type::Workload(w)) }.encode_to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn good() -> wl::Workload {
+        wl::Workload {
+            uid: "Kubernetes//Pod/shop/cart".into(),
+            name: "cart".into(),
+            namespace: "shop".into(),
+            addresses: vec![vec![10, 0, 0, 5]],
+            tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+            node: "n1".into(),
+            extensions: vec![wl::Extension {
+                name: POD_UID_EXTENSION.into(),
+                config: Some(Any {
+                    type_url: type_urls::STRING_VALUE.into(),
+                    value: "ab-12".to_owned().encode_to_vec(),
+                }),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_a_workload() {
+        let Address::Workload(w) = address(&resource("w", good())).expect("valid") else {
+            panic!("workload")
+        };
+        assert!(w.captured);
+        assert_eq!(w.pod_uid.as_deref(), Some("ab-12"));
+        assert_eq!(w.ips, vec!["10.0.0.5".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn errors_name_the_resource_and_field() {
+        let mut w = good();
+        w.addresses.push(vec![1, 2, 3]);
+        let e = address(&resource("bad", w)).expect_err("5-byte address");
+        assert_eq!((e.resource.as_str(), e.field.as_str()), ("bad", "workload.addresses[1]"));
+        assert_eq!(
+            e.to_string(),
+            "resource \"bad\": workload.addresses[1]: 3 bytes is not an IPv4 or IPv6 address"
+        );
+
+        let mut w = good();
+        w.uid.clear();
+        assert_eq!(address(&resource("x", w)).expect_err("uid").field, "workload.uid");
+    }
+}

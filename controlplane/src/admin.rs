@@ -1,0 +1,42 @@
+//! The control plane's admin API: `/status` (input problems, served resources, connected
+//! agents with their ACK/NACK state) and `/ready`.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{Json, Router, extract::State, routing::get};
+use serde::Serialize;
+
+use crate::{server::Registry, store::InputError};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Served {
+    pub generation: u64,
+    pub addresses: usize,
+    pub authorizations: usize,
+    /// Input problems; the objects those files last held keep serving.
+    pub input_errors: Vec<InputError>,
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub served: Arc<Mutex<Served>>,
+    pub registry: Registry,
+}
+
+pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
+    let app =
+        Router::new().route("/status", get(status)).route("/ready", get(|| async { "ok" })).with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "control plane admin API listening");
+    axum::serve(listener, app).await
+}
+
+async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let served = s.served.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut agents: Vec<_> = s.registry.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    agents.sort_by(|a, b| a.node.cmp(&b.node));
+    Json(serde_json::json!({ "served": served, "agents": agents }))
+}

@@ -1,0 +1,310 @@
+//! Delta ADS (Envoy's incremental xDS over one aggregated stream), as istiod serves it to
+//! node proxies.
+//!
+//! Per stream and type: the client's subscription (wildcard and/or names) and the version
+//! of every resource it holds. Whenever the world changes or the subscription does, the
+//! server sends what differs: resources whose version the client does not have, and names it
+//! holds that are gone. A reconnecting client lists what it holds (`initial_resource_versions`)
+//! and gets only what changed meanwhile. Each response carries a nonce; the client ACKs it, or
+//! NACKs it with a reason, which is logged and shown on `/status`.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use nodemesh_proto::{
+    envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Node, Resource,
+        aggregated_discovery_service_server::AggregatedDiscoveryService,
+    },
+    prost_types::value::Kind,
+    tonic::{self, Request, Response, Status, Streaming},
+    type_urls,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::world::World;
+
+/// Resources per response: a full sync of a large mesh goes out in slices, each acknowledged
+/// on its own, instead of one message tens of megabytes large.
+const CHUNK: usize = 1000;
+
+/// What `/status` shows of one connected agent.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentStatus {
+    pub node: String,
+    pub peer: String,
+    pub connected_unix_s: u64,
+    pub types: HashMap<String, TypeStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TypeStatus {
+    pub wildcard: bool,
+    pub subscribed_names: usize,
+    pub resources_held: usize,
+    pub last_sent_nonce: String,
+    pub last_acked_nonce: String,
+    pub last_nack: Option<String>,
+}
+
+/// Streams in progress, by a per-stream id.
+pub type Registry = Arc<Mutex<HashMap<u64, AgentStatus>>>;
+
+#[derive(Clone)]
+pub struct Ads {
+    world: watch::Receiver<Arc<World>>,
+    registry: Registry,
+    next_stream: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Ads {
+    pub fn new(world: watch::Receiver<Arc<World>>, registry: Registry) -> Self {
+        Self { world, registry, next_stream: Arc::default() }
+    }
+}
+
+type SotwStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("state-of-the-world ADS is not served; use DeltaAggregatedResources"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr().map_or_else(|| "?".into(), |a: SocketAddr| a.to_string());
+        let (tx, rx) = mpsc::channel(4);
+        let id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stream = DeltaStream {
+            id,
+            peer,
+            node: None,
+            types: HashMap::new(),
+            nonce: 0,
+            world: self.world.clone(),
+            registry: Arc::clone(&self.registry),
+            tx,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[derive(Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds: name → version.
+    held: HashMap<String, String>,
+    /// Names it asked for that were reported as not existing.
+    absent: BTreeSet<String>,
+}
+
+struct DeltaStream {
+    id: u64,
+    peer: String,
+    node: Option<String>,
+    types: HashMap<String, TypeState>,
+    nonce: u64,
+    world: watch::Receiver<Arc<World>>,
+    registry: Registry,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+impl DeltaStream {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        let result = self.serve(&mut inbound).await;
+        if let Err(status) = &result {
+            tracing::info!(node = ?self.node, peer = %self.peer, status = %status.message(), "stream ended");
+            let _ = self.tx.send(Err(status.clone())).await;
+        }
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+
+    async fn serve(&mut self, inbound: &mut Streaming<DeltaDiscoveryRequest>) -> Result<(), Status> {
+        loop {
+            tokio::select! {
+                request = inbound.message() => match request? {
+                    Some(request) => self.on_request(request).await?,
+                    None => return Ok(()),
+                },
+                changed = self.world.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("control plane shutting down"));
+                    }
+                    let types: Vec<String> = self.types.keys().cloned().collect();
+                    for type_url in types {
+                        self.push(&type_url, false).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
+        if self.node.is_none() {
+            let node = node_name(request.node.as_ref()).ok_or_else(|| {
+                Status::invalid_argument("the first request must identify the node (node.metadata.NODE_NAME)")
+            })?;
+            tracing::info!(%node, peer = %self.peer, "agent connected");
+            let status = AgentStatus {
+                node: node.clone(),
+                peer: self.peer.clone(),
+                connected_unix_s: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                ..Default::default()
+            };
+            self.registry.lock().unwrap_or_else(|p| p.into_inner()).insert(self.id, status);
+            self.node = Some(node);
+        }
+        let type_url = request.type_url.clone();
+        if type_url != type_urls::ADDRESS && type_url != type_urls::AUTHORIZATION {
+            return Err(Status::invalid_argument(format!("type_url {type_url:?} is not served")));
+        }
+        let first = !self.types.contains_key(&type_url);
+        let state = self.types.entry(type_url.clone()).or_default();
+        if first {
+            // A first request with no names, or "*", subscribes to everything relevant.
+            state.wildcard = request.resource_names_subscribe.is_empty();
+            state.held = request.initial_resource_versions.clone();
+        }
+        for name in &request.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name.clone());
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                state.held.remove(name);
+                state.absent.remove(name);
+            }
+        }
+        if !request.response_nonce.is_empty() {
+            self.acknowledge(&type_url, &request);
+        }
+        self.push(&type_url, first).await
+    }
+
+    fn acknowledge(&self, type_url: &str, request: &DeltaDiscoveryRequest) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(agent) = registry.get_mut(&self.id) else { return };
+        let t = agent.types.entry(type_url.to_owned()).or_default();
+        match &request.error_detail {
+            Some(error) => {
+                tracing::warn!(node = %agent.node, %type_url, nonce = %request.response_nonce, reason = %error.message, "NACK");
+                t.last_nack = Some(format!("nonce {}: {}", request.response_nonce, error.message));
+            }
+            None => t.last_acked_nonce = request.response_nonce.clone(),
+        }
+    }
+
+    /// Sends what the client lacks for `type_url` (always something when `initial`).
+    async fn push(&mut self, type_url: &str, initial: bool) -> Result<(), Status> {
+        let world = Arc::clone(&self.world.borrow_and_update());
+        let node = self.node.clone().unwrap_or_default();
+        let Some(resources) = world.resources(type_url) else { return Ok(()) };
+        let Some(state) = self.types.get_mut(type_url) else { return Ok(()) };
+
+        let mut changed = Vec::new();
+        let mut desired = BTreeSet::new();
+        for entry in resources.values() {
+            let wanted = state.names.contains(&entry.name) || (state.wildcard && world.visible(entry, &node));
+            if !wanted {
+                continue;
+            }
+            desired.insert(entry.name.as_str());
+            if state.held.get(&entry.name) != Some(&entry.version) {
+                changed.push(Arc::clone(entry));
+            }
+        }
+        let removed: Vec<String> =
+            state.held.keys().filter(|n| !desired.contains(n.as_str())).cloned().collect();
+        // Names asked for that do not exist are reported as removed once, as the protocol asks.
+        let missing: Vec<String> = state
+            .names
+            .iter()
+            .filter(|n| {
+                !resources.contains_key(*n) && !state.held.contains_key(*n) && !state.absent.contains(*n)
+            })
+            .cloned()
+            .collect();
+        state.absent.retain(|n| !resources.contains_key(n));
+        state.absent.extend(missing.iter().cloned());
+        if changed.is_empty() && removed.is_empty() && missing.is_empty() && !initial {
+            return Ok(());
+        }
+        for name in &removed {
+            state.held.remove(name);
+        }
+        let mut removed_out: Vec<String> = removed.into_iter().chain(missing).collect();
+        let chunks: Vec<&[Arc<crate::world::Entry>]> =
+            if changed.is_empty() { vec![&[]] } else { changed.chunks(CHUNK).collect() };
+        let mut responses = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            for entry in chunk {
+                state.held.insert(entry.name.clone(), entry.version.clone());
+            }
+            self.nonce += 1;
+            responses.push(DeltaDiscoveryResponse {
+                system_version_info: world.generation.to_string(),
+                type_url: type_url.to_owned(),
+                nonce: self.nonce.to_string(),
+                resources: chunk
+                    .iter()
+                    .map(|e| Resource {
+                        name: e.name.clone(),
+                        version: e.version.clone(),
+                        resource: Some(e.body.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                removed_resources: std::mem::take(&mut removed_out),
+            });
+        }
+        let (held, wildcard, names) = (state.held.len(), state.wildcard, state.names.len());
+        let last_nonce = self.nonce.to_string();
+        for response in responses {
+            self.tx.send(Ok(response)).await.map_err(|_| Status::cancelled("client went away"))?;
+        }
+        if let Some(agent) = self.registry.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.id) {
+            let t = agent.types.entry(type_url.to_owned()).or_default();
+            t.resources_held = held;
+            t.wildcard = wildcard;
+            t.subscribed_names = names;
+            t.last_sent_nonce = last_nonce;
+        }
+        Ok(())
+    }
+}
+
+/// The node an agent runs on: `metadata.NODE_NAME` (what ztunnel sends), else the id's
+/// "<kind>~<node>" form.
+fn node_name(node: Option<&Node>) -> Option<String> {
+    let node = node?;
+    let from_metadata =
+        node.metadata.as_ref().and_then(|m| m.fields.get("NODE_NAME")).and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        });
+    from_metadata.or_else(|| node.id.split('~').nth(1).filter(|s| !s.is_empty()).map(str::to_owned))
+}

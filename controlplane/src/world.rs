@@ -1,0 +1,534 @@
+//! The inputs translated into xDS resources, encoded once and shared by every agent's
+//! stream, and what each node gets:
+//!
+//! - **Address** (workloads and services): every workload on the node, every service, and the
+//!   remote workloads an agent can need: those in the mesh (captured: their node proxy must be
+//!   reached over HBONE) and those behind a service (load-balancing endpoints). Anything else
+//!   can be asked for by name (delta subscription).
+//! - **Authorization**: policies that apply to a workload on the node: mesh-wide ones (root
+//!   namespace, no selector), ones of a namespace the node hosts workloads of, and
+//!   selector-scoped ones a local workload lists.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use nodemesh_proto::{
+    istio::{security as sec, workload as wl},
+    prost::Message as _,
+    prost_types::Any,
+    type_urls,
+};
+
+use crate::{
+    model::{AuthorizationPolicy, Labels, Pod, Service, TargetPort, parse_cidr},
+    store::Inputs,
+};
+
+pub const INTERCEPT_LABEL: &str = "nodemesh.io/intercept";
+/// The Workload extension carrying the pod's Kubernetes UID (a StringValue): the agent finds
+/// the pod's cgroup by it.
+pub const POD_UID_EXTENSION: &str = "nodemesh.io/pod-uid";
+
+/// Mesh-wide naming.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    pub domain_suffix: String,
+    /// Policies without a selector here apply mesh-wide.
+    pub root_namespace: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+            domain_suffix: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+        }
+    }
+}
+
+/// Who may receive a resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// Services, mesh workloads, service endpoints, mesh-wide policies.
+    Everyone,
+    /// A workload outside the mesh and behind no service: only its own node.
+    Node(String),
+    /// A namespace-wide policy: nodes hosting a workload of that namespace.
+    Namespace(String),
+    /// A selector-scoped policy: nodes hosting a workload that lists it.
+    Selected,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub name: String,
+    pub version: String,
+    pub body: Any,
+    pub audience: Audience,
+}
+
+/// What a node hosts, for the views.
+#[derive(Debug, Default)]
+pub struct NodeInfo {
+    namespaces: HashSet<String>,
+    policies: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct World {
+    /// Bumped on every rebuild; sent as system_version_info.
+    pub generation: u64,
+    pub addresses: BTreeMap<String, Arc<Entry>>,
+    pub authorizations: BTreeMap<String, Arc<Entry>>,
+    nodes: HashMap<String, NodeInfo>,
+}
+
+impl World {
+    pub fn build(inputs: &Inputs, mesh: &MeshSettings, generation: u64) -> Self {
+        let mut world = World { generation, ..Default::default() };
+        let services_by_ns = group_services(&inputs.services);
+        let policies_by_ns = group_selector_policies(&inputs.policies);
+        for svc in &inputs.services {
+            let entry = service_entry(svc, mesh);
+            world.addresses.insert(entry.name.clone(), Arc::new(entry));
+        }
+        for pod in &inputs.pods {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let captured = captured(pod, inputs);
+            let services = services_by_ns.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let backing: Vec<&Service> = services.iter().copied().filter(|s| selects(s, pod)).collect();
+            let policies: Vec<String> = policies_by_ns
+                .get(ns.as_str())
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| {
+                            p.spec
+                                .selector
+                                .as_ref()
+                                .is_some_and(|s| labels_match(&s.match_labels, &pod.metadata.labels))
+                        })
+                        .map(|p| format!("{ns}/{}", p.metadata.name))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let node = pod.spec.node_name.clone().unwrap_or_default();
+            let info = world.nodes.entry(node.clone()).or_default();
+            info.namespaces.insert(ns.clone());
+            info.policies.extend(policies.iter().cloned());
+            let audience =
+                if captured || !backing.is_empty() { Audience::Everyone } else { Audience::Node(node) };
+            let workload = workload(pod, captured, &backing, policies, mesh);
+            let name = workload.uid.clone();
+            let body = address_any(wl::address::Type::Workload(workload));
+            world.addresses.insert(name.clone(), Arc::new(entry(name, body, audience)));
+        }
+        for policy in &inputs.policies {
+            let (auth, audience) = authorization(policy, mesh);
+            let name = format!("{}/{}", auth.namespace, auth.name);
+            let body = Any { type_url: type_urls::AUTHORIZATION.into(), value: auth.encode_to_vec() };
+            world.authorizations.insert(name.clone(), Arc::new(entry(name, body, audience)));
+        }
+        world
+    }
+
+    /// Whether `node` gets `entry` without asking for it by name.
+    pub fn visible(&self, entry: &Entry, node: &str) -> bool {
+        match &entry.audience {
+            Audience::Everyone => true,
+            Audience::Node(n) => n == node,
+            Audience::Namespace(ns) => self.nodes.get(node).is_some_and(|i| i.namespaces.contains(ns)),
+            Audience::Selected => self.nodes.get(node).is_some_and(|i| i.policies.contains(&entry.name)),
+        }
+    }
+
+    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Entry>>> {
+        match type_url {
+            type_urls::ADDRESS => Some(&self.addresses),
+            type_urls::AUTHORIZATION => Some(&self.authorizations),
+            _ => None,
+        }
+    }
+}
+
+fn entry(name: String, body: Any, audience: Audience) -> Entry {
+    Entry { version: version(&body.value), name, body, audience }
+}
+
+fn address_any(t: wl::address::Type) -> Any {
+    Any { type_url: type_urls::ADDRESS.into(), value: wl::Address { r#type: Some(t) }.encode_to_vec() }
+}
+
+/// FNV-1a of the encoded resource: stable across restarts, so a reconnecting agent that
+/// reports what it holds gets only what changed.
+fn version(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn captured(pod: &Pod, inputs: &Inputs) -> bool {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let namespace_on = inputs
+        .namespaces
+        .get(ns)
+        .and_then(|n| n.metadata.labels.get(INTERCEPT_LABEL))
+        .is_some_and(|v| v == "enabled");
+    let pod_off = pod.metadata.labels.get(INTERCEPT_LABEL).is_some_and(|v| v == "disabled");
+    namespace_on && !pod_off && !pod.spec.host_network
+}
+
+fn labels_match(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A service selects a pod in its namespace whose labels carry the whole (non-empty)
+/// selector.
+fn selects(svc: &Service, pod: &Pod) -> bool {
+    svc.spec.selector.as_ref().is_some_and(|s| !s.is_empty() && labels_match(s, &pod.metadata.labels))
+}
+
+fn group_services(services: &[Service]) -> HashMap<&str, Vec<&Service>> {
+    let mut by_ns: HashMap<&str, Vec<&Service>> = HashMap::new();
+    for svc in services {
+        by_ns.entry(svc.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(svc);
+    }
+    by_ns
+}
+
+fn group_selector_policies(policies: &[AuthorizationPolicy]) -> HashMap<&str, Vec<&AuthorizationPolicy>> {
+    let mut by_ns: HashMap<&str, Vec<&AuthorizationPolicy>> = HashMap::new();
+    for p in policies.iter().filter(|p| p.spec.selector.is_some()) {
+        by_ns.entry(p.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(p);
+    }
+    by_ns
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = pod.status.pod_ips.iter().filter_map(|p| p.ip.parse().ok()).collect();
+    if let Some(ip) = pod.status.pod_ip.as_ref().and_then(|i| i.parse().ok())
+        && !ips.contains(&ip)
+    {
+        ips.insert(0, ip);
+    }
+    ips
+}
+
+fn hostname(svc: &Service, mesh: &MeshSettings) -> String {
+    format!(
+        "{}.{}.svc.{}",
+        svc.metadata.name,
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        mesh.domain_suffix
+    )
+}
+
+/// Istio's reading of a port's protocol: appProtocol, else the port name's prefix.
+fn app_protocol(name: Option<&str>, app: Option<&str>) -> wl::AppProtocol {
+    let hint = app.or_else(|| name.map(|n| n.split('-').next().unwrap_or(n))).unwrap_or_default();
+    match hint.to_ascii_lowercase().as_str() {
+        "http" => wl::AppProtocol::Http11,
+        "http2" | "h2c" | "kubernetes.io/h2c" => wl::AppProtocol::Http2,
+        "grpc" => wl::AppProtocol::Grpc,
+        "tcp" => wl::AppProtocol::Tcp,
+        "tls" | "https" => wl::AppProtocol::Tls,
+        _ => wl::AppProtocol::Unknown,
+    }
+}
+
+fn service_entry(svc: &Service, mesh: &MeshSettings) -> Entry {
+    let ips: Vec<IpAddr> = svc
+        .spec
+        .cluster_ips
+        .iter()
+        .chain(svc.spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let ip_families = match (ips.iter().any(IpAddr::is_ipv4), ips.iter().any(IpAddr::is_ipv6)) {
+        (true, true) => wl::IpFamilies::Dual,
+        (false, true) => wl::IpFamilies::Ipv6Only,
+        (true, false) => wl::IpFamilies::Ipv4Only,
+        (false, false) => wl::IpFamilies::Automatic,
+    };
+    let service = wl::Service {
+        name: svc.metadata.name.clone(),
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        hostname: hostname(svc, mesh),
+        addresses: ips
+            .iter()
+            .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(*ip), length: 0 })
+            .collect(),
+        // A named target port differs per pod, so the service itself carries 0 for it.
+        ports: service_ports(svc, |_| None),
+        ip_families: ip_families as i32,
+        ..Default::default()
+    };
+    let name = format!("{}/{}", service.namespace, service.hostname);
+    entry(name, address_any(wl::address::Type::Service(service)), Audience::Everyone)
+}
+
+/// The wire ports of a service; `named` resolves a named target port (0 when it cannot).
+fn service_ports(svc: &Service, named: impl Fn(&str) -> Option<u16>) -> Vec<wl::Port> {
+    svc.spec
+        .ports
+        .iter()
+        .map(|p| wl::Port {
+            service_port: u32::from(p.port),
+            target_port: match &p.target_port {
+                Some(TargetPort::Number(n)) => u32::from(*n),
+                Some(TargetPort::Name(n)) => named(n).map_or(0, u32::from),
+                None => u32::from(p.port),
+            },
+            app_protocol: app_protocol(p.name.as_deref(), p.app_protocol.as_deref()) as i32,
+        })
+        .collect()
+}
+
+fn workload(
+    pod: &Pod,
+    captured: bool,
+    backing: &[&Service],
+    policies: Vec<String>,
+    mesh: &MeshSettings,
+) -> wl::Workload {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let labels = &pod.metadata.labels;
+    let label = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned();
+    let container_port = |name: &str| {
+        pod.spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    };
+    let services = backing
+        .iter()
+        .map(|svc| {
+            (
+                format!("{ns}/{}", hostname(svc, mesh)),
+                wl::PortList { ports: service_ports(svc, container_port) },
+            )
+        })
+        .collect();
+    let uid_ext = wl::Extension {
+        name: POD_UID_EXTENSION.into(),
+        config: Some(Any {
+            type_url: type_urls::STRING_VALUE.into(),
+            value: pod.metadata.uid.clone().unwrap_or_default().encode_to_vec(),
+        }),
+    };
+    wl::Workload {
+        uid: format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name),
+        name: pod.metadata.name.clone(),
+        namespace: ns,
+        addresses: pod_ips(pod).into_iter().map(ip_bytes).collect(),
+        tunnel_protocol: if captured { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None } as i32,
+        trust_domain: mesh.trust_domain.clone(),
+        service_account: pod.spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
+        node: pod.spec.node_name.clone().unwrap_or_default(),
+        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
+            .unwrap_or_else(|| pod.metadata.name.clone()),
+        canonical_revision: label(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ])
+        .unwrap_or_else(|| "latest".into()),
+        workload_type: wl::WorkloadType::Pod as i32,
+        workload_name: pod.metadata.name.clone(),
+        services,
+        authorization_policies: policies,
+        status: match pod.status.phase.as_deref() {
+            Some("Failed" | "Succeeded") => wl::WorkloadStatus::Unhealthy,
+            _ => wl::WorkloadStatus::Healthy,
+        } as i32,
+        cluster_id: mesh.cluster_id.clone(),
+        network_mode: if pod.spec.host_network {
+            wl::NetworkMode::HostNetwork
+        } else {
+            wl::NetworkMode::Standard
+        } as i32,
+        extensions: vec![uid_ext],
+        ..Default::default()
+    }
+}
+
+/// Istio's string match syntax: `*` anything present, `pre*`, `*suf`, or exact.
+fn string_match(s: &str) -> sec::StringMatch {
+    use sec::string_match::MatchType;
+    let t = if s == "*" {
+        MatchType::Presence(())
+    } else if let Some(prefix) = s.strip_suffix('*') {
+        MatchType::Prefix(prefix.into())
+    } else if let Some(suffix) = s.strip_prefix('*') {
+        MatchType::Suffix(suffix.into())
+    } else {
+        MatchType::Exact(s.into())
+    };
+    sec::StringMatch { match_type: Some(t) }
+}
+
+fn cidrs(blocks: &[String]) -> Vec<sec::Address> {
+    blocks
+        .iter()
+        .filter_map(|b| parse_cidr(b).ok())
+        .map(|(ip, len)| sec::Address { address: ip_bytes(ip), length: u32::from(len) })
+        .collect()
+}
+
+fn ports(list: &[String]) -> Vec<u32> {
+    list.iter().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn authorization(policy: &AuthorizationPolicy, mesh: &MeshSettings) -> (sec::Authorization, Audience) {
+    let ns = policy.metadata.namespace.clone().unwrap_or_default();
+    let (scope, audience) = match (&policy.spec.selector, ns == mesh.root_namespace) {
+        (Some(_), _) => (sec::Scope::WorkloadSelector, Audience::Selected),
+        (None, true) => (sec::Scope::Global, Audience::Everyone),
+        (None, false) => (sec::Scope::Namespace, Audience::Namespace(ns.clone())),
+    };
+    let rules = policy
+        .spec
+        .rules
+        .iter()
+        .map(|rule| {
+            let mut clauses = Vec::new();
+            if !rule.from.is_empty() {
+                let matches = rule
+                    .from
+                    .iter()
+                    .map(|f| {
+                        let s = &f.source;
+                        sec::Match {
+                            principals: s.principals.iter().map(|p| string_match(p)).collect(),
+                            not_principals: s.not_principals.iter().map(|p| string_match(p)).collect(),
+                            namespaces: s.namespaces.iter().map(|n| string_match(n)).collect(),
+                            not_namespaces: s.not_namespaces.iter().map(|n| string_match(n)).collect(),
+                            source_ips: cidrs(&s.ip_blocks),
+                            not_source_ips: cidrs(&s.not_ip_blocks),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                clauses.push(sec::Clause { matches });
+            }
+            if !rule.to.is_empty() {
+                let matches = rule
+                    .to
+                    .iter()
+                    .map(|t| sec::Match {
+                        destination_ports: ports(&t.operation.ports),
+                        not_destination_ports: ports(&t.operation.not_ports),
+                        ..Default::default()
+                    })
+                    .collect();
+                clauses.push(sec::Clause { matches });
+            }
+            sec::Rule { clauses }
+        })
+        .collect();
+    let action = match policy.spec.action.as_deref() {
+        Some("DENY") => sec::Action::Deny,
+        _ => sec::Action::Allow,
+    };
+    let auth = sec::Authorization {
+        name: policy.metadata.name.clone(),
+        namespace: ns,
+        scope: scope as i32,
+        action: action as i32,
+        rules,
+        ..Default::default()
+    };
+    (auth, audience)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ObjectMeta, PodSpec, PodStatus};
+
+    fn pod(name: &str, ns: &str, node: &str, labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: Some(ns.into()),
+                uid: Some(format!("00{}", name.len())),
+                labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                ..Default::default()
+            },
+            spec: PodSpec { node_name: Some(node.into()), ..Default::default() },
+            status: PodStatus { pod_ip: Some("10.0.0.1".into()), ..Default::default() },
+        }
+    }
+
+    fn decode(entry: &Entry) -> wl::Workload {
+        match wl::Address::decode(entry.body.value.as_slice()).expect("decode").r#type {
+            Some(wl::address::Type::Workload(w)) => w,
+            other => panic!("not a workload: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn captured_workloads_and_views() {
+        let mut inputs = Inputs::default();
+        let mut ns =
+            crate::model::Namespace { metadata: ObjectMeta { name: "shop".into(), ..Default::default() } };
+        ns.metadata.labels.insert(INTERCEPT_LABEL.into(), "enabled".into());
+        inputs.namespaces.insert("shop".into(), ns);
+        inputs.pods.push(pod("cart", "shop", "n1", &[("app", "cart")]));
+        inputs.pods.push(pod("batch", "shop", "n1", &[(INTERCEPT_LABEL, "disabled")]));
+        inputs.pods.push(pod("legacy", "other", "n2", &[]));
+        let world = World::build(&inputs, &MeshSettings::default(), 1);
+
+        let cart = &world.addresses["Kubernetes//Pod/shop/cart"];
+        let w = decode(cart);
+        assert_eq!(w.tunnel_protocol, wl::TunnelProtocol::Hbone as i32);
+        assert_eq!(w.extensions[0].name, POD_UID_EXTENSION);
+        assert!(world.visible(cart, "n2"), "mesh workloads are visible everywhere");
+        let batch = &world.addresses["Kubernetes//Pod/shop/batch"];
+        assert_eq!(decode(batch).tunnel_protocol, wl::TunnelProtocol::None as i32, "the pod opted out");
+        let legacy = &world.addresses["Kubernetes//Pod/other/legacy"];
+        assert!(
+            world.visible(legacy, "n2") && !world.visible(legacy, "n1"),
+            "outside the mesh: its node only"
+        );
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        let mut inputs = Inputs::default();
+        inputs.pods.push(pod("a", "x", "n1", &[]));
+        let v1 = World::build(&inputs, &MeshSettings::default(), 1).addresses["Kubernetes//Pod/x/a"]
+            .version
+            .clone();
+        let v2 = World::build(&inputs, &MeshSettings::default(), 2).addresses["Kubernetes//Pod/x/a"]
+            .version
+            .clone();
+        assert_eq!(v1, v2);
+        inputs.pods[0].metadata.labels.insert("k".into(), "v".into());
+        inputs.pods[0].spec.service_account_name = Some("other".into());
+        let v3 = World::build(&inputs, &MeshSettings::default(), 3).addresses["Kubernetes//Pod/x/a"]
+            .version
+            .clone();
+        assert_ne!(v1, v3);
+    }
+}

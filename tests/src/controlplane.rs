@@ -1,0 +1,151 @@
+//! The reference control plane on the fake cluster: `nodemesh controlplane` in its own
+//! namespace on the fabric (192.168.100.250, xDS on 15010), reading Kubernetes YAML that the
+//! testbed writes from its fake pods.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    cluster::{Cluster, Inner, Node, Pod, enter_netns, wait_for},
+    tools,
+};
+
+pub const XDS_PORT: u16 = 15010;
+const ADMIN: &str = "127.0.0.1:15014";
+
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+    pub netns: String,
+    pub ip: std::net::Ipv4Addr,
+    pub config_dir: PathBuf,
+    pub log_path: PathBuf,
+    pid: Option<u32>,
+}
+
+impl Cluster {
+    /// A control-plane host on the fabric; call [`ControlPlane::start`] to run it.
+    pub fn add_control_plane(&self) -> anyhow::Result<ControlPlane> {
+        let (netns, ip) = self.add_fabric_host("cp", 250)?;
+        let config_dir = self.work_dir().join("controlplane");
+        std::fs::create_dir_all(&config_dir)?;
+        Ok(ControlPlane {
+            inner: Arc::clone(self.inner()),
+            netns,
+            ip,
+            log_path: self.work_dir().join("controlplane.log"),
+            config_dir,
+            pid: None,
+        })
+    }
+}
+
+impl ControlPlane {
+    /// What agents put in `xds_address`.
+    pub fn xds_address(&self) -> String {
+        format!("http://{}:{XDS_PORT}", self.ip)
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let mut cmd = enter_netns(Command::new(crate::nodemesh_bin()), &self.netns_path())?;
+        cmd.args(["controlplane", "--config-dir"])
+            .arg(&self.config_dir)
+            .args(["--listen", &format!("0.0.0.0:{XDS_PORT}"), "--admin", ADMIN])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context("starting the control plane")?;
+        self.pid = Some(self.inner.track_child(child));
+        tools::wait_listening(&self.netns_path(), XDS_PORT)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            self.inner.kill_child(pid);
+        }
+    }
+
+    /// `/status` of the control plane's admin API.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let mut cmd = enter_netns(Command::new("curl"), &self.netns_path())?;
+        let out = cmd.args(["-sS", "--max-time", "5", &format!("http://{ADMIN}/status")]).output()?;
+        if !out.status.success() {
+            bail!("control plane status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until `n` agents are connected.
+    pub fn wait_agents(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(&format!("{n} agents on the control plane"), timeout, || {
+            self.status().is_ok_and(|s| s["agents"].as_array().is_some_and(|a| a.len() == n))
+        })
+    }
+
+    /// Writes (atomically) one input file.
+    pub fn write(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.config_dir.join(file);
+        let tmp = self.config_dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Writes the Kubernetes objects for these nodes' pods into `pods.yaml`.
+    pub fn write_pods(&self, nodes: &[&Node]) -> anyhow::Result<()> {
+        let mut docs = Vec::new();
+        for node in nodes {
+            for pod in node.pod_records() {
+                docs.push(pod_object(&node.name, &pod));
+            }
+        }
+        self.write("pods.yaml", &to_yaml_stream(&docs)?)
+    }
+
+    /// Writes a Namespace, with `nodemesh.io/intercept: enabled` when `intercept`.
+    pub fn write_namespace(&self, name: &str, intercept: bool) -> anyhow::Result<()> {
+        let labels: BTreeMap<&str, &str> =
+            if intercept { BTreeMap::from([("nodemesh.io/intercept", "enabled")]) } else { BTreeMap::new() };
+        let doc =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+        self.write(&format!("namespace-{name}.yaml"), &serde_yaml::to_string(&doc)?)
+    }
+}
+
+fn pod_object(node: &str, pod: &crate::cluster::PodRecord) -> Value {
+    let ips: Vec<Value> = pod.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels},
+        "spec": {"nodeName": node, "serviceAccountName": "default"},
+        "status": {"phase": "Running", "podIP": pod.ips.first().map(ToString::to_string), "podIPs": ips},
+    })
+}
+
+fn to_yaml_stream(docs: &[Value]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(doc)?);
+    }
+    Ok(out)
+}
+
+/// The pod as the control plane knows it (used by tests that need its Workload name).
+pub fn workload_uid(pod: &Pod) -> String {
+    format!("Kubernetes//Pod/{}/{}", pod.namespace, pod.name)
+}

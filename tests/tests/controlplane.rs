@@ -1,0 +1,171 @@
+//! Agents driven by the reference control plane (delta xDS) on two fake nodes: interception
+//! follows a namespace label within a second on both nodes; the agents keep serving while
+//! the control plane is away, serve from disk after a restart without it, and resync when it
+//! returns without dropping a connection.
+
+use std::{fs::File, net::IpAddr, path::PathBuf, time::Duration};
+
+use nodemesh_testbed::{
+    Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, scenario::BULK_PORT, tools,
+    wait_for,
+};
+
+const WITHIN: f64 = 1.0;
+
+struct TwoNodes {
+    cluster: Cluster,
+    node1: Node,
+    node2: Node,
+    ext: External,
+    cp: ControlPlane,
+    a: Pod,
+    b: Pod,
+    agent1: Agent,
+    agent2: Agent,
+}
+
+impl TwoNodes {
+    fn start(name: &str, intercept: bool) -> Self {
+        let cluster = Cluster::new(name).expect("cluster");
+        let node1 = cluster.add_node("node1", 1).expect("node1");
+        let node2 = cluster.add_node("node2", 2).expect("node2");
+        let ext = cluster.add_external("ext").expect("ext");
+        let mut cp = cluster.add_control_plane().expect("cp");
+        let a = node1.add_pod("mesh", "a", PodOptions::default()).expect("pod a");
+        let b = node2.add_pod("mesh", "b", PodOptions::default()).expect("pod b");
+        cp.write_namespace("mesh", intercept).expect("namespace");
+        cp.write_pods(&[&node1, &node2]).expect("pods");
+        cp.start().expect("start cp");
+        ext.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
+        tools::wait_listening(&ext.netns_path(), BULK_PORT).expect("listening");
+        let options = AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() };
+        let agent1 = node1.start_agent(&options).expect("agent1");
+        let agent2 = node2.start_agent(&options).expect("agent2");
+        cp.wait_agents(2, Duration::from_secs(10)).expect("agents connected");
+        Self { cluster, node1, node2, ext, cp, a, b, agent1, agent2 }
+    }
+
+    /// Runs a probe in each pod at once; returns the seconds each took since `since`.
+    fn probe_both(&self, want: &str, since: f64) -> Vec<f64> {
+        let mut running = Vec::new();
+        for pod in [&self.a, &self.b] {
+            let out = self.cluster.work_dir().join(format!("probe-{}-{want}-{since}", pod.name));
+            let mut cmd = tools::probe(IpAddr::from(self.ext.ipv4), BULK_PORT, want, since);
+            cmd.stdout(File::create(&out).expect("out"));
+            running.push((pod, pod.spawn(cmd).expect("probe"), out));
+        }
+        running
+            .into_iter()
+            .map(|(pod, pid, out)| {
+                let status = pod.wait(pid, Duration::from_secs(15)).expect("probe exit");
+                let text = std::fs::read_to_string(&out).expect("probe output");
+                assert!(status.success(), "{}: never {want}: {text}", pod.name);
+                let r: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+                r["seconds"].as_f64().expect("seconds")
+            })
+            .collect()
+    }
+
+    /// A connection from `pod` held open until released.
+    fn hold(&self, pod: &Pod, tag: &str) -> Held {
+        let out = self.cluster.work_dir().join(format!("hold-{tag}.out"));
+        let release = self.cluster.work_dir().join(format!("hold-{tag}.release"));
+        let mut cmd = tools::hold_client(IpAddr::from(self.ext.ipv4), BULK_PORT, &release);
+        cmd.stdout(File::create(&out).expect("out"));
+        let pid = pod.spawn(cmd).expect("hold");
+        wait_for("the held connection", Duration::from_secs(10), || {
+            std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("connected"))
+        })
+        .expect("connected");
+        let local = std::fs::read_to_string(&out)
+            .expect("out")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .replace("connected ", "");
+        Held { pid, out, release, local }
+    }
+}
+
+struct Held {
+    pid: u32,
+    out: PathBuf,
+    release: PathBuf,
+    local: String,
+}
+
+impl Held {
+    fn finish(self, pod: &Pod) {
+        std::fs::write(&self.release, b"").expect("release");
+        let status = pod.wait(self.pid, Duration::from_secs(20)).expect("exit");
+        let text = std::fs::read_to_string(&self.out).expect("out");
+        assert!(status.success(), "a held connection broke: {text}");
+    }
+}
+
+#[test]
+fn a_namespace_label_intercepts_on_both_nodes_within_a_second() {
+    let t = TwoNodes::start("cplabel", false);
+    t.agent1.wait_enrolled(&[], Duration::from_secs(5)).expect("nothing enrolled yet");
+
+    let on = tools::unix_now();
+    t.cp.write_namespace("mesh", true).expect("label");
+    let took = t.probe_both("intercepted", on);
+    eprintln!("interception on after {took:?} s (node1, node2)");
+    assert!(took.iter().all(|s| *s < WITHIN), "{took:?}");
+    t.agent1.wait_enrolled(&["mesh/a"], Duration::from_secs(2)).expect("a enrolled");
+    t.agent2.wait_enrolled(&["mesh/b"], Duration::from_secs(2)).expect("b enrolled");
+
+    let held_a = t.hold(&t.a, "a");
+    let held_b = t.hold(&t.b, "b");
+    assert_eq!((held_a.local.as_str(), held_b.local.as_str()), ("127.0.0.1", "127.0.0.1"));
+
+    let off = tools::unix_now();
+    t.cp.write_namespace("mesh", false).expect("unlabel");
+    let took = t.probe_both("direct", off);
+    eprintln!("interception off after {took:?} s (node1, node2)");
+    assert!(took.iter().all(|s| *s < WITHIN), "{took:?}");
+    held_a.finish(&t.a);
+    held_b.finish(&t.b);
+}
+
+#[test]
+fn agents_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
+    let mut t = TwoNodes::start("cpaway", true);
+    t.agent1.wait_enrolled(&["mesh/a"], Duration::from_secs(5)).expect("a enrolled");
+    t.agent2.wait_enrolled(&["mesh/b"], Duration::from_secs(5)).expect("b enrolled");
+
+    // The control plane dies: traffic keeps flowing through the mesh.
+    let held = t.hold(&t.a, "before");
+    t.cp.kill();
+    wait_for("agents to notice", Duration::from_secs(10), || {
+        t.agent1.status().is_ok_and(|s| s["sync"]["connected"] == false)
+    })
+    .expect("disconnected");
+    t.probe_both("intercepted", tools::unix_now());
+    held.finish(&t.a);
+
+    // An agent restarted while the control plane is down serves its state from disk.
+    let stopped = t.agent1.terminate(Duration::from_secs(15)).expect("stop");
+    assert!(stopped.success());
+    t.agent1 = t.agent1.restart(&t.node1).expect("restart");
+    let status = t.agent1.wait_enrolled(&["mesh/a"], Duration::from_secs(10)).expect("served from disk");
+    assert_eq!(status["sync"]["from_disk"], true, "{}", status["sync"]);
+    assert_eq!(status["sync"]["connected"], false);
+    t.probe_both("intercepted", tools::unix_now());
+
+    // The control plane returns: the agents resync, nothing is dropped or re-enrolled.
+    let links_before = t.agent1.status().expect("status")["pods"][0]["links"].clone();
+    let held = t.hold(&t.a, "across");
+    t.cp.start().expect("restart cp");
+    t.cp.wait_agents(2, Duration::from_secs(30)).expect("agents back");
+    wait_for("agent1 resynced", Duration::from_secs(10), || {
+        t.agent1.status().is_ok_and(|s| s["sync"]["connected"] == true && s["sync"]["from_disk"] == false)
+    })
+    .expect("resynced");
+    let status = t.agent1.status().expect("status");
+    assert_eq!(status["pods"][0]["links"], links_before, "resync must not re-enroll the pod");
+    held.finish(&t.a);
+    t.probe_both("intercepted", tools::unix_now());
+    let _ = (&t.node2, &t.agent2);
+}
