@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let fds = protox::compile(PROTOS, ["."])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // BTreeMap for map fields: encoding is then deterministic, so a resource's version (a hash
+    // of its encoding) changes only when its content does.
+    tonic_prost_build::configure().btree_map(".").build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

@@ -117,5 +117,6 @@ pub fn report(s: &AdminState) -> StatusReport {
             .map(|(c, count)| CounterReport { program: c.program().into(), reason: c.reason().into(), count })
             .collect(),
         proxy: totals,
+        memory: crate::memory::now(),
     }
 }

@@ -154,6 +154,7 @@ async fn control_plane(
     // Without a source the spec stays empty; the sender lives to the end of this function so
     // `changed()` pends instead of failing.
     let (_empty_tx, empty_rx) = tokio::sync::watch::channel(Arc::new(NodeSpec::default()));
+    let mut xds = None;
     let (mut spec_rx, source) = match (&config.enrollment_file, &config.xds_address) {
         (Some(path), _) => {
             let (mut file, rx, status) = FileSource::new(path);
@@ -167,6 +168,7 @@ async fn control_plane(
                 node_name: config.node_name.clone(),
                 snapshot: config.xds_snapshot.clone(),
             });
+            xds = Some(Arc::clone(&shared));
             (rx, Source::ControlPlane(shared))
         }
         (None, None) => {
@@ -209,6 +211,9 @@ async fn control_plane(
     }
 
     tracing::info!("shutting down: detaching every pod, then draining connections");
+    if let Some(xds) = &xds {
+        xds.flush();
+    }
     reconciler.release_all().await;
     let deadline = Instant::now() + config.drain_timeout;
     while proxy.active_connections() > 0 && Instant::now() < deadline {

@@ -23,7 +23,7 @@ pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
             root_namespace: args.root_namespace,
             ..Default::default()
         },
-        poll: Duration::from_millis(200),
+        poll: Duration::from_secs(2),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nm-cp").build()?;
     runtime.block_on(async {

@@ -7,6 +7,7 @@ mod config;
 mod controlplane;
 mod datapath;
 mod enroll;
+mod memory;
 mod pods;
 mod proxy;
 mod reconcile;
@@ -21,6 +22,13 @@ use clap::Parser as _;
 // fragmentation (ztunnel's experience).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation. Freed pages go back to the kernel within
+/// a second (default: ten), from jemalloc's own background thread rather than whenever some
+/// allocation happens to pass by: a node agent's memory should follow its state, not the
+/// peak of the last burst of updates.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

@@ -25,6 +25,8 @@ pub struct StatusReport {
     pub programs: Vec<ProgramStatus>,
     pub counters: Vec<CounterReport>,
     pub proxy: ProxyTotals,
+    #[serde(default)]
+    pub memory: crate::memory::Memory,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,12 +4,14 @@
 //! - Starts from the snapshot on disk, if any, so a restarted agent serves its last good state
 //!   while the control plane is away.
 //! - Each response is checked whole; a bad one is NACKed with a reason that names the
-//!   resource and the field, and the state stays as it was. A good one is applied, written to
-//!   disk atomically, published to the reconciler, then ACKed.
+//!   resource and the field, and the state stays as it was. A good one is applied, published
+//!   to the reconciler and ACKed; the state is written to disk atomically once a burst of
+//!   responses settles (`persist`), and on shutdown.
 //! - Reconnects with exponential backoff and jitter, telling the server what it holds, so only
 //!   what changed meanwhile comes back.
 
 mod backoff;
+mod persist;
 mod session;
 mod snapshot;
 pub mod state;
@@ -17,7 +19,7 @@ pub mod translate;
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -69,6 +71,10 @@ pub struct Shared {
     pub status: Mutex<SyncStatus>,
     pub state: Mutex<state::State>,
     spec: watch::Sender<Arc<NodeSpec>>,
+    /// Bumped on every accepted response; `saved` is the value last written to disk.
+    accepted: watch::Sender<u64>,
+    saved: AtomicU64,
+    persisting: Mutex<()>,
 }
 
 impl Shared {
@@ -78,6 +84,11 @@ impl Shared {
 
     fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes what was accepted and not yet persisted (for a clean shutdown).
+    pub fn flush(&self) {
+        persist::save(self);
     }
 
     /// Publishes the node's spec from the current state, and refreshes the counts.
@@ -99,9 +110,13 @@ pub fn start(settings: XdsSettings) -> (Arc<Shared>, watch::Receiver<Arc<NodeSpe
         state: Mutex::default(),
         spec: tx,
         settings,
+        accepted: watch::channel(0).0,
+        saved: AtomicU64::new(0),
+        persisting: Mutex::new(()),
     });
     load_snapshot(&shared);
     tokio::spawn(run(Arc::clone(&shared)));
+    tokio::spawn(persist::run(Arc::clone(&shared)));
     (shared, rx)
 }
 

@@ -1,10 +1,7 @@
 //! The control plane's admin API: `/status` (input problems, served resources, connected
 //! agents with their ACK/NACK state) and `/ready`.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use axum::{Json, Router, extract::State, routing::get};
 use serde::Serialize;
@@ -26,11 +23,10 @@ pub struct AdminState {
     pub registry: Registry,
 }
 
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<()> {
     let app =
         Router::new().route("/status", get(status)).route("/ready", get(|| async { "ok" })).with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "control plane admin API listening");
+    tracing::info!(addr = %listener.local_addr()?, "control plane admin API listening");
     axum::serve(listener, app).await
 }
 

@@ -4,6 +4,7 @@
 //! Run as `nodemesh controlplane`.
 
 pub mod admin;
+mod inputs;
 pub mod model;
 pub mod server;
 pub mod store;
@@ -18,6 +19,7 @@ use std::{
 
 use nodemesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 
 pub use world::MeshSettings;
 
@@ -29,7 +31,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub mesh: MeshSettings,
-    /// How often the directory is checked for changes.
+    /// How often the directory is re-read even without an inotify event (a safety net).
     pub poll: Duration,
 }
 
@@ -41,6 +43,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("serving xDS on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -49,71 +57,61 @@ pub enum Error {
     },
 }
 
-/// Serves until `shutdown` resolves.
+/// Binds `settings.listen` and serves until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let mut store = store::Store::new(&settings.config_dir);
-    store.scan().map_err(|source| Error::Input { dir: settings.config_dir.clone(), source })?;
-    let first = world::World::build(&store.inputs(), &settings.mesh, 1);
-    let served = Arc::new(Mutex::new(admin::Served::default()));
-    record(&served, &first, store.errors());
-    let (world_tx, world_rx) = watch::channel(Arc::new(first));
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+    };
+    let (xds, admin) = (bind(settings.listen).await?, bind(settings.admin).await?);
+    serve(settings, xds, admin, shutdown).await
+}
 
-    // Reading and translating the inputs is blocking work: its own thread, off the runtime.
-    let watcher_served = Arc::clone(&served);
-    let (mesh, poll, dir) = (settings.mesh.clone(), settings.poll, settings.config_dir.clone());
-    std::thread::Builder::new()
-        .name("nm-cp-inputs".into())
-        .spawn(move || {
-            let mut generation = 1;
-            loop {
-                std::thread::sleep(poll);
-                if world_tx.is_closed() {
-                    return;
-                }
-                match store.scan() {
-                    Ok(false) => continue,
-                    Ok(true) => {}
-                    Err(e) => {
-                        tracing::error!(dir = %dir.display(), error = %e, "cannot read the input directory");
-                        continue;
-                    }
-                }
-                generation += 1;
-                let world = world::World::build(&store.inputs(), &mesh, generation);
-                record(&watcher_served, &world, store.errors());
-                world_tx.send_replace(Arc::new(world));
-            }
-        })
-        .map_err(|source| Error::Input { dir: settings.config_dir.clone(), source })?;
+/// Serves xDS on `listener` and the admin API on `admin` until `shutdown`
+/// (`settings.listen` and `settings.admin` are not used).
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
+    let mut store = store::Store::new(&settings.config_dir);
+    store.scan().map_err(input_error)?;
+    let first = world::World::build(&store.inputs(), &settings.mesh, 1, None);
+    let served = Arc::new(Mutex::new(admin::Served::default()));
+    inputs::record(&served, &first, store.errors());
+    let (world_tx, world_rx) = watch::channel(Arc::new(first));
+    inputs::InputLoop {
+        store,
+        dir: settings.config_dir.clone(),
+        mesh: settings.mesh.clone(),
+        poll: settings.poll,
+        served: Arc::clone(&served),
+        world: world_tx,
+        generation: 1,
+    }
+    .spawn()
+    .map_err(input_error)?;
 
     let registry = server::Registry::default();
     let admin_state = admin::AdminState { served, registry: Arc::clone(&registry) };
-    let admin_addr = settings.admin;
     tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_addr, admin_state).await {
-            tracing::error!(addr = %admin_addr, error = %e, "admin API failed");
+        if let Err(e) = admin::serve(admin, admin_state).await {
+            tracing::error!(error = %e, "admin API failed");
         }
     });
 
     let ads = AggregatedDiscoveryServiceServer::new(server::Ads::new(world_rx, registry))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    tracing::info!(addr = %settings.listen, dir = %settings.config_dir.display(), "serving delta xDS");
+    let addr = listener.local_addr().map_err(|source| Error::Bind { addr: settings.listen, source })?;
+    tracing::info!(%addr, dir = %settings.config_dir.display(), "serving delta xDS");
     nodemesh_proto::tonic::transport::Server::builder()
         .add_service(ads)
-        .serve_with_shutdown(settings.listen, shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
-        .map_err(|source| Error::Serve { addr: settings.listen, source })
-}
-
-fn record(served: &Mutex<admin::Served>, world: &world::World, errors: Vec<store::InputError>) {
-    *served.lock().unwrap_or_else(|p| p.into_inner()) = admin::Served {
-        generation: world.generation,
-        addresses: world.addresses.len(),
-        authorizations: world.authorizations.len(),
-        input_errors: errors,
-    };
+        .map_err(|source| Error::Serve { addr, source })
 }

@@ -3,7 +3,7 @@
 //! read; others (status details, managed fields) are ignored, as Kubernetes clients do.
 //! Every error names the field at fault.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -208,13 +208,14 @@ pub struct Operation {
     pub paths: Vec<String>,
 }
 
-/// One parsed and validated object.
+/// One parsed and validated object. Shared, so unchanged objects keep their identity from one
+/// world build to the next (which is how the builder knows it can reuse what it made of them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
-    Namespace(Namespace),
-    Pod(Pod),
-    Service(Service),
-    AuthorizationPolicy(AuthorizationPolicy),
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
+    Service(Arc<Service>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
 }
 
 /// Identifies an object (duplicates across files are an error).
@@ -238,10 +239,10 @@ impl fmt::Display for ObjectKey {
 impl Object {
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            Object::Namespace(o) => &mut o.metadata,
-            Object::Pod(o) => &mut o.metadata,
-            Object::Service(o) => &mut o.metadata,
-            Object::AuthorizationPolicy(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
+            Object::Pod(o) => &mut Arc::make_mut(o).metadata,
+            Object::Service(o) => &mut Arc::make_mut(o).metadata,
+            Object::AuthorizationPolicy(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -283,11 +284,11 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
         .to_owned();
     let api = doc.get("apiVersion").and_then(serde_yaml::Value::as_str).unwrap_or_default().to_owned();
     let object = match (kind.as_str(), api.as_str()) {
-        ("Namespace", "v1") => Object::Namespace(typed(doc)?),
-        ("Pod", "v1") => Object::Pod(typed(doc)?),
-        ("Service", "v1") => Object::Service(typed(doc)?),
+        ("Namespace", "v1") => Object::Namespace(Arc::new(typed(doc)?)),
+        ("Pod", "v1") => Object::Pod(Arc::new(typed(doc)?)),
+        ("Service", "v1") => Object::Service(Arc::new(typed(doc)?)),
         ("AuthorizationPolicy", "security.istio.io/v1" | "security.istio.io/v1beta1") => {
-            Object::AuthorizationPolicy(typed(doc)?)
+            Object::AuthorizationPolicy(Arc::new(typed(doc)?))
         }
         ("Namespace" | "Pod" | "Service" | "AuthorizationPolicy", other) => {
             return Err(err(

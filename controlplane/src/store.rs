@@ -10,6 +10,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,10 +32,10 @@ pub struct InputError {
 /// Everything the store holds, merged across files.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: Vec<Pod>,
-    pub services: Vec<Service>,
-    pub policies: Vec<AuthorizationPolicy>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub services: Vec<Arc<Service>>,
+    pub policies: Vec<Arc<AuthorizationPolicy>>,
 }
 
 struct FileState {

@@ -68,14 +68,38 @@ pub enum Audience {
 
 #[derive(Debug)]
 pub struct Entry {
-    pub name: String,
+    /// Shared with every stream that holds it.
+    pub name: Arc<str>,
+    /// The version as a number (what streams compare) and as sent (its hex form).
+    pub hash: u64,
     pub version: String,
     pub body: Any,
     pub audience: Audience,
 }
 
-/// What a node hosts, for the views.
+/// What changed since the previous world: streams that saw that one look only at these.
 #[derive(Debug, Default)]
+pub struct Delta {
+    pub from_generation: u64,
+    /// Added, changed (content or audience) and removed names, per type.
+    pub addresses: Vec<Arc<str>>,
+    pub authorizations: Vec<Arc<str>>,
+    /// Nodes whose view rules changed (what namespaces or policies they host).
+    pub nodes: HashSet<String>,
+}
+
+impl Delta {
+    pub fn names(&self, type_url: &str) -> &[Arc<str>] {
+        match type_url {
+            type_urls::ADDRESS => &self.addresses,
+            type_urls::AUTHORIZATION => &self.authorizations,
+            _ => &[],
+        }
+    }
+}
+
+/// What a node hosts, for the views.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     namespaces: HashSet<String>,
     policies: HashSet<String>,
@@ -85,25 +109,62 @@ pub struct NodeInfo {
 pub struct World {
     /// Bumped on every rebuild; sent as system_version_info.
     pub generation: u64,
-    pub addresses: BTreeMap<String, Arc<Entry>>,
-    pub authorizations: BTreeMap<String, Arc<Entry>>,
+    pub addresses: BTreeMap<Arc<str>, Arc<Entry>>,
+    pub authorizations: BTreeMap<Arc<str>, Arc<Entry>>,
     nodes: HashMap<String, NodeInfo>,
+    /// Against the world this one replaced (None for the first).
+    pub delta: Option<Delta>,
+    /// What each entry was made from, so the next build reuses the entries whose inputs
+    /// are the same objects (a change to one pod re-encodes one workload, not ten thousand).
+    pod_memos: HashMap<Arc<str>, PodMemo>,
+    service_memos: HashMap<Arc<str>, (Arc<Service>, Arc<Entry>)>,
+}
+
+#[derive(Debug)]
+struct PodMemo {
+    pod: Arc<Pod>,
+    captured: bool,
+    backing: Vec<Arc<Service>>,
+    policies: Vec<String>,
+    entry: Arc<Entry>,
+}
+
+impl PodMemo {
+    fn reusable(
+        &self,
+        pod: &Arc<Pod>,
+        captured: bool,
+        backing: &[&Arc<Service>],
+        policies: &[String],
+    ) -> bool {
+        Arc::ptr_eq(&self.pod, pod)
+            && self.captured == captured
+            && self.backing.len() == backing.len()
+            && self.backing.iter().zip(backing).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.policies == policies
+    }
 }
 
 impl World {
-    pub fn build(inputs: &Inputs, mesh: &MeshSettings, generation: u64) -> Self {
+    /// Translates the inputs; with `previous`, reuses its unchanged entries and records the
+    /// delta from it.
+    pub fn build(inputs: &Inputs, mesh: &MeshSettings, generation: u64, previous: Option<&World>) -> Self {
         let mut world = World { generation, ..Default::default() };
-        let services_by_ns = group_services(&inputs.services);
+        let service_index = ServiceIndex::new(&inputs.services);
         let policies_by_ns = group_selector_policies(&inputs.policies);
         for svc in &inputs.services {
-            let entry = service_entry(svc, mesh);
-            world.addresses.insert(entry.name.clone(), Arc::new(entry));
+            let name: Arc<str> = service_name(svc, mesh).into();
+            let entry = match previous.and_then(|p| p.service_memos.get(&name)) {
+                Some((old, entry)) if Arc::ptr_eq(old, svc) => Arc::clone(entry),
+                _ => Arc::new(service_entry(svc, mesh)),
+            };
+            world.service_memos.insert(Arc::clone(&name), (Arc::clone(svc), Arc::clone(&entry)));
+            world.addresses.insert(name, entry);
         }
         for pod in &inputs.pods {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let captured = captured(pod, inputs);
-            let services = services_by_ns.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default();
-            let backing: Vec<&Service> = services.iter().copied().filter(|s| selects(s, pod)).collect();
+            let backing = service_index.selecting(&ns, pod);
             let policies: Vec<String> = policies_by_ns
                 .get(ns.as_str())
                 .map(|ps| {
@@ -122,18 +183,39 @@ impl World {
             let info = world.nodes.entry(node.clone()).or_default();
             info.namespaces.insert(ns.clone());
             info.policies.extend(policies.iter().cloned());
-            let audience =
-                if captured || !backing.is_empty() { Audience::Everyone } else { Audience::Node(node) };
-            let workload = workload(pod, captured, &backing, policies, mesh);
-            let name = workload.uid.clone();
-            let body = address_any(wl::address::Type::Workload(workload));
-            world.addresses.insert(name.clone(), Arc::new(entry(name, body, audience)));
+            let name: Arc<str> = workload_uid(pod, mesh).into();
+            let entry = match previous.and_then(|p| p.pod_memos.get(&name)) {
+                Some(memo) if memo.reusable(pod, captured, &backing, &policies) => Arc::clone(&memo.entry),
+                _ => {
+                    let audience = if captured || !backing.is_empty() {
+                        Audience::Everyone
+                    } else {
+                        Audience::Node(node)
+                    };
+                    let services: Vec<&Service> = backing.iter().map(|s| s.as_ref()).collect();
+                    let workload = workload(pod, captured, &services, policies.clone(), mesh);
+                    let body = address_any(wl::address::Type::Workload(workload));
+                    Arc::new(entry(name.to_string(), body, audience))
+                }
+            };
+            let memo = PodMemo {
+                pod: Arc::clone(pod),
+                captured,
+                backing: backing.into_iter().cloned().collect(),
+                policies,
+                entry: Arc::clone(&entry),
+            };
+            world.pod_memos.insert(Arc::clone(&name), memo);
+            world.addresses.insert(name, entry);
         }
         for policy in &inputs.policies {
             let (auth, audience) = authorization(policy, mesh);
             let name = format!("{}/{}", auth.namespace, auth.name);
             let body = Any { type_url: type_urls::AUTHORIZATION.into(), value: auth.encode_to_vec() };
-            world.authorizations.insert(name.clone(), Arc::new(entry(name, body, audience)));
+            world.authorizations.insert(name.as_str().into(), Arc::new(entry(name, body, audience)));
+        }
+        if let Some(previous) = previous {
+            world.diff_from(previous);
         }
         world
     }
@@ -144,11 +226,43 @@ impl World {
             Audience::Everyone => true,
             Audience::Node(n) => n == node,
             Audience::Namespace(ns) => self.nodes.get(node).is_some_and(|i| i.namespaces.contains(ns)),
-            Audience::Selected => self.nodes.get(node).is_some_and(|i| i.policies.contains(&entry.name)),
+            Audience::Selected => self.nodes.get(node).is_some_and(|i| i.policies.contains(&*entry.name)),
         }
     }
 
-    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Entry>>> {
+    /// Records what differs from `previous`, the world this one replaces.
+    fn diff_from(&mut self, previous: &World) {
+        fn names(
+            new: &BTreeMap<Arc<str>, Arc<Entry>>,
+            old: &BTreeMap<Arc<str>, Arc<Entry>>,
+        ) -> Vec<Arc<str>> {
+            let mut out: Vec<Arc<str>> = new
+                .values()
+                .filter(|e| {
+                    old.get(&*e.name)
+                        .is_none_or(|o| !Arc::ptr_eq(o, e) && (o.hash != e.hash || o.audience != e.audience))
+                })
+                .map(|e| Arc::clone(&e.name))
+                .collect();
+            out.extend(old.values().filter(|o| !new.contains_key(&*o.name)).map(|o| Arc::clone(&o.name)));
+            out
+        }
+        let mut nodes: HashSet<String> = self
+            .nodes
+            .iter()
+            .filter(|(n, info)| previous.nodes.get(*n) != Some(*info))
+            .map(|(n, _)| n.clone())
+            .collect();
+        nodes.extend(previous.nodes.keys().filter(|n| !self.nodes.contains_key(*n)).cloned());
+        self.delta = Some(Delta {
+            from_generation: previous.generation,
+            addresses: names(&self.addresses, &previous.addresses),
+            authorizations: names(&self.authorizations, &previous.authorizations),
+            nodes,
+        });
+    }
+
+    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<Arc<str>, Arc<Entry>>> {
         match type_url {
             type_urls::ADDRESS => Some(&self.addresses),
             type_urls::AUTHORIZATION => Some(&self.authorizations),
@@ -158,7 +272,14 @@ impl World {
 }
 
 fn entry(name: String, body: Any, audience: Audience) -> Entry {
-    Entry { version: version(&body.value), name, body, audience }
+    let hash = fnv(&body.value);
+    Entry { hash, version: format!("{hash:016x}"), name: name.into(), body, audience }
+}
+
+/// A version as sent back by a client (`initial_resource_versions`); anything that is not
+/// one of ours matches nothing.
+pub fn parse_version(version: &str) -> Option<u64> {
+    (version.len() == 16).then(|| u64::from_str_radix(version, 16).ok()).flatten()
 }
 
 fn address_any(t: wl::address::Type) -> Any {
@@ -167,13 +288,13 @@ fn address_any(t: wl::address::Type) -> Any {
 
 /// FNV-1a of the encoded resource: stable across restarts, so a reconnecting agent that
 /// reports what it holds gets only what changed.
-fn version(bytes: &[u8]) -> String {
+fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 fn captured(pod: &Pod, inputs: &Inputs) -> bool {
@@ -197,15 +318,46 @@ fn selects(svc: &Service, pod: &Pod) -> bool {
     svc.spec.selector.as_ref().is_some_and(|s| !s.is_empty() && labels_match(s, &pod.metadata.labels))
 }
 
-fn group_services(services: &[Service]) -> HashMap<&str, Vec<&Service>> {
-    let mut by_ns: HashMap<&str, Vec<&Service>> = HashMap::new();
-    for svc in services {
-        by_ns.entry(svc.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(svc);
-    }
-    by_ns
+/// Services by (namespace, first label of the selector): a pod is checked only against the
+/// services one of its own labels could satisfy, not against every service of its namespace.
+/// (namespace, label key, label value).
+type LabelKey<'a> = (&'a str, &'a str, &'a str);
+
+struct ServiceIndex<'a> {
+    by_first_label: HashMap<LabelKey<'a>, Vec<(usize, &'a Arc<Service>)>>,
 }
 
-fn group_selector_policies(policies: &[AuthorizationPolicy]) -> HashMap<&str, Vec<&AuthorizationPolicy>> {
+impl<'a> ServiceIndex<'a> {
+    fn new(services: &'a [Arc<Service>]) -> Self {
+        let mut by_first_label: HashMap<_, Vec<_>> = HashMap::new();
+        for (i, svc) in services.iter().enumerate() {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+            if let Some((k, v)) = svc.spec.selector.as_ref().and_then(|s| s.iter().next()) {
+                by_first_label.entry((ns, k.as_str(), v.as_str())).or_default().push((i, svc));
+            }
+        }
+        Self { by_first_label }
+    }
+
+    /// The services selecting `pod`, in input order.
+    fn selecting(&self, ns: &str, pod: &Pod) -> Vec<&'a Arc<Service>> {
+        let mut found: Vec<(usize, &Arc<Service>)> = pod
+            .metadata
+            .labels
+            .iter()
+            .filter_map(|(k, v)| self.by_first_label.get(&(ns, k.as_str(), v.as_str())))
+            .flatten()
+            .filter(|(_, svc)| selects(svc, pod))
+            .copied()
+            .collect();
+        found.sort_unstable_by_key(|(i, _)| *i);
+        found.into_iter().map(|(_, svc)| svc).collect()
+    }
+}
+
+fn group_selector_policies(
+    policies: &[Arc<AuthorizationPolicy>],
+) -> HashMap<&str, Vec<&AuthorizationPolicy>> {
     let mut by_ns: HashMap<&str, Vec<&AuthorizationPolicy>> = HashMap::new();
     for p in policies.iter().filter(|p| p.spec.selector.is_some()) {
         by_ns.entry(p.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(p);
@@ -281,8 +433,22 @@ fn service_entry(svc: &Service, mesh: &MeshSettings) -> Entry {
         ip_families: ip_families as i32,
         ..Default::default()
     };
-    let name = format!("{}/{}", service.namespace, service.hostname);
-    entry(name, address_any(wl::address::Type::Service(service)), Audience::Everyone)
+    entry(service_name(svc, mesh), address_any(wl::address::Type::Service(service)), Audience::Everyone)
+}
+
+/// A service's resource name: "namespace/hostname", as istiod names them.
+fn service_name(svc: &Service, mesh: &MeshSettings) -> String {
+    format!("{}/{}", svc.metadata.namespace.as_deref().unwrap_or_default(), hostname(svc, mesh))
+}
+
+/// A workload's uid and resource name: "cluster//Pod/namespace/name", as istiod names them.
+fn workload_uid(pod: &Pod, mesh: &MeshSettings) -> String {
+    format!(
+        "{}//Pod/{}/{}",
+        mesh.cluster_id,
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name
+    )
 }
 
 /// The wire ports of a service; `named` resolves a named target port (0 when it cannot).
@@ -337,7 +503,7 @@ fn workload(
         }),
     };
     wl::Workload {
-        uid: format!("{}//Pod/{ns}/{}", mesh.cluster_id, pod.metadata.name),
+        uid: workload_uid(pod, mesh),
         name: pod.metadata.name.clone(),
         namespace: ns,
         addresses: pod_ips(pod).into_iter().map(ip_bytes).collect(),
@@ -466,8 +632,8 @@ mod tests {
     use super::*;
     use crate::model::{ObjectMeta, PodSpec, PodStatus};
 
-    fn pod(name: &str, ns: &str, node: &str, labels: &[(&str, &str)]) -> Pod {
-        Pod {
+    fn pod(name: &str, ns: &str, node: &str, labels: &[(&str, &str)]) -> Arc<Pod> {
+        Arc::new(Pod {
             metadata: ObjectMeta {
                 name: name.into(),
                 namespace: Some(ns.into()),
@@ -477,7 +643,7 @@ mod tests {
             },
             spec: PodSpec { node_name: Some(node.into()), ..Default::default() },
             status: PodStatus { pod_ip: Some("10.0.0.1".into()), ..Default::default() },
-        }
+        })
     }
 
     fn decode(entry: &Entry) -> wl::Workload {
@@ -493,11 +659,11 @@ mod tests {
         let mut ns =
             crate::model::Namespace { metadata: ObjectMeta { name: "shop".into(), ..Default::default() } };
         ns.metadata.labels.insert(INTERCEPT_LABEL.into(), "enabled".into());
-        inputs.namespaces.insert("shop".into(), ns);
+        inputs.namespaces.insert("shop".into(), Arc::new(ns));
         inputs.pods.push(pod("cart", "shop", "n1", &[("app", "cart")]));
         inputs.pods.push(pod("batch", "shop", "n1", &[(INTERCEPT_LABEL, "disabled")]));
         inputs.pods.push(pod("legacy", "other", "n2", &[]));
-        let world = World::build(&inputs, &MeshSettings::default(), 1);
+        let world = World::build(&inputs, &MeshSettings::default(), 1, None);
 
         let cart = &world.addresses["Kubernetes//Pod/shop/cart"];
         let w = decode(cart);
@@ -517,18 +683,106 @@ mod tests {
     fn versions_follow_content() {
         let mut inputs = Inputs::default();
         inputs.pods.push(pod("a", "x", "n1", &[]));
-        let v1 = World::build(&inputs, &MeshSettings::default(), 1).addresses["Kubernetes//Pod/x/a"]
+        let v1 = World::build(&inputs, &MeshSettings::default(), 1, None).addresses["Kubernetes//Pod/x/a"]
             .version
             .clone();
-        let v2 = World::build(&inputs, &MeshSettings::default(), 2).addresses["Kubernetes//Pod/x/a"]
+        let v2 = World::build(&inputs, &MeshSettings::default(), 2, None).addresses["Kubernetes//Pod/x/a"]
             .version
             .clone();
         assert_eq!(v1, v2);
-        inputs.pods[0].metadata.labels.insert("k".into(), "v".into());
-        inputs.pods[0].spec.service_account_name = Some("other".into());
-        let v3 = World::build(&inputs, &MeshSettings::default(), 3).addresses["Kubernetes//Pod/x/a"]
+        let changed = Arc::make_mut(&mut inputs.pods[0]);
+        changed.metadata.labels.insert("k".into(), "v".into());
+        changed.spec.service_account_name = Some("other".into());
+        let v3 = World::build(&inputs, &MeshSettings::default(), 3, None).addresses["Kubernetes//Pod/x/a"]
             .version
             .clone();
         assert_ne!(v1, v3);
+    }
+
+    #[test]
+    fn a_workload_behind_many_services_keeps_its_version_across_builds() {
+        let mut inputs = Inputs::default();
+        inputs.pods.push(pod("a", "x", "n1", &[("app", "a"), ("tier", "web")]));
+        for (name, key, value) in
+            [("s1", "app", "a"), ("s2", "tier", "web"), ("s3", "app", "a"), ("s4", "app", "b")]
+        {
+            let svc = crate::model::Service {
+                metadata: ObjectMeta { name: name.into(), namespace: Some("x".into()), ..Default::default() },
+                spec: crate::model::ServiceSpec {
+                    selector: Some([(key.to_owned(), value.to_owned())].into()),
+                    cluster_ip: Some("10.96.0.1".into()),
+                    cluster_ips: Vec::new(),
+                    ports: vec![crate::model::ServicePort {
+                        name: None,
+                        port: 80,
+                        target_port: None,
+                        protocol: None,
+                        app_protocol: None,
+                    }],
+                },
+            };
+            inputs.services.push(Arc::new(svc));
+        }
+        let mesh = MeshSettings::default();
+        let first = World::build(&inputs, &mesh, 1, None);
+        let w = decode(&first.addresses["Kubernetes//Pod/x/a"]);
+        let keys: Vec<&str> = w.services.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["x/s1.x.svc.cluster.local", "x/s2.x.svc.cluster.local", "x/s3.x.svc.cluster.local"]
+        );
+        for g in 2..20 {
+            // Built afresh (no memo to reuse), so the encoding itself must be stable.
+            let fresh = World::build(&inputs, &mesh, g, None);
+            let again = World::build(&inputs, &mesh, g, Some(&fresh));
+            let fresh_vs_first = World::build(&inputs, &mesh, g + 100, Some(&first));
+            assert!(fresh.addresses.iter().all(|(n, e)| first.addresses[n].hash == e.hash));
+            assert_eq!(fresh_vs_first.delta.as_ref().map(|d| d.addresses.len()), Some(0));
+            assert_eq!(
+                again.delta.as_ref().map(|d| d.addresses.len()),
+                Some(0),
+                "build {g} changed something"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rebuild_reuses_what_did_not_change_and_redoes_what_did() {
+        let mut inputs = Inputs::default();
+        let ns =
+            crate::model::Namespace { metadata: ObjectMeta { name: "shop".into(), ..Default::default() } };
+        inputs.namespaces.insert("shop".into(), Arc::new(ns.clone()));
+        inputs.pods.push(pod("a", "shop", "n1", &[]));
+        inputs.pods.push(pod("b", "shop", "n1", &[]));
+        inputs.pods.push(pod("c", "other", "n2", &[]));
+        let mesh = MeshSettings::default();
+        let first = World::build(&inputs, &mesh, 1, None);
+
+        // One pod changes: only it is rebuilt, and the delta names only it.
+        Arc::make_mut(&mut inputs.pods[0]).spec.service_account_name = Some("sa".into());
+        let second = World::build(&inputs, &mesh, 2, Some(&first));
+        let b = "Kubernetes//Pod/shop/b";
+        assert!(Arc::ptr_eq(&first.addresses[b], &second.addresses[b]), "b reused");
+        let delta = second.delta.as_ref().expect("delta");
+        assert_eq!(delta.addresses.iter().map(|n| &**n).collect::<Vec<_>>(), ["Kubernetes//Pod/shop/a"]);
+        assert_eq!(delta.from_generation, 1);
+
+        // The namespace turns interception on: both of its pods change, the other does not.
+        let mut labelled = ns;
+        labelled.metadata.labels.insert(INTERCEPT_LABEL.into(), "enabled".into());
+        inputs.namespaces.insert("shop".into(), Arc::new(labelled));
+        let third = World::build(&inputs, &mesh, 3, Some(&second));
+        let mut names: Vec<&str> =
+            third.delta.as_ref().expect("delta").addresses.iter().map(|n| &**n).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["Kubernetes//Pod/shop/a", b]);
+        assert_eq!(decode(&third.addresses[b]).tunnel_protocol, wl::TunnelProtocol::Hbone as i32);
+
+        // A pod goes away: named in the delta, as removed.
+        inputs.pods.remove(2);
+        let fourth = World::build(&inputs, &mesh, 4, Some(&third));
+        let delta = fourth.delta.as_ref().expect("delta");
+        assert_eq!(delta.addresses.iter().map(|n| &**n).collect::<Vec<_>>(), ["Kubernetes//Pod/other/c"]);
+        assert!(delta.nodes.contains("n2"), "n2 hosts nothing any more");
     }
 }

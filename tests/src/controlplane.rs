@@ -27,6 +27,8 @@ pub struct ControlPlane {
     pub ip: std::net::Ipv4Addr,
     pub config_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The `nodemesh` binary it runs (default: [`crate::nodemesh_bin`]).
+    pub binary: PathBuf,
     pid: Option<u32>,
 }
 
@@ -42,6 +44,7 @@ impl Cluster {
             ip,
             log_path: self.work_dir().join("controlplane.log"),
             config_dir,
+            binary: crate::nodemesh_bin(),
             pid: None,
         })
     }
@@ -59,7 +62,7 @@ impl ControlPlane {
 
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
-        let mut cmd = enter_netns(Command::new(crate::nodemesh_bin()), &self.netns_path())?;
+        let mut cmd = enter_netns(Command::new(&self.binary), &self.netns_path())?;
         cmd.args(["controlplane", "--config-dir"])
             .arg(&self.config_dir)
             .args(["--listen", &format!("0.0.0.0:{XDS_PORT}"), "--admin", ADMIN])
@@ -69,6 +72,11 @@ impl ControlPlane {
         let child = cmd.spawn().context("starting the control plane")?;
         self.pid = Some(self.inner.track_child(child));
         tools::wait_listening(&self.netns_path(), XDS_PORT)
+    }
+
+    /// The running process, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// SIGKILL.
@@ -93,6 +101,45 @@ impl ControlPlane {
         wait_for(&format!("{n} agents on the control plane"), timeout, || {
             self.status().is_ok_and(|s| s["agents"].as_array().is_some_and(|a| a.len() == n))
         })
+    }
+
+    /// Runs `tools/grpc/fake_xds.py` in place of the control plane, at the same address:
+    /// a scripted server that serves these nodes' pods, then a malformed response on demand.
+    pub fn start_fake(&mut self, nodes: &[&Node]) -> anyhow::Result<FakeXds> {
+        let mut pods = Vec::new();
+        for node in nodes {
+            for pod in node.pod_records() {
+                pods.push(json!({"uid": pod.uid, "name": pod.name, "namespace": pod.namespace,
+                    "ips": pod.ips, "node": node.name}));
+            }
+        }
+        let dir = self.log_path.with_file_name("fake-xds");
+        std::fs::create_dir_all(&dir)?;
+        let fake = FakeXds { log: dir.join("requests.jsonl"), control: dir.clone() };
+        std::fs::write(dir.join("pods.json"), serde_json::to_vec(&pods)?)?;
+        let mut cmd = enter_netns(tools::grpc_python("fake_xds.py")?, &self.netns_path())?;
+        cmd.args(["--listen", &format!("0.0.0.0:{XDS_PORT}")])
+            .arg("--pods")
+            .arg(dir.join("pods.json"))
+            .arg("--log")
+            .arg(&fake.log)
+            .arg("--control")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("server.out"))?)
+            .stderr(std::fs::File::create(dir.join("server.err"))?);
+        let child = cmd.spawn().context("starting fake_xds.py")?;
+        self.pid = Some(self.inner.track_child(child));
+        tools::wait_listening(&self.netns_path(), XDS_PORT)?;
+        Ok(fake)
+    }
+
+    /// Subscribes as `node` with `tools/grpc/xds_client.py` (grpcio, protos compiled from
+    /// our proto/) and returns what it decoded.
+    pub fn grpcio_subscribe(&self, node: &str) -> anyhow::Result<Value> {
+        let mut cmd = enter_netns(tools::grpc_python("xds_client.py")?, &self.netns_path())?;
+        let out = cmd.args(["--server", &format!("127.0.0.1:{XDS_PORT}"), "--node", node]).output()?;
+        tools::json_result("xds_client.py", &out)
     }
 
     /// Writes (atomically) one input file.
@@ -122,6 +169,29 @@ impl ControlPlane {
         let doc =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
         self.write(&format!("namespace-{name}.yaml"), &serde_yaml::to_string(&doc)?)
+    }
+}
+
+/// The scripted server started by [`ControlPlane::start_fake`].
+pub struct FakeXds {
+    log: PathBuf,
+    control: PathBuf,
+}
+
+impl FakeXds {
+    /// Makes it send its malformed response: the first pod removed, and a workload whose
+    /// address is 5 bytes long.
+    pub fn send_malformed(&self) -> anyhow::Result<()> {
+        Ok(std::fs::write(self.control.join("bad"), b"")?)
+    }
+
+    /// Every request it received so far (subscriptions, ACKs and NACKs), in order.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
 

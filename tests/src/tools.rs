@@ -23,6 +23,23 @@ fn python(script: &str) -> Command {
     cmd
 }
 
+/// The virtualenv `cargo xtask setup` creates with grpcio and grpcio-tools.
+pub fn grpc_python_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python3")
+}
+
+/// A tool from `tools/grpc/`: a gRPC peer built from grpcio and our `.proto` files, sharing no
+/// code with ours. Fails, saying what to do, when the virtualenv is missing.
+pub fn grpc_python(script: &str) -> anyhow::Result<Command> {
+    let python = grpc_python_path();
+    if !python.exists() {
+        bail!("{} is missing: run `cargo xtask setup` (it installs grpcio there)", python.display());
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg("-u").arg(tool("grpc").join(script));
+    Ok(cmd)
+}
+
 /// Blocking byte-exact server (server speaks first), see tools/bulk_server.py.
 pub fn bulk_server(bind: IpAddr, port: u16) -> Command {
     let mut cmd = python("bulk_server.py");

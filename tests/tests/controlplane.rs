@@ -5,9 +5,11 @@
 
 use std::{fs::File, net::IpAddr, path::PathBuf, time::Duration};
 
+use serde_json::{Value, json};
+
 use nodemesh_testbed::{
-    Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, scenario::BULK_PORT, tools,
-    wait_for,
+    Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, controlplane,
+    scenario::BULK_PORT, tools, wait_for,
 };
 
 const WITHIN: f64 = 1.0;
@@ -168,4 +170,124 @@ fn agents_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
     held.finish(&t.a);
     t.probe_both("intercepted", tools::unix_now());
     let _ = (&t.node2, &t.agent2);
+}
+
+#[test]
+fn a_malformed_resource_is_nacked_with_its_reason_and_the_old_state_kept() {
+    let cluster = Cluster::new("cpnack").expect("cluster");
+    let node1 = cluster.add_node("node1", 1).expect("node1");
+    let ext = cluster.add_external("ext").expect("ext");
+    let mut cp = cluster.add_control_plane().expect("cp");
+    let a = node1.add_pod("mesh", "a", PodOptions::default()).expect("pod a");
+    let fake = cp.start_fake(&[&node1]).expect("fake xDS server");
+    ext.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
+    tools::wait_listening(&ext.netns_path(), BULK_PORT).expect("listening");
+    let options = AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() };
+    let agent = node1.start_agent(&options).expect("agent");
+    agent.wait_enrolled(&["mesh/a"], Duration::from_secs(10)).expect("a enrolled from the fake server");
+    let intercepted = |why: &str| {
+        let mut cmd = tools::probe(IpAddr::from(ext.ipv4), BULK_PORT, "intercepted", tools::unix_now());
+        cmd.args(["--timeout", "5"]);
+        let out = a.output(cmd).expect("probe");
+        assert!(out.status.success(), "{why}: {}", String::from_utf8_lossy(&out.stdout));
+    };
+    intercepted("before the bad response");
+    wait_for("the first response's ACK", Duration::from_secs(5), || {
+        fake.requests().iter().any(|r| r["nonce"] == "1" && r.get("error").is_none())
+    })
+    .expect("ACK");
+
+    // One response that removes pod a and adds a workload with a 5-byte address.
+    fake.send_malformed().expect("trigger");
+    let mut nack = Value::Null;
+    wait_for("the NACK", Duration::from_secs(5), || {
+        nack = fake.requests().into_iter().find(|r| r.get("error").is_some()).unwrap_or(Value::Null);
+        !nack.is_null()
+    })
+    .expect("NACK");
+    assert_eq!(nack["nonce"], "bad-3", "{nack}");
+    assert_eq!(nack["error"]["code"], 3, "INVALID_ARGUMENT: {nack}");
+    let reason = nack["error"]["message"].as_str().expect("message");
+    assert!(reason.contains("\"Kubernetes//Pod/mesh/broken\""), "names the resource: {reason}");
+    assert!(reason.contains("workload.addresses[0]"), "names the field: {reason}");
+
+    // Nothing of the response was applied: a stays enrolled and intercepted.
+    let status = agent.status().expect("status");
+    assert_eq!(status["sync"]["last_nack"]["reason"], reason, "{}", status["sync"]);
+    assert_eq!(status["sync"]["nacks"], 1);
+    assert_eq!(status["sync"]["connected"], true);
+    let names: Vec<&str> =
+        status["pods"].as_array().expect("pods").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["mesh/a"]);
+    intercepted("after the NACK");
+    let text = agent.cli(&["status"]).expect("status table");
+    assert!(text.contains("last NACK") && text.contains("workload.addresses[0]"), "{text}");
+}
+
+#[test]
+fn a_grpcio_client_built_from_our_protos_receives_well_formed_addresses() {
+    let cluster = Cluster::new("cpgrpcio").expect("cluster");
+    let node1 = cluster.add_node("node1", 1).expect("node1");
+    let node2 = cluster.add_node("node2", 2).expect("node2");
+    let mut cp = cluster.add_control_plane().expect("cp");
+    let web = PodOptions { labels: [("app".to_owned(), "web".to_owned())].into(), ..Default::default() };
+    let a = node1.add_pod("mesh", "a", web.clone()).expect("a");
+    let b = node2.add_pod("mesh", "b", web).expect("b");
+    let local = node1.add_pod("plain", "local", PodOptions::default()).expect("local");
+    let _elsewhere = node2.add_pod("plain", "elsewhere", PodOptions::default()).expect("elsewhere");
+    cp.write_namespace("mesh", true).expect("ns mesh");
+    cp.write_namespace("plain", false).expect("ns plain");
+    cp.write_pods(&[&node1, &node2]).expect("pods");
+    cp.write(
+        "services.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: mesh}\n\
+         spec:\n  clusterIP: 10.96.0.10\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: 8080}]\n",
+    )
+    .expect("service");
+    cp.start().expect("cp");
+
+    let got = cp.grpcio_subscribe("node1").expect("grpcio client");
+    assert_eq!(got["type_url"], "type.googleapis.com/istio.workload.Address");
+    assert!(!got["nonce"].as_str().unwrap_or("").is_empty(), "a nonce to ACK: {got}");
+    let resources = got["resources"].as_array().expect("resources");
+    let mut names: Vec<&str> = resources.iter().filter_map(|r| r["name"].as_str()).collect();
+    names.sort_unstable();
+    // node1 sees its own pods, the mesh's workloads and the service; not a plain pod elsewhere.
+    assert_eq!(
+        names,
+        [
+            "Kubernetes//Pod/mesh/a",
+            "Kubernetes//Pod/mesh/b",
+            "Kubernetes//Pod/plain/local",
+            "mesh/web.mesh.svc.cluster.local",
+        ],
+        "{got}"
+    );
+    for r in resources {
+        assert_eq!(r["unknown_fields"], 0, "{r}");
+        assert!(!r["version"].as_str().unwrap_or("").is_empty(), "{r}");
+    }
+    let find = |name: &str| resources.iter().find(|r| r["name"] == name).expect(name);
+    for (pod, node, tunnel) in [(&a, "node1", "HBONE"), (&b, "node2", "HBONE"), (&local, "node1", "NONE")] {
+        let w = find(&controlplane::workload_uid(pod));
+        assert_eq!(w["kind"], "workload");
+        assert_eq!(w["uid"], controlplane::workload_uid(pod));
+        assert_eq!((&w["workload_name"], &w["namespace"]), (&json!(pod.name), &json!(pod.namespace)));
+        assert_eq!(w["addresses"], json!([pod.ipv4.to_string()]), "{w}");
+        assert_eq!(w["node"], node);
+        assert_eq!(w["tunnel_protocol"], tunnel, "{w}");
+        assert_eq!(w["service_account"], "default");
+        assert_eq!(w["trust_domain"], "cluster.local");
+        assert_eq!(w["extensions"], json!(["nodemesh.io/pod-uid"]));
+    }
+    for pod in [&a, &b] {
+        let w = find(&controlplane::workload_uid(pod));
+        assert_eq!(w["services"], json!({"mesh/web.mesh.svc.cluster.local": [[80, 8080]]}), "{w}");
+    }
+    let svc = find("mesh/web.mesh.svc.cluster.local");
+    assert_eq!(svc["kind"], "service");
+    assert_eq!((&svc["service_name"], &svc["namespace"]), (&json!("web"), &json!("mesh")));
+    assert_eq!(svc["hostname"], "web.mesh.svc.cluster.local");
+    assert_eq!(svc["addresses"], json!(["10.96.0.10"]));
+    assert_eq!(svc["ports"], json!([[80, 8080]]));
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: every scenario measured in one run, interleaved round by round, as
 //! ratios against the direct path measured alongside (docs/bench.md).
 
+mod controlplane;
 mod measure;
 mod report;
 mod topology;
@@ -14,6 +15,9 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 pub use measure::Settings;
+
+/// The `--only` name of the control-plane benchmark.
+const CONTROL_PLANE: &str = "controlplane";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -38,8 +42,9 @@ pub struct BenchArgs {
     /// Concurrent clients for the connection-rate test.
     #[arg(long, default_value_t = 4)]
     pub crr_conns: usize,
-    /// Only these scenarios (comma-separated; for profiling). The report then covers only
-    /// them, so docs/bench.md is left alone.
+    /// Only these scenarios (comma-separated; for profiling; `controlplane` is the
+    /// control-plane benchmark). The report then covers only them, so docs/bench.md is left
+    /// alone.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print both agents' `nodemesh status` (kernel counters included) at the end.
@@ -57,9 +62,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     crate::sh(
         "cargo",
         &if args.quick {
-            vec!["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen"]
+            vec!["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen", "-p", "nm-xds-load"]
         } else {
-            vec!["build", "--quiet", "--release", "-p", "nodemesh", "-p", "nm-loadgen"]
+            vec!["build", "--quiet", "--release", "-p", "nodemesh", "-p", "nm-loadgen", "-p", "nm-xds-load"]
         },
     )?;
     let bin_dir = root.join("target").join(profile);
@@ -71,23 +76,67 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         crr_conns: args.crr_conns,
     };
     nodemesh_testbed::sweep_stale();
+    let wants = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut raw = report::Raw::new();
+    let mut order: Vec<&str> = Vec::new();
+    if args.only.is_empty() || args.only.iter().any(|o| o != CONTROL_PLANE) {
+        order = data_path(args, &bin_dir, &settings, rounds, &mut raw)?;
+    }
+    let control_plane = if wants(CONTROL_PLANE) {
+        let scale = if args.quick { &controlplane::Scale::QUICK } else { &controlplane::Scale::FULL };
+        let started = Instant::now();
+        let result = controlplane::run(&bin_dir, scale).context("the control-plane benchmark")?;
+        println!("controlplane: {result} ({:.0}s)", started.elapsed().as_secs_f64());
+        Some(result)
+    } else {
+        None
+    };
+    let mut results = report::results(&raw, &order, rounds, &report::machine(), settings.to_json());
+    if let Some(cp) = control_plane {
+        results["controlplane"] = cp;
+    }
+    let out_dir = root.join("target").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let partial = !args.only.is_empty();
+    let file = out_dir.join(match (args.quick, partial) {
+        (true, _) => "results-quick.json",
+        (false, true) => "results-partial.json",
+        (false, false) => "results.json",
+    });
+    std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
+    check_schema(&results, &order, wants(CONTROL_PLANE))?;
+    println!("wrote {}", file.display());
+    if !args.quick && !partial {
+        report::write_docs(&results, &order, &root.join("docs"), &today())?;
+        println!("wrote docs/bench.md and docs/bench.svg");
+    }
+    Ok(())
+}
+
+/// The data-path scenarios, interleaved round by round; returns their order.
+fn data_path(
+    args: &BenchArgs,
+    bin_dir: &Path,
+    settings: &Settings,
+    rounds: usize,
+    raw: &mut report::Raw,
+) -> anyhow::Result<Vec<&'static str>> {
     let topo =
-        topology::Topology::start(&bin_dir, &args.agent_config).context("building the benchmark cluster")?;
+        topology::Topology::start(bin_dir, &args.agent_config).context("building the benchmark cluster")?;
     let scenarios: Vec<_> = topo
         .scenarios()
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
         .collect();
     anyhow::ensure!(!scenarios.is_empty(), "no scenario matches --only {:?}", args.only);
-    let order: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
-    let mut raw = report::Raw::new();
+    let order: Vec<&'static str> = scenarios.iter().map(|s| s.name).collect();
     let started = Instant::now();
     for round in 0..rounds {
         // Rotate the order so no scenario always runs first (or right after a cold start).
         let mut line = format!("round {}/{rounds}:", round + 1);
         for i in 0..scenarios.len() {
             let scenario = &scenarios[(i + round) % scenarios.len()];
-            let sample = measure::run(&topo, scenario, &settings, &bin_dir)
+            let sample = measure::run(&topo, scenario, settings, bin_dir)
                 .with_context(|| format!("scenario {}", scenario.name))?;
             line.push_str(&format!(
                 " {} {:.0}µs/{:.1}Gbps/{:.0}cps;",
@@ -100,33 +149,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         println!("{line} ({:.0}s)", started.elapsed().as_secs_f64());
     }
-
     if args.show_status {
         for agent in [&topo.agent1, &topo.agent2] {
             println!("{}", agent.cli(&["status"])?);
         }
     }
-    let results = report::results(&raw, &order, rounds, &report::machine(), settings.to_json());
-    let out_dir = root.join("target").join("bench");
-    std::fs::create_dir_all(&out_dir)?;
-    let partial = !args.only.is_empty();
-    let file = out_dir.join(match (args.quick, partial) {
-        (true, _) => "results-quick.json",
-        (false, true) => "results-partial.json",
-        (false, false) => "results.json",
-    });
-    std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
-    check_schema(&results, &order)?;
-    println!("wrote {}", file.display());
-    if !args.quick && !partial {
-        report::write_docs(&results, &order, &root.join("docs"), &today())?;
-        println!("wrote docs/bench.md and docs/bench.svg");
-    }
-    Ok(())
+    Ok(order)
 }
 
 /// The schema docs/bench.md promises: every scenario with every metric, as numbers.
-fn check_schema(results: &Value, order: &[&str]) -> anyhow::Result<()> {
+fn check_schema(results: &Value, order: &[&str], control_plane: bool) -> anyhow::Result<()> {
+    if control_plane {
+        for metric in controlplane::METRICS {
+            results["controlplane"][metric]
+                .as_f64()
+                .with_context(|| format!("results.json lacks controlplane.{metric}"))?;
+        }
+    }
     for name in order {
         for metric in measure::METRICS {
             results["scenarios"][name][metric]

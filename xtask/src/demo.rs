@@ -1,71 +1,113 @@
-//! `cargo xtask demo`: one fake node, real traffic through the mesh, `nodemesh status`.
+//! `cargo xtask demo`: a fake two-node cluster driven by the reference control plane from its
+//! embedded default (Kubernetes YAML the demo writes), real traffic through the mesh, a label
+//! flipped live, the control plane killed, and `nodemesh status`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
 use nodemesh_testbed::{
-    AgentOptions,
-    scenario::{BULK_PORT, HTTP_PORT, SingleNode},
+    AgentOptions, Cluster, Pod, PodOptions,
+    scenario::{BULK_PORT, HTTP_PORT},
     tools::{self, authority},
 };
 
 pub fn run(splice: bool) -> anyhow::Result<()> {
     nodemesh_testbed::sweep_stale();
     println!("\n== Nodemesh demo ==");
+    let cluster = Cluster::new("demo")?;
+    let node1 = cluster.add_node("node1", 1)?;
+    let node2 = cluster.add_node("node2", 2)?;
+    let ext = cluster.add_external("ext")?;
+    let mut cp = cluster.add_control_plane()?;
+    let client = node1.add_pod("mesh", "client", PodOptions::default())?;
+    let server = node2.add_pod("mesh", "server", PodOptions::default())?;
+    let plain = node1.add_pod("plain", "plain", PodOptions::default())?;
+    cp.write_namespace("mesh", true)?;
+    cp.write_namespace("plain", false)?;
+    cp.write_pods(&[&node1, &node2])?;
+    cp.start()?;
     println!(
-        "[1/6] a fake node (network namespace) with pods mesh/client and mesh/server (namespace \
-         \"mesh\", labelled nodemesh.io/intercept=enabled), plain/plain (namespace not labelled), \
-         and a host outside the mesh"
+        "[1/7] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
+         the mesh, and `nodemesh controlplane` serving delta xDS from {} (Kubernetes YAML: \
+         namespace mesh labelled nodemesh.io/intercept=enabled, plain not)",
+        cp.config_dir.display()
     );
-    let s = SingleNode::start("demo", &AgentOptions { splice, ..Default::default() })?;
+
+    let payloads = cluster.work_dir().join("payloads");
+    std::fs::create_dir_all(&payloads)?;
+    let sha = tools::write_payload(&payloads.join("payload"), 1 << 20)?;
+    let any = IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED);
+    server.spawn(tools::http_server(any, HTTP_PORT, &payloads))?;
+    server.spawn(tools::bulk_server(any, BULK_PORT))?;
+    ext.spawn(tools::bulk_server(any, BULK_PORT))?;
+    tools::wait_listening(&server.netns_path(), HTTP_PORT)?;
+    tools::wait_listening(&server.netns_path(), BULK_PORT)?;
+    tools::wait_listening(&ext.netns_path(), BULK_PORT)?;
+
+    let options = AgentOptions { splice, xds_address: Some(cp.xds_address()), ..Default::default() };
+    let agent1 = node1.start_agent(&options)?;
+    let agent2 = node2.start_agent(&options)?;
+    agent1.wait_enrolled(&["mesh/client"], Duration::from_secs(10))?;
+    agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(10))?;
     println!(
-        "[2/6] nodemesh agent running on the node, kernel splice {}; it enrolled mesh/client and mesh/server",
+        "[2/7] an agent on each node (kernel splice {}) synced over delta xDS and enrolled its mesh pods",
         if splice { "on" } else { "off" }
     );
 
-    let (_, sha) = s.payload(1 << 20)?;
-    let url = format!("http://{}/payload-{}", authority(IpAddr::from(s.server.ipv4), HTTP_PORT), 1 << 20);
-    let got = s.curl_download(&s.client, &url)?;
+    let url = format!("http://{}/payload", authority(IpAddr::from(server.ipv4), HTTP_PORT));
+    let got = curl_sha(&client, &url, &cluster.work_dir().join("download"))?;
     anyhow::ensure!(got == sha, "the download through the mesh was corrupted");
     println!(
-        "[3/6] mesh/client: curl {url} -> 1 MiB, sha256 matches (intercepted by connect4, proxied into mesh/server)"
+        "[3/7] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
+         in through node2's (sk_lookup)"
     );
-
-    let r = bulk(&s.client, IpAddr::from(s.server.ipv4))?;
+    let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     println!(
-        "      blocking Python client to mesh/server: its local address {} (the proxy's loopback \
-         listener), the server saw {}",
+        "[4/7] mesh/client to the external host: through the proxy (the app's local address {}), \
+         the host saw {} (the pod's own address)",
         r["local"][0], r["greeting"]
     );
-    let r = bulk(&s.client, IpAddr::from(s.ext.ipv4))?;
+    let r = bulk(&plain, IpAddr::from(ext.ipv4))?;
     println!(
-        "[4/6] mesh/client to the external host {}: through the proxy, the host saw {} (the pod's own address)",
-        s.ext.ipv4, r["greeting"]
-    );
-    let out = s.ext.output(tools::bulk_client(IpAddr::from(s.server.ipv4), BULK_PORT, 1 << 20, 1 << 20))?;
-    let r = tools::json_result("inbound", &out)?;
-    println!(
-        "[5/6] external host to mesh/server {}: sk_lookup steered it to the inbound listener; the app saw {}",
-        s.server.ipv4, r["greeting"]
-    );
-    let r = bulk(&s.plain, IpAddr::from(s.ext.ipv4))?;
-    println!(
-        "[6/6] plain/plain (not enrolled) to the external host: direct, local address {}",
+        "[5/7] plain/plain (namespace not labelled) to the external host: direct, local address {}",
         r["local"][0]
     );
 
-    println!("\n$ nodemesh status   (in the node's network namespace)");
-    let mut status = s.node.command(nodemesh_testbed::nodemesh_bin())?;
-    status.arg("status");
-    let out = status.output().context("nodemesh status")?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    println!("\ntearing down: agent stopped with SIGTERM, namespaces and cgroups removed");
-    let stopped = s.agent.terminate(std::time::Duration::from_secs(15))?;
-    anyhow::ensure!(stopped.success(), "the agent exited with {stopped}");
+    let labelled = tools::unix_now();
+    cp.write_namespace("plain", true)?;
+    let mut probe = tools::probe(IpAddr::from(ext.ipv4), BULK_PORT, "intercepted", labelled);
+    probe.args(["--timeout", "10"]);
+    let r = tools::json_result("probe", &plain.output(probe)?)?;
+    println!(
+        "[6/7] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
+        r["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+
+    cp.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = bulk(&client, IpAddr::from(ext.ipv4))?;
+    anyhow::ensure!(r["local"][0] == "127.0.0.1", "no longer intercepted after the control plane died: {r}");
+    println!("[7/7] control plane killed: traffic still flows through the mesh from the last good state");
+
+    println!("\n$ nodemesh status   (on node1)");
+    print!("{}", agent1.cli(&["status"]).context("nodemesh status")?);
+    println!("\ntearing down: agents stopped with SIGTERM, namespaces and cgroups removed");
+    for agent in [agent1, agent2] {
+        let stopped = agent.terminate(Duration::from_secs(15))?;
+        anyhow::ensure!(stopped.success(), "an agent exited with {stopped}");
+    }
     Ok(())
 }
 
-fn bulk(pod: &nodemesh_testbed::Pod, target: IpAddr) -> anyhow::Result<serde_json::Value> {
+fn curl_sha(pod: &Pod, url: &str, out: &std::path::Path) -> anyhow::Result<String> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "60", "-o"]).arg(out).arg(url);
+    let result = pod.output(cmd)?;
+    anyhow::ensure!(result.status.success(), "curl {url}: {}", String::from_utf8_lossy(&result.stderr));
+    tools::sha256_file(out)
+}
+
+fn bulk(pod: &Pod, target: IpAddr) -> anyhow::Result<serde_json::Value> {
     let out = pod.output(tools::bulk_client(target, BULK_PORT, 1 << 20, 1 << 20))?;
     let r = tools::json_result("bulk", &out)?;
     anyhow::ensure!(r["ok"] == true, "transfer failed: {r}");

@@ -25,6 +25,7 @@ pub fn run() -> anyhow::Result<()> {
     require_root()?;
     install_packages()?;
     ensure_python()?;
+    ensure_grpc_python()?;
     ensure_rust_src()?;
     check_nightly_llvm()?;
     ensure_bpf_linker()?;
@@ -75,6 +76,39 @@ fn ensure_python() -> anyhow::Result<()> {
     }
     println!("setup: installing python3");
     sh("apt-get", &["install", "-y", "-qq", "python3"])
+}
+
+/// grpcio and grpcio-tools, pinned, in a virtualenv of our own (Debian's python refuses
+/// system-wide pip installs): the tests' independent gRPC peers run on it.
+pub const GRPC_PYTHON: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1"];
+
+fn ensure_grpc_python() -> anyhow::Result<()> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv");
+    let python = venv.join("bin/python3");
+    let ok = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools; print(grpc.__version__)"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && GRPC_PYTHON[0].ends_with(String::from_utf8_lossy(&o.stdout).trim())
+        });
+    if ok {
+        return Ok(());
+    }
+    println!("setup: creating {} with {}", venv.display(), GRPC_PYTHON.join(" "));
+    let created =
+        Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success());
+    if !created {
+        // Debian splits ensurepip out of python3.
+        sh("apt-get", &["install", "-y", "-qq", "python3-venv"])?;
+        let venv = venv.to_str().context("venv path")?;
+        sh("python3", &["-m", "venv", venv])?;
+    }
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(GRPC_PYTHON);
+    if !pip.status().context("pip install")?.success() {
+        bail!("pip install {} into {} failed", GRPC_PYTHON.join(" "), venv.display());
+    }
+    Ok(())
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
-//! One ADS stream: subscribe, then check, apply, persist, publish and ACK (or NACK) each
-//! response until the stream ends.
+//! One ADS stream: subscribe, then check, apply, publish and ACK (or NACK) each response
+//! until the stream ends (persisting follows shortly, see `persist`).
 
 use nodemesh_proto::{
     envoy::service::discovery::v3::{
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Nack, Shared, snapshot, state::State, unix_now};
+use super::{Nack, Shared, state::State, unix_now};
 
 /// gRPC's INVALID_ARGUMENT, the code of a NACK.
 const INVALID_ARGUMENT: i32 = 3;
@@ -104,15 +104,8 @@ fn handle(shared: &Shared, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryR
             return reply;
         }
     };
-    let snapshot = {
-        let mut state = shared.state();
-        state.apply(checked);
-        state.to_snapshot(&shared.settings.address, unix_now() as i64)
-    };
-    if let Err(e) = snapshot::save(&shared.settings.snapshot, &snapshot) {
-        // Serving goes on; only a restart without the control plane would miss this state.
-        tracing::error!(path = %shared.settings.snapshot.display(), error = %e, "cannot persist the state");
-    }
+    shared.state().apply(checked);
+    shared.accepted.send_modify(|generation| *generation += 1);
     {
         let mut status = shared.status();
         status.acks += 1;

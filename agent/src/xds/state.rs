@@ -3,11 +3,12 @@
 //! translated (for use). A response is checked whole before any of it is applied: one bad
 //! resource rejects the response and leaves the state as it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use nodemesh_proto::{
     envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
     nodemesh::v1::{Snapshot, snapshot::TypeState},
+    prost_types::Any,
     type_urls,
 };
 use serde::Serialize;
@@ -15,10 +16,29 @@ use serde::Serialize;
 use super::translate::{self, Address, Authorization, Invalid};
 use crate::spec::{NodeSpec, PodSpec};
 
+/// One resource as it arrived (version and encoded body, for the snapshot and for telling a
+/// new stream what is held) and as translated. The name is the map's key.
 #[derive(Clone, Debug)]
 struct Held<T> {
-    raw: Resource,
+    version: Box<str>,
+    body: Box<[u8]>,
     value: T,
+}
+
+impl<T> Held<T> {
+    fn new(resource: &Resource, value: T) -> (String, Self) {
+        let body = resource.resource.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+        (resource.name.clone(), Held { version: resource.version.as_str().into(), body: body.into(), value })
+    }
+
+    fn to_resource(&self, name: &str, type_url: &str) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            version: self.version.to_string(),
+            resource: Some(Any { type_url: type_url.to_owned(), value: self.body.to_vec() }),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -32,8 +52,8 @@ pub struct State {
 pub struct Checked {
     type_url: String,
     system_version: String,
-    addresses: Vec<Held<Address>>,
-    authorizations: Vec<Held<Authorization>>,
+    addresses: Vec<(String, Held<Address>)>,
+    authorizations: Vec<(String, Held<Authorization>)>,
     removed: Vec<String>,
 }
 
@@ -58,12 +78,12 @@ impl State {
         };
         for resource in &response.resources {
             match response.type_url.as_str() {
-                type_urls::ADDRESS => checked
-                    .addresses
-                    .push(Held { raw: resource.clone(), value: translate::address(resource)? }),
-                type_urls::AUTHORIZATION => checked
-                    .authorizations
-                    .push(Held { raw: resource.clone(), value: translate::authorization(resource)? }),
+                type_urls::ADDRESS => {
+                    checked.addresses.push(Held::new(resource, translate::address(resource)?))
+                }
+                type_urls::AUTHORIZATION => {
+                    checked.authorizations.push(Held::new(resource, translate::authorization(resource)?))
+                }
                 other => {
                     return Err(Invalid {
                         resource: resource.name.clone(),
@@ -85,25 +105,21 @@ impl State {
                 self.authorizations.remove(name);
             }
         }
-        for held in addresses {
-            self.addresses.insert(held.raw.name.clone(), held);
-        }
-        for held in authorizations {
-            self.authorizations.insert(held.raw.name.clone(), held);
-        }
+        self.addresses.extend(addresses);
+        self.authorizations.extend(authorizations);
         self.system_versions.insert(type_url, system_version);
     }
 
     /// name → version of what the agent holds, for a new stream's initial_resource_versions.
-    pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+    pub fn versions(&self, type_url: &str) -> BTreeMap<String, String> {
         match type_url {
             type_urls::ADDRESS => {
-                self.addresses.iter().map(|(n, h)| (n.clone(), h.raw.version.clone())).collect()
+                self.addresses.iter().map(|(n, h)| (n.clone(), h.version.to_string())).collect()
             }
             type_urls::AUTHORIZATION => {
-                self.authorizations.iter().map(|(n, h)| (n.clone(), h.raw.version.clone())).collect()
+                self.authorizations.iter().map(|(n, h)| (n.clone(), h.version.to_string())).collect()
             }
-            _ => HashMap::new(),
+            _ => BTreeMap::new(),
         }
     }
 
@@ -164,8 +180,14 @@ impl State {
 
     pub fn to_snapshot(&self, control_plane: &str, accepted_unix_seconds: i64) -> Snapshot {
         let types = [
-            (type_urls::ADDRESS, self.addresses.values().map(|h| h.raw.clone()).collect::<Vec<_>>()),
-            (type_urls::AUTHORIZATION, self.authorizations.values().map(|h| h.raw.clone()).collect()),
+            (
+                type_urls::ADDRESS,
+                self.addresses.iter().map(|(n, h)| h.to_resource(n, type_urls::ADDRESS)).collect::<Vec<_>>(),
+            ),
+            (
+                type_urls::AUTHORIZATION,
+                self.authorizations.iter().map(|(n, h)| h.to_resource(n, type_urls::AUTHORIZATION)).collect(),
+            ),
         ]
         .into_iter()
         .map(|(type_url, resources)| TypeState {

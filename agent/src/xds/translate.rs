@@ -1,7 +1,7 @@
 //! The one place xDS resources become domain types. Every field the agent relies on is
 //! checked; an error names the resource and the field, and becomes the NACK's reason.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use nodemesh_proto::{
     envoy::service::discovery::v3::Resource,
@@ -42,8 +42,9 @@ pub struct Workload {
     pub captured: bool,
     pub trust_domain: String,
     pub service_account: String,
-    /// Services it backs, by "namespace/hostname".
-    pub services: BTreeMap<String, Vec<PortMap>>,
+    /// Services it backs: ("namespace/hostname", ports). (A list, not a map: most workloads
+    /// back one service, and a map's node would cost more than the entry.)
+    pub services: Vec<(String, Vec<PortMap>)>,
     pub authorization_policies: Vec<String>,
     pub healthy: bool,
 }
@@ -204,9 +205,9 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         }
         pod_uid = Some(value);
     }
-    let mut services = BTreeMap::new();
+    let mut services = Vec::with_capacity(w.services.len());
     for (key, list) in &w.services {
-        services.insert(key.clone(), ports(ctx, &format!("workload.services[{key:?}].ports"), &list.ports)?);
+        services.push((key.clone(), ports(ctx, &format!("workload.services[{key:?}].ports"), &list.ports)?));
     }
     Ok(Workload {
         pod_uid,

@@ -102,7 +102,11 @@ pub fn write_docs(results: &Value, order: &[&str], docs: &Path, date: &str) -> a
     md.push_str(&ratio_table(results, order));
     md.push_str(&targets(results));
     md.push_str(&absolute_table(results, order));
+    if !results["controlplane"].is_null() {
+        md.push_str(&super::controlplane::markdown(&results["controlplane"]));
+    }
     md.push_str(METHOD);
+    md.push_str(super::controlplane::METHOD);
     std::fs::write(docs.join("bench.md"), md)?;
     std::fs::write(docs.join("bench.svg"), svg(results, order))?;
     Ok(())
@@ -366,6 +370,10 @@ harness never rots; it asserts no numbers).
 {"scenarios": {"<name>": {"rr1_p50_us", "rr1_p99_us", "rr1_rps", "rr1_spin_p50_us",
   "rr1_spin_p99_us", "rr64_rps", "rr64_p50_us", "rr64_p99_us", "tput_gbps", "crr_cps",
   "agent_rss_kib", "agent_cpu_s"}},
+ "controlplane": {"agents", "workloads", "services", "resources_per_agent", "full_sync_s",
+  "agent_sync_p50_s", "propagation_p50_ms", "propagation_p99_ms", "propagation_max_ms",
+  "changes", "cp_rss_kib", "cp_peak_rss_kib", "real_agent_sync_s", "agent_rss_before_kib",
+  "agent_rss_after_kib", "agent_rss_growth_kib", "bytes_received"},
  "rounds": N, "machine": "...", "settings": {...}, "raw": {"<name>": [per-round values]}}
 ```
 "#;
