@@ -1,7 +1,10 @@
-//! The admin API on 127.0.0.1:15000 (node namespace): `/status`, `/config_dump`, `/ready`.
-//! It runs on the control runtime, never on the data-plane threads.
+//! The admin API on 127.0.0.1:15000 (node namespace): `/status`, `/flows`, `/config_dump`,
+//! `/logging`, `/ready`; Prometheus `/metrics` on :15020; readiness on :15021. All run on the
+//! control runtime, never on the data-plane threads.
 
 pub mod client;
+pub mod flows_query;
+mod prometheus;
 
 use std::{
     net::SocketAddr,
@@ -9,7 +12,13 @@ use std::{
     time::Instant,
 };
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use serde_json::json;
 
 use crate::{
@@ -39,17 +48,97 @@ pub struct AdminState {
     pub spec: tokio::sync::watch::Receiver<Arc<crate::spec::NodeSpec>>,
     /// Set once the first reconcile has run.
     pub ready: Arc<AtomicBool>,
+    pub proxy: crate::proxy::Proxy,
+    pub occupancy: Arc<prometheus::OccupancyCache>,
 }
 
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
-    let app = Router::new()
+/// Binds all three listeners up front, so a port already in use stops the agent at start
+/// with a clear error instead of a missing endpoint later.
+pub async fn bind(config: &Config) -> std::io::Result<[(SocketAddr, tokio::net::TcpListener); 3]> {
+    let bind = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map(|l| (addr, l))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
+    };
+    Ok([bind(config.admin_addr).await?, bind(config.metrics_addr).await?, bind(config.readiness_addr).await?])
+}
+
+pub async fn serve(
+    [admin, metrics, readiness]: [(SocketAddr, tokio::net::TcpListener); 3],
+    state: AdminState,
+) -> std::io::Result<()> {
+    let admin_app = Router::new()
         .route("/status", get(status))
+        .route("/flows", get(flows))
         .route("/config_dump", get(config_dump))
+        .route("/logging", get(logging).post(set_logging))
         .route("/ready", get(ready))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin API listening");
-    axum::serve(listener, app).await
+        .route("/metrics", get(metrics_text))
+        .with_state(state.clone());
+    let metrics_app = Router::new().route("/metrics", get(metrics_text)).with_state(state.clone());
+    let readiness_app =
+        Router::new().route("/healthz/ready", get(ready)).route("/ready", get(ready)).with_state(state);
+    tracing::info!(admin = %admin.0, metrics = %metrics.0, readiness = %readiness.0, "admin, metrics and readiness listening");
+    tokio::try_join!(
+        axum::serve(admin.1, admin_app).into_future(),
+        axum::serve(metrics.1, metrics_app).into_future(),
+        axum::serve(readiness.1, readiness_app).into_future(),
+    )?;
+    Ok(())
+}
+
+/// `/flows` answer.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct FlowsReport {
+    pub node: String,
+    pub flows: Vec<crate::flows::record::FlowRecord>,
+}
+
+async fn flows(
+    State(s): State<AdminState>,
+    query: Result<Query<flows_query::FlowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query.map_err(|e| e.body_text()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "bad /flows query: use namespace, pod, verdict, state, top, by, limit\n",
+        )
+            .into_response();
+    };
+    // Reading the kernel maps is a syscall per flow: off the control runtime's thread.
+    let proxy = s.proxy.clone();
+    let records =
+        tokio::task::spawn_blocking(move || proxy.flows().records(proxy.maps())).await.unwrap_or_default();
+    match query.apply(records) {
+        Ok(flows) => Json(FlowsReport { node: s.config.node_name.clone(), flows }).into_response(),
+        Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> Response {
+    let text = tokio::task::spawn_blocking(move || prometheus::render(&s)).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LoggingQuery {
+    level: Option<String>,
+}
+
+async fn logging() -> Json<serde_json::Value> {
+    Json(json!({ "level": crate::logging::current() }))
+}
+
+/// `POST /logging?level=<filter>`: e.g. `debug`, or `info,nodemesh::proxy=debug`.
+async fn set_logging(Query(q): Query<LoggingQuery>) -> Response {
+    let Some(level) = q.level else {
+        return (StatusCode::BAD_REQUEST, "level: missing (POST /logging?level=debug)\n").into_response();
+    };
+    match crate::logging::set(&level) {
+        Ok(()) => Json(json!({ "level": crate::logging::current() })).into_response(),
+        Err(message) => (StatusCode::BAD_REQUEST, format!("level: {message}\n")).into_response(),
+    }
 }
 
 async fn status(State(s): State<AdminState>) -> Json<StatusReport> {

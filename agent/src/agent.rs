@@ -21,6 +21,7 @@ use crate::{
     config::{Config, Overrides},
     datapath::{Datapath, DatapathSettings, PinDir, btf},
     enroll::FileSource,
+    flows::{FlowTable, kernel::DropReasons},
     pods::{cgroup, netns},
     proxy::{Proxy, ProxySettings},
     reconcile::Reconciler,
@@ -58,16 +59,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         log,
     };
     let config = Config::load(config.as_deref(), overrides)?;
-    init_logging(&config.log);
+    crate::logging::init(&config.log);
     tracing::info!(config = %serde_json::to_string(&config)?, "starting");
     run(config)
-}
-
-fn init_logging(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_target(false)
-        .init();
 }
 
 fn run(mut config: Config) -> anyhow::Result<()> {
@@ -92,13 +86,30 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             TcpSockOffsets::default()
         }
     };
+    // The drop tracer reads a few sk_buff fields; without their offsets flows simply show no
+    // drops.
+    let sk_buff = btf::sk_buff_offsets()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "kernel BTF lacks what the drop tracer reads; no per-flow drops"),
+        )
+        .ok();
+    let drop_reasons: DropReasons =
+        Arc::new(btf::drop_reasons().map(|r| r.into_iter().collect()).unwrap_or_default());
+    let agent_cgroup = cgroup::own_cgroup()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot find the agent's own cgroup; flows show no TCP health"),
+        )
+        .ok();
     let settings = DatapathSettings {
         tcp_sock,
+        sk_buff,
+        agent_cgroup,
         config: DatapathConfig {
             outbound_port: config.ports.outbound,
             inbound_port: config.ports.inbound,
             hbone_port: config.ports.hbone,
             _pad: 0,
+            node_netns_cookie: netns::home().cookie(),
         },
         excluded_outbound_ports: config.excluded_outbound_ports.clone(),
         excluded_inbound_ports: config.excluded_inbound_ports.clone(),
@@ -124,6 +135,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             splice_after_bytes: config.splice_after_bytes,
         },
         maps,
+        FlowTable::new(config.flows_max_closed, drop_reasons),
         data_plane.handle().clone(),
     );
     let control = tokio::runtime::Builder::new_current_thread()
@@ -187,11 +199,13 @@ async fn control_plane(
         source,
         spec: spec_rx.clone(),
         ready: Arc::clone(&ready),
+        proxy: proxy.clone(),
+        occupancy: Arc::default(),
     };
-    let admin_addr = config.admin_addr;
+    let listeners = admin::bind(&config).await?;
     let admin = tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_addr, admin_state).await {
-            tracing::error!(error = %e, %admin_addr, "admin API failed");
+        if let Err(e) = admin::serve(listeners, admin_state).await {
+            tracing::error!(error = %e, "admin API failed");
         }
     });
 

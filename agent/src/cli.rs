@@ -1,5 +1,6 @@
 //! Command line: `nodemesh agent` runs the node agent; the other commands ask it things.
 
+mod flows_view;
 mod status_view;
 mod table;
 
@@ -26,6 +27,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// The agent's admin API.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+    /// Show the node's flows: both ends, verdict, bytes, kernel RTT and retransmits.
+    Flows(FlowsArgs),
+    /// Show the agent's configuration (`--json`: everything it holds, the control plane's
+    /// state included).
+    Config {
+        #[arg(long)]
+        json: bool,
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
@@ -71,6 +82,39 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct FlowsArgs {
+    /// Only the N flows with the most bytes (or retransmits, with --by).
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// What --top ranks by.
+    #[arg(long, value_parser = ["bytes", "retransmits"], default_value = "bytes")]
+    pub by: String,
+    /// Only flows with an end in this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only flows with this pod at an end (`name` or `namespace/name`).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only flows with this verdict.
+    #[arg(long, value_parser = ["allowed", "denied", "failed", "pending"])]
+    pub verdict: Option<String>,
+    /// Only active or only closed flows.
+    #[arg(long, value_parser = ["active", "closed", "all"], default_value = "all")]
+    pub state: String,
+    /// At most this many flows.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Redraw every 2 seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the agent's JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ControlplaneArgs {
     /// Directory of YAML files (Namespaces, Pods, Services, AuthorizationPolicies).
     #[arg(long)]
@@ -97,6 +141,73 @@ pub fn status(json: bool, admin: SocketAddr) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", status_view::render(&report));
+    }
+    Ok(())
+}
+
+impl FlowsArgs {
+    /// The `/flows` query these flags ask for.
+    fn path(&self) -> String {
+        let mut query = vec![format!("state={}", self.state), format!("limit={}", self.limit)];
+        if let Some(top) = self.top {
+            query.push(format!("top={top}"));
+            query.push(format!("by={}", self.by));
+        }
+        for (key, value) in [("namespace", &self.namespace), ("pod", &self.pod), ("verdict", &self.verdict)] {
+            if let Some(v) = value {
+                query.push(format!("{key}={}", encode(v)));
+            }
+        }
+        format!("/flows?{}", query.join("&"))
+    }
+}
+
+/// Percent-encodes a query value (names are DNS labels and `/`, but be safe).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
+    let path = args.path();
+    loop {
+        let body = client::get(args.admin, &path)?;
+        if args.json {
+            let value: serde_json::Value = serde_json::from_slice(&body)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            let report: crate::admin::FlowsReport = serde_json::from_slice(&body)?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let text = flows_view::render(&report, now_ms, args.top.map(|_| args.by.as_str()));
+            if args.watch {
+                // Home, clear to the end: redraw in place without scrolling.
+                print!("\x1b[H\x1b[2J{text}");
+            } else {
+                print!("{text}");
+            }
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+pub fn config(json: bool, admin: SocketAddr) -> anyhow::Result<()> {
+    let body = client::get(admin, "/config_dump")?;
+    let dump: serde_json::Value = serde_json::from_slice(&body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&dump)?);
+    } else {
+        // The agent's effective configuration, in the YAML it reads (docs/configuration.md).
+        print!("{}", serde_yaml::to_string(&dump["config"])?);
     }
     Ok(())
 }

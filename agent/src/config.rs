@@ -27,8 +27,14 @@ pub struct Config {
     pub xds_address: Option<String>,
     /// Where the last state accepted from the control plane is kept.
     pub xds_snapshot: PathBuf,
-    /// Admin API (status, config dump); loopback in the node's namespace.
+    /// Admin API (status, config dump, flows, logging); loopback in the node's namespace.
     pub admin_addr: SocketAddr,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics_addr: SocketAddr,
+    /// Readiness (`/healthz/ready`), for the DaemonSet's readiness probe.
+    pub readiness_addr: SocketAddr,
+    /// Closed flows kept for `/flows` and `nodemesh flows` (the oldest give way).
+    pub flows_max_closed: usize,
     pub ports: Ports,
     /// Destination ports never intercepted (connect4/connect6).
     pub excluded_outbound_ports: Vec<u16>,
@@ -80,6 +86,9 @@ impl Default for Config {
             xds_address: None,
             xds_snapshot: PathBuf::from("/var/lib/nodemesh/xds-snapshot.pb"),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], ports::ADMIN)),
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], ports::METRICS)),
+            readiness_addr: SocketAddr::from(([0, 0, 0, 0], ports::READINESS)),
+            flows_max_closed: crate::flows::DEFAULT_MAX_CLOSED,
             ports: Ports::default(),
             excluded_outbound_ports: Vec::new(),
             excluded_inbound_ports: Vec::new(),
@@ -226,6 +235,18 @@ impl Config {
         }
         if !(4096..=16 << 20).contains(&self.max_buffer_bytes) {
             return Err(invalid("max_buffer_bytes", "must be between 4096 and 16 MiB".into()));
+        }
+        if self.flows_max_closed > 1_000_000 {
+            return Err(invalid("flows_max_closed", "must be at most 1000000".into()));
+        }
+        for (field, addr) in [
+            ("admin_addr", self.admin_addr),
+            ("metrics_addr", self.metrics_addr),
+            ("readiness_addr", self.readiness_addr),
+        ] {
+            if addr.port() == 0 {
+                return Err(invalid(field, format!("{addr} needs a port")));
+            }
         }
         if !(64 << 10..=1 << 30).contains(&self.splice_inflight_bytes) {
             return Err(invalid("splice_inflight_bytes", "must be between 64 KiB and 1 GiB".into()));

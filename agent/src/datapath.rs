@@ -54,6 +54,8 @@ pub struct SharedMaps {
     pub splice_socks: SharedMap,
     pub splice_state: SharedMap,
     pub splice_ctl: SharedMap,
+    pub flows: SharedMap,
+    pub tcp_health: SharedMap,
 }
 
 /// A loaded program, for `nodemesh status`.
@@ -95,6 +97,8 @@ impl Datapath {
             splice_socks: open(names::SPLICE_SOCKS)?,
             splice_state: open(names::SPLICE_STATE)?,
             splice_ctl: open(names::SPLICE_CTL)?,
+            flows: open(names::FLOWS)?,
+            tcp_health: open(names::TCP_HEALTH)?,
         })
     }
 
@@ -104,8 +108,9 @@ impl Datapath {
         uid: &str,
         cgroup: impl AsFd,
         netns: impl AsFd,
+        host_veth: Option<&str>,
     ) -> Result<PodLinks, DatapathError> {
-        pod_links::attach(&mut self.ebpf, &self.pins, uid, cgroup.as_fd(), netns.as_fd())
+        pod_links::attach(&mut self.ebpf, &self.pins, uid, cgroup.as_fd(), netns.as_fd(), host_veth)
     }
 
     /// Removes the pins of pods that are not in `keep` (left by an earlier agent).

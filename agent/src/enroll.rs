@@ -14,7 +14,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec};
+use crate::{
+    directory::{DEFAULT_TRUST_DOMAIN, Directory, WorkloadRef},
+    spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec},
+};
 
 /// How often the file is checked. Polling a small file is cheap and, unlike inotify, sees
 /// every way a file can be replaced (rename, symlink swap as in ConfigMap volumes).
@@ -47,6 +50,9 @@ struct PodEntry {
     ips: Vec<String>,
     #[serde(default)]
     labels: Labels,
+    /// For the pod's SPIFFE identity in flows and metrics (`default` when absent).
+    #[serde(default, rename = "serviceAccount")]
+    service_account: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,6 +91,7 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
     };
 
     let mut pods = Vec::with_capacity(file.pods.len());
+    let mut directory = Directory::default();
     let (mut uids, mut addresses) = (HashSet::new(), HashSet::new());
     for (i, pod) in file.pods.into_iter().enumerate() {
         let at = |field: &str| format!("pods[{i}].{field}");
@@ -108,6 +115,10 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             ips.push(parsed);
         }
         let intercept = intercepts(&pod);
+        directory.insert_workload(
+            &ips,
+            WorkloadRef::new(&pod.namespace, &pod.name, DEFAULT_TRUST_DOMAIN, &pod.service_account),
+        );
         pods.push(PodSpec {
             uid: pod.uid,
             namespace: pod.namespace,
@@ -117,7 +128,7 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             intercept,
         });
     }
-    Ok(NodeSpec { pods })
+    Ok(NodeSpec { pods, directory: Arc::new(directory) })
 }
 
 /// Kubernetes names (RFC 1123 labels, also the rule for namespaces).

@@ -6,8 +6,12 @@ mod cli;
 mod config;
 mod controlplane;
 mod datapath;
+mod directory;
 mod enroll;
+mod flows;
+mod logging;
 mod memory;
+mod metrics;
 mod pods;
 mod proxy;
 mod reconcile;
@@ -35,6 +39,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Agent(args) => agent::main(args),
         cli::Command::Status { json, admin } => cli::status(json, admin),
+        cli::Command::Flows(args) => cli::flows(&args),
+        cli::Command::Config { json, admin } => cli::config(json, admin),
         cli::Command::Sidecar(args) => sidecar::main(args),
         cli::Command::Controlplane(args) => controlplane::main(args),
     };

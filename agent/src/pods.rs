@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod netns;
+pub mod veth;
 
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::SharedMaps, pods::Netns};
+use crate::{datapath::SharedMaps, directory::Directory, flows::FlowTable, pods::Netns};
 
 pub use listeners::{IpFamily, ListenerInfo, ListenerKind, PodListeners};
 pub use stats::{PodStats, PodStatsSnapshot};
@@ -44,7 +44,7 @@ pub struct ProxySettings {
 #[derive(Debug)]
 pub struct PodRuntime {
     /// `namespace/name`.
-    pub name: String,
+    pub name: Arc<str>,
     pub ips: Vec<IpAddr>,
     pub netns: Netns,
     pub stats: PodStats,
@@ -79,6 +79,9 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     /// Connections being proxied, node-wide (outlives any one pod's enrollment).
     active: AtomicU64,
+    flows: FlowTable,
+    /// Names for addresses, from the spec's source; replaced whole.
+    directory: RwLock<Arc<Directory>>,
 }
 
 /// Cheap to clone; shared between the reconciler and every connection task.
@@ -89,7 +92,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// `runtime` is the data-plane runtime every connection runs on.
-    pub fn new(settings: ProxySettings, maps: SharedMaps, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        settings: ProxySettings,
+        maps: SharedMaps,
+        flows: FlowTable,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 settings,
@@ -97,8 +105,23 @@ impl Proxy {
                 pods: RwLock::default(),
                 runtime,
                 active: AtomicU64::new(0),
+                flows,
+                directory: RwLock::default(),
             }),
         }
+    }
+
+    pub fn flows(&self) -> &FlowTable {
+        &self.shared.flows
+    }
+
+    /// Replaces the names the flow table gives addresses.
+    pub fn publish_directory(&self, directory: Arc<Directory>) {
+        *self.shared.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
+    }
+
+    pub fn directory(&self) -> Arc<Directory> {
+        Arc::clone(&self.shared.directory.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn settings(&self) -> &ProxySettings {

@@ -110,6 +110,9 @@ impl Reconciler {
     }
 
     pub async fn reconcile(&mut self, spec: &NodeSpec) {
+        if !Arc::ptr_eq(&self.proxy.directory(), &spec.directory) {
+            self.proxy.publish_directory(Arc::clone(&spec.directory));
+        }
         let desired: HashMap<&str, &PodSpec> = spec.intercepted().map(|p| (p.uid.as_str(), p)).collect();
 
         // A pod whose addresses changed, or whose sandbox (network namespace) was replaced, is
@@ -175,7 +178,7 @@ impl Reconciler {
     fn enroll(&self, pod: &PodSpec) -> Result<Enrolled, EnrollError> {
         let place = pods::locate(&self.cgroup_root, &pod.uid)?;
         let runtime = Arc::new(PodRuntime {
-            name: pod.display_name(),
+            name: pod.display_name().into(),
             ips: pod.ips.clone(),
             netns: place.netns,
             stats: PodStats::default(),
@@ -192,7 +195,20 @@ impl Reconciler {
         }
         let cgroup = File::open(&place.cgroup)
             .map_err(|source| EnrollError::Cgroup { path: place.cgroup.clone(), source })?;
-        let links = self.lock_datapath().attach_pod(&pod.uid, &cgroup, &runtime.netns)?;
+        // The veth's node side gets the flow counters; a pod without one still enrolls.
+        let host_veth = match pods::veth::host_side(&runtime.netns) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(pod = %runtime.name, error = %e, "cannot find the pod's host-side veth");
+                None
+            }
+        };
+        let links = self.lock_datapath().attach_pod(
+            &pod.uid,
+            &cgroup,
+            &runtime.netns,
+            host_veth.as_ref().map(|v| v.name.as_str()),
+        )?;
         Ok(Enrolled { spec: pod.clone(), cgroup: place.cgroup, runtime, listeners, links })
     }
 
@@ -223,7 +239,7 @@ impl Reconciler {
                 (
                     EnrolledPod {
                         uid: e.spec.uid.clone(),
-                        name: e.runtime.name.clone(),
+                        name: e.runtime.name.to_string(),
                         ips: e.spec.ips.clone(),
                         cgroup: e.cgroup.clone(),
                         netns_inode: e.runtime.netns.inode(),

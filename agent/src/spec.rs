@@ -3,9 +3,11 @@
 //! own way (labels in the file; the workload's HBONE tunnel protocol from the control plane),
 //! so the reconciler does not care where a spec came from.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+
+use crate::directory::Directory;
 
 /// The namespace label that turns interception on, and the pod label that opts one pod out.
 pub const INTERCEPT_LABEL: &str = "nodemesh.io/intercept";
@@ -33,6 +35,9 @@ pub struct PodSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
     pub pods: Vec<PodSpec>,
+    /// Every workload and service the source knows, to name the ends of flows.
+    #[serde(skip)]
+    pub directory: Arc<Directory>,
 }
 
 impl NodeSpec {

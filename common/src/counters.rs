@@ -50,6 +50,21 @@ counters! {
     SplicePassedNoState = ("splice", "passed_no_state"),
     SplicePassedRedirectFailed = ("splice", "passed_redirect_failed"),
     SpliceDroppedEmpty = ("splice", "dropped_empty"),
+    TcCounted = ("tc", "counted"),
+    TcSkipNotIp = ("tc", "skip_not_ip"),
+    TcSkipNotTcpUdp = ("tc", "skip_not_tcp_udp"),
+    TcSkipFragment = ("tc", "skip_fragment"),
+    TcSkipTruncated = ("tc", "skip_truncated"),
+    TcFlowInsertFailed = ("tc", "flow_insert_failed"),
+    TcpHealthTracked = ("sock_ops_proxy", "tracked"),
+    TcpHealthSkipNodeNetns = ("sock_ops_proxy", "skip_node_netns"),
+    TcpHealthSkipUntracked = ("sock_ops_proxy", "skip_untracked"),
+    TcpHealthInsertFailed = ("sock_ops_proxy", "insert_failed"),
+    DropCounted = ("kfree_skb", "counted"),
+    DropSkipNoFlow = ("kfree_skb", "skip_no_flow"),
+    DropSkipUnspecified = ("kfree_skb", "skip_unspecified_reason"),
+    DropSkipNotIp = ("kfree_skb", "skip_not_ip"),
+    DropSkipUnreadable = ("kfree_skb", "skip_unreadable"),
 }
 
 /// Number of counters (the per-CPU array's size).

@@ -12,4 +12,7 @@ pub mod ports;
 pub mod types;
 
 pub use counters::Counter;
-pub use types::{DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState, TcpSockOffsets};
+pub use types::{
+    DatapathConfig, FlowDirection, FlowKey, FlowStats, ListenerKey, OrigDstKey, SkBuffOffsets, SockAddr,
+    SpliceCtl, SpliceState, TcpHealth, TcpSockOffsets,
+};

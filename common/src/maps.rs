@@ -26,9 +26,18 @@ pub const SPLICE_STATE: &str = "nm_splice_st";
 /// Splice control by socket cookie ([`crate::SpliceCtl`]), written by the agent.
 pub const SPLICE_CTL: &str = "nm_splice_ctl";
 
+/// Per-flow packet and byte counters from the pods' host-side veths ([`crate::FlowKey`] →
+/// [`crate::FlowStats`]), an LRU. Pinned: the tc links outlive a restart, and so should what
+/// they counted.
+pub const FLOWS: &str = "nm_flows";
+/// Kernel TCP health of the proxy's sockets by socket cookie ([`crate::TcpHealth`]), an LRU.
+/// Not pinned: it describes the running agent's own sockets.
+pub const TCP_HEALTH: &str = "nm_tcp_health";
+
 /// Every pinned map, for adoption checks and cleanup: the ones that programs outliving an
 /// agent (pinned links) read and write. The splice maps are not pinned.
-pub const PINNED: [&str; 6] = [CONFIG, EXCLUDED_OUTBOUND, EXCLUDED_INBOUND, ORIG_DST, LISTENERS, COUNTERS];
+pub const PINNED: [&str; 7] =
+    [CONFIG, EXCLUDED_OUTBOUND, EXCLUDED_INBOUND, ORIG_DST, LISTENERS, COUNTERS, FLOWS];
 
 /// Capacity of [`ORIG_DST`]: an LRU, so a burst of connects the proxy never accepts cannot
 /// fill it for good.
@@ -37,6 +46,10 @@ pub const ORIG_DST_ENTRIES: u32 = 65_536;
 pub const LISTENER_ENTRIES: u32 = 4_096;
 /// Capacity of the splice maps: two sockets per spliced connection.
 pub const SPLICE_ENTRIES: u32 = 65_536;
+/// Capacity of [`FLOWS`]: the least recently active flow gives way when it is full.
+pub const FLOW_ENTRIES: u32 = 65_536;
+/// Capacity of [`TCP_HEALTH`]: two sockets per proxied connection.
+pub const TCP_HEALTH_ENTRIES: u32 = 65_536;
 /// Words in each port bitmap (65,536 ports / 64 bits).
 pub const PORT_BITMAP_WORDS: u32 = 1_024;
 
@@ -46,7 +59,9 @@ mod tests {
 
     #[test]
     fn names_fit_the_kernel_limit_and_share_the_prefix() {
-        for name in PINNED.iter().chain([SOCKET_DST, SPLICE_SOCKS, SPLICE_STATE, SPLICE_CTL].iter()) {
+        for name in
+            PINNED.iter().chain([SOCKET_DST, SPLICE_SOCKS, SPLICE_STATE, SPLICE_CTL, TCP_HEALTH].iter())
+        {
             assert!(name.len() < 16, "{name} is too long for BPF_OBJ_NAME_LEN");
             assert!(name.starts_with("nm_"), "{name} lacks the nm_ prefix");
         }

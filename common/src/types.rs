@@ -47,6 +47,90 @@ pub struct DatapathConfig {
     /// The inbound HBONE port (never steered: the agent listens on it directly).
     pub hbone_port: u16,
     pub _pad: u16,
+    /// `SO_NETNS_COOKIE` of the node's namespace, where the agent runs: the proxy's sockets
+    /// live in pod namespaces, its admin and control-plane sockets here.
+    pub node_netns_cookie: u64,
+}
+
+/// A flow as seen on a pod's host-side veth, from the pod's side: whichever way a packet
+/// goes, `pod` is the pod's address and `peer` the other end's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network-order words, IPv4 mapped into IPv6.
+    pub pod: [u32; 4],
+    pub peer: [u32; 4],
+    /// Host order.
+    pub pod_port: u16,
+    pub peer_port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One direction of a [`FlowKey`]'s traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowDirection {
+    pub packets: u64,
+    /// IP packet bytes (IP header included, link layer not).
+    pub bytes: u64,
+    /// Transport payload bytes (after the TCP or UDP header).
+    pub payload: u64,
+}
+
+/// Per-flow counters, written by the tc programs (atomic adds) and by the drop tracer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Leaving the pod (tc ingress on its host-side veth).
+    pub from_pod: FlowDirection,
+    /// Entering the pod (tc egress on its host-side veth).
+    pub to_pod: FlowDirection,
+    /// Packets of this flow the kernel dropped anywhere (kfree_skb), either direction.
+    pub drops: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the first and the latest packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The kernel's `enum skb_drop_reason` of the latest drop (0: none).
+    pub last_drop_reason: u32,
+    /// TCP flags seen, OR-ed over both directions (FIN 0x01, SYN 0x02, RST 0x04, ...).
+    pub tcp_flags: u32,
+}
+
+/// Kernel TCP health of one of the proxy's sockets, by socket cookie; written by sock_ops on
+/// the agent's own cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpHealth {
+    /// Smoothed RTT in microseconds (the kernel keeps it times 8; this is the real value).
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    /// Segments retransmitted over the connection's life (`tcp_sock.total_retrans`).
+    pub total_retrans: u32,
+    /// Retransmission callbacks seen (one per retransmitted segment, timeouts included).
+    pub retrans_events: u32,
+    /// The latest TCP state (`BPF_TCP_*`, as in include/net/tcp_states.h).
+    pub state: u32,
+    /// State changes seen.
+    pub state_changes: u32,
+    pub snd_cwnd: u32,
+    pub _pad: u32,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// `bpf_ktime_get_ns` of the latest update.
+    pub updated_ns: u64,
+}
+
+/// Offsets of the `struct sk_buff` fields the drop tracer reads, from the running kernel's
+/// BTF (zero `head` means unknown: the tracer is then not loaded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkBuffOffsets {
+    pub head: u32,
+    pub network_header: u32,
+    pub transport_header: u32,
+    pub protocol: u32,
 }
 
 /// Per-direction state of a spliced connection, keyed by the cookie of the socket the bytes
@@ -95,7 +179,12 @@ pub struct TcpSockOffsets {
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<OrigDstKey>() == 32);
 const _: () = assert!(size_of::<ListenerKey>() == 16);
-const _: () = assert!(size_of::<DatapathConfig>() == 8);
+const _: () = assert!(size_of::<DatapathConfig>() == 16);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowDirection>() == 24);
+const _: () = assert!(size_of::<FlowStats>() == 80);
+const _: () = assert!(size_of::<TcpHealth>() == 56);
+const _: () = assert!(size_of::<SkBuffOffsets>() == 16);
 const _: () = assert!(size_of::<SpliceState>() == 24);
 const _: () = assert!(size_of::<SpliceCtl>() == 24);
 const _: () = assert!(size_of::<TcpSockOffsets>() == 8);
@@ -111,4 +200,9 @@ mod pod {
     unsafe impl aya::Pod for super::SpliceState {}
     unsafe impl aya::Pod for super::SpliceCtl {}
     unsafe impl aya::Pod for super::TcpSockOffsets {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowDirection {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::TcpHealth {}
+    unsafe impl aya::Pod for super::SkBuffOffsets {}
 }

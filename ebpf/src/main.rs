@@ -5,15 +5,21 @@
 //! reason a pod's connection fails (fail-open, DESIGN decision 3).
 #![no_std]
 #![no_main]
+// atomic_xadd: the one atomic the BPF target offers whatever the CPU version.
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "atomic_xadd is the only way to an atomic add on this target")]
 
 mod connect;
 mod counters;
 mod ctx;
+mod drops;
+mod flows;
 mod maps;
 mod ports;
 mod sk_lookup;
 mod sock_ops;
 mod splice;
+mod tcp_health;
 
 /// GPL-compatible so the verifier grants every helper we call; the user-space crates are
 /// Apache-2.0.

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use nodemesh_common::{
-    DatapathConfig, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState, counters, maps as names,
+    DatapathConfig, FlowKey, FlowStats, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState, TcpHealth,
+    counters, maps as names,
 };
 
 #[map(name = "nm_config")]
@@ -41,3 +42,10 @@ pub static SPLICE_STATE: HashMap<u64, SpliceState> = HashMap::with_max_entries(n
 
 #[map(name = "nm_splice_ctl")]
 pub static SPLICE_CTL: HashMap<u64, SpliceCtl> = HashMap::with_max_entries(names::SPLICE_ENTRIES, 0);
+
+#[map(name = "nm_flows")]
+pub static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::pinned(names::FLOW_ENTRIES, 0);
+
+#[map(name = "nm_tcp_health")]
+pub static TCP_HEALTH: LruHashMap<u64, TcpHealth> =
+    LruHashMap::with_max_entries(names::TCP_HEALTH_ENTRIES, 0);

@@ -10,6 +10,7 @@
 //! - `rr --target A --size S --conns C --seconds D`: C persistent connections, one request
 //!   in flight each; requests per second and latency percentiles.
 //! - `crr --target A --size S --conns C --seconds D`: connect, one request, close, again.
+//!   `--count N` instead stops after N connections in all (however long they take).
 //! - `stream --target A --seconds D`: one connection sending as fast as it can.
 
 use std::{
@@ -125,7 +126,11 @@ fn rr(args: &[String], new_connection_each: bool) -> io::Result<()> {
     let target: SocketAddr = flag(args, "--target", None)?;
     let size: u32 = flag(args, "--size", Some(1024))?;
     let conns: usize = flag(args, "--conns", Some(1))?;
-    let seconds: f64 = flag(args, "--seconds", Some(3.0))?;
+    let count: u64 = flag(args, "--count", Some(0))?;
+    // With a count, each worker makes its share of the connections and time does not limit.
+    let seconds: f64 = if count > 0 { 3600.0 } else { flag(args, "--seconds", Some(3.0))? };
+    let quota = count.div_ceil(conns as u64);
+    let started = Instant::now();
     let start = Arc::new(Barrier::new(conns + 1));
     let mut workers = Vec::new();
     for i in 0..conns {
@@ -138,12 +143,13 @@ fn rr(args: &[String], new_connection_each: bool) -> io::Result<()> {
             let begin = Instant::now();
             let (warm, end) = (begin + WARMUP, begin + WARMUP + Duration::from_secs_f64(seconds));
             let mut latencies = Vec::with_capacity(1 << 16);
-            let mut errors = 0u64;
+            let (mut errors, mut done) = (0u64, 0u64);
             loop {
                 let t = Instant::now();
-                if t >= end {
+                if t >= end || (quota > 0 && done >= quota) {
                     break;
                 }
+                done += 1;
                 let outcome = match conn.as_mut() {
                     Some(c) => exchange(c, &request, &mut response),
                     None => connect(target, size).and_then(|mut c| {
@@ -179,7 +185,11 @@ fn rr(args: &[String], new_connection_each: bool) -> io::Result<()> {
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0)
     };
-    let rate = all.len() as f64 / seconds;
+    let rate = if count > 0 {
+        all.len() as f64 / started.elapsed().as_secs_f64()
+    } else {
+        all.len() as f64 / seconds
+    };
     println!(
         "{{\"count\":{},\"rate\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"errors\":{errors}}}",
         all.len(),

@@ -96,7 +96,7 @@ impl Node {
 impl Agent {
     fn spawn(mut self, node: &Node) -> anyhow::Result<Self> {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
-        let mut cmd = node.command(&self.binary)?;
+        let mut cmd = node.daemon_command(&self.binary)?;
         cmd.arg("agent").arg("--config").arg(&self.config_path);
         let child = cmd
             .stdin(Stdio::null())
@@ -142,6 +142,33 @@ impl Agent {
             bail!("nodemesh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GETs `url` (e.g. `http://127.0.0.1:15020/metrics`) with curl from the node's namespace.
+    pub fn http_get(&self, url: &str) -> anyhow::Result<String> {
+        let mut cmd = crate::cluster::enter_netns(std::process::Command::new("curl"), &self.node_netns)?;
+        let out = cmd.args(["-sS", "--fail", "--max-time", "10", url]).output()?;
+        if !out.status.success() {
+            bail!("curl {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// POSTs to `url` with curl from the node's namespace.
+    pub fn http_post(&self, url: &str) -> anyhow::Result<String> {
+        let mut cmd = crate::cluster::enter_netns(std::process::Command::new("curl"), &self.node_netns)?;
+        let out = cmd.args(["-sS", "--fail", "--max-time", "10", "-X", "POST", url]).output()?;
+        if !out.status.success() {
+            bail!("curl POST {url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `/flows` with a query (`state=closed&pod=mesh/client`), as JSON.
+    pub fn flows(&self, query: &str) -> anyhow::Result<Vec<Value>> {
+        let body = self.http_get(&format!("http://127.0.0.1:15000/flows?{query}"))?;
+        let report: Value = serde_json::from_str(&body)?;
+        report["flows"].as_array().cloned().context("no flows array in /flows")
     }
 
     pub fn status(&self) -> anyhow::Result<Value> {

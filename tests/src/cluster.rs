@@ -532,6 +532,17 @@ impl Node {
         enter(Command::new(program), &self.netns_path(), None)
     }
 
+    /// Like [`Node::command`], in a cgroup of its own as a DaemonSet's container would be
+    /// (the agent watches its own cgroup's sockets; it must not share one with the test).
+    pub fn daemon_command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let cgroup = self.inner.cgroup_root.join(format!("nodemesh-agent-{}", self.name));
+        if !cgroup.exists() {
+            fs::create_dir_all(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+            self.inner.lock().cgroups.push(cgroup.clone());
+        }
+        enter(Command::new(program), &self.netns_path(), Some(&cgroup.join("cgroup.procs")))
+    }
+
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }

@@ -116,6 +116,36 @@ pub fn probe(host: IpAddr, port: u16, want: &str, since: f64) -> Command {
     cmd
 }
 
+/// `nm-loadgen` (a separate binary from the proxy), next to the `nodemesh` under test.
+fn loadgen() -> Command {
+    let path = crate::nodemesh_bin().with_file_name("nm-loadgen");
+    assert!(path.exists(), "{} is missing: build it first (`cargo build`)", path.display());
+    Command::new(path)
+}
+
+pub fn loadgen_server(port: u16) -> Command {
+    let mut cmd = loadgen();
+    cmd.args(["server", "--port", &port.to_string()]);
+    cmd
+}
+
+/// `count` short connections in all, `conns` at a time, one small request each.
+pub fn loadgen_crr(host: IpAddr, port: u16, count: u64, conns: usize) -> Command {
+    let mut cmd = loadgen();
+    cmd.args([
+        "crr",
+        "--target",
+        &std::net::SocketAddr::new(host, port).to_string(),
+        "--size",
+        "64",
+        "--conns",
+        &conns.to_string(),
+        "--count",
+        &count.to_string(),
+    ]);
+    cmd
+}
+
 /// Seconds since the Unix epoch (the clock the Python tools report in).
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

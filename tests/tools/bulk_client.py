@@ -18,14 +18,17 @@ def main():
     s.setblocking(True)
     local, peer = list(s.getsockname()[:2]), list(s.getpeername()[:2])
     f = s.makefile("rb")
-    greeting = f.readline().decode().strip()
+    greeting_line = f.readline()
+    greeting = greeting_line.decode().strip()
     data = pattern(a.upload)
-    s.sendall(f"{a.upload} {a.download}\n".encode())
+    header = f"{a.upload} {a.download}\n".encode()
+    s.sendall(header)
     for i in range(0, len(data), 1 << 20):
         s.sendall(data[i:i + (1 << 20)])
     s.shutdown(socket.SHUT_WR)  # half-close: the answer must still come back
 
-    digest = f.readline().decode().strip()
+    digest_line = f.readline()
+    digest = digest_line.decode().strip()
     got = hashlib.sha256()
     n = 0
     while True:
@@ -39,6 +42,9 @@ def main():
     print(json.dumps({
         "ok": ok_up and ok_down, "upload_ok": ok_up, "download_ok": ok_down, "received": n,
         "greeting": greeting, "local": local, "peer": peer,
+        # Every byte this client put on and took off its socket.
+        "bytes_sent": len(header) + len(data),
+        "bytes_received": len(greeting_line) + len(digest_line) + n,
     }))
     sys.exit(0 if ok_up and ok_down else 1)
 

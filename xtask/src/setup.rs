@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("iperf3", "iperf3"),
     ("nftables", "nft"),
+    // promtool, which checks the agent's /metrics in the tests.
+    ("prometheus", "promtool"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

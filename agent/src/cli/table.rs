@@ -20,6 +20,11 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// Rows so far, the header included (the index the next row's line will have).
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         for row in &self.rows {

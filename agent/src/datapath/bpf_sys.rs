@@ -16,6 +16,7 @@ use aya::Pod;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
 /// The `map_elem` member of `union bpf_attr`. The kernel accepts a shorter attr and zero-fills
@@ -80,14 +81,47 @@ impl SharedMap {
         }
     }
 
-    fn call<K: Pod>(&self, cmd: libc::c_long, key: &K, value: u64, flags: u64) -> io::Result<()> {
-        let attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: std::ptr::from_ref(key) as u64,
-            value,
-            flags,
-            ..Default::default()
+    /// The key after `key` (the first key with `None`), or `None` at the end.
+    pub fn next_key<K: Pod>(&self, key: Option<&K>) -> io::Result<Option<K>> {
+        let mut next = MaybeUninit::<K>::zeroed();
+        let result = match key {
+            Some(key) => self.call(BPF_MAP_GET_NEXT_KEY, key, next.as_mut_ptr() as u64, 0),
+            // A null key asks for the first one.
+            None => self.call_raw(BPF_MAP_GET_NEXT_KEY, 0, next.as_mut_ptr() as u64, 0),
         };
+        match result {
+            // SAFETY: the kernel filled size_of::<K>() bytes and K is Pod.
+            Ok(()) => Ok(Some(unsafe { next.assume_init() })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Walks every key, calling `f` with each, up to `limit` keys (a map another writer keeps
+    /// changing can make a walk restart; the limit keeps it finite).
+    pub fn for_each_key<K: Pod>(&self, limit: usize, mut f: impl FnMut(&K)) -> io::Result<usize> {
+        let mut key: Option<K> = None;
+        let mut seen = 0;
+        while seen < limit {
+            match self.next_key(key.as_ref())? {
+                Some(next) => {
+                    f(&next);
+                    key = Some(next);
+                    seen += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(seen)
+    }
+
+    fn call<K: Pod>(&self, cmd: libc::c_long, key: &K, value: u64, flags: u64) -> io::Result<()> {
+        self.call_raw(cmd, std::ptr::from_ref(key) as u64, value, flags)
+    }
+
+    fn call_raw(&self, cmd: libc::c_long, key: u64, value: u64, flags: u64) -> io::Result<()> {
+        let attr =
+            MapElemAttr { map_fd: self.fd.as_raw_fd() as u32, key, value, flags, ..Default::default() };
         // SAFETY: `attr` points at valid memory of the stated size; key and value pointers
         // are live for the call and sized by their types, which match the map's definition
         // (checked when the maps were loaded, see loader.rs).

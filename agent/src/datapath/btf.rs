@@ -7,10 +7,12 @@
 
 use std::{fs, io, path::Path};
 
-use nodemesh_common::TcpSockOffsets;
+use nodemesh_common::{SkBuffOffsets, TcpSockOffsets};
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -34,11 +36,37 @@ pub enum BtfError {
     BitField(String, String),
 }
 
+fn vmlinux() -> Result<Vec<u8>, BtfError> {
+    let path = Path::new("/sys/kernel/btf/vmlinux");
+    fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })
+}
+
+/// Where the running kernel's `struct sk_buff` keeps what the drop tracer reads.
+pub fn sk_buff_offsets() -> Result<SkBuffOffsets, BtfError> {
+    let data = vmlinux()?;
+    Ok(SkBuffOffsets {
+        head: field_offset(&data, "sk_buff", "head")?,
+        network_header: field_offset(&data, "sk_buff", "network_header")?,
+        transport_header: field_offset(&data, "sk_buff", "transport_header")?,
+        protocol: field_offset(&data, "sk_buff", "protocol")?,
+    })
+}
+
+/// The kernel's drop reasons (`enum skb_drop_reason`), value → name without the
+/// `SKB_DROP_REASON_` prefix, for flows and metrics.
+pub fn drop_reasons() -> Result<Vec<(u32, String)>, BtfError> {
+    let mut names = enum_names(&vmlinux()?, "skb_drop_reason")?;
+    for (_, name) in &mut names {
+        if let Some(short) = name.strip_prefix("SKB_DROP_REASON_") {
+            *name = short.to_owned();
+        }
+    }
+    Ok(names)
+}
+
 /// Where the running kernel's `struct tcp_sock` keeps what the splice verdict reads.
 pub fn tcp_sock_offsets() -> Result<TcpSockOffsets, BtfError> {
-    let path = Path::new("/sys/kernel/btf/vmlinux");
-    let data =
-        fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+    let data = vmlinux()?;
     Ok(TcpSockOffsets {
         bytes_sent: field_offset(&data, "tcp_sock", "bytes_sent")?,
         bytes_retrans: field_offset(&data, "tcp_sock", "bytes_retrans")?,
@@ -63,45 +91,126 @@ impl Reader<'_> {
     }
 }
 
-pub fn field_offset(data: &[u8], name: &str, field: &str) -> Result<u32, BtfError> {
-    let r = Reader { data };
-    let magic = u16::from_ne_bytes([
-        *data.first().ok_or(BtfError::Truncated)?,
-        *data.get(1).ok_or(BtfError::Truncated)?,
-    ]);
-    if magic != MAGIC {
-        return Err(BtfError::Magic);
-    }
-    let header_len = r.u32(4)? as usize;
-    let (type_off, type_len) = (r.u32(8)? as usize, r.u32(12)? as usize);
-    let str_off = r.u32(16)? as usize;
-    let (types, strings) = (header_len + type_off, header_len + str_off);
+/// One entry of the type section, as far as the lookups below need it.
+#[derive(Clone, Copy)]
+struct TypeEntry {
+    kind: u32,
+    name_off: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, depending on the kind.
+    size_or_type: u32,
+    /// Where the kind-specific data (members, enumerators) starts.
+    body: usize,
+}
 
-    let mut at = types;
-    while at < types + type_len {
-        let (name_off, info) = (r.u32(at)?, r.u32(at + 4)?);
-        let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1);
-        let body = at + 12;
-        if kind == KIND_STRUCT && r.str(strings, name_off)? == name {
-            for i in 0..vlen {
-                let member = body + i * 12;
-                if r.str(strings, r.u32(member)?)? == field {
-                    let offset = r.u32(member + 8)?;
-                    // With kind_flag the low 24 bits are the bit offset, the high 8 the bit
-                    // field size; without it the whole word is the bit offset.
-                    let (bit_size, bit_offset) =
-                        if kind_flag { (offset >> 24, offset & 0xff_ffff) } else { (0, offset) };
-                    if bit_size != 0 || bit_offset % 8 != 0 {
-                        return Err(BtfError::BitField(name.into(), field.into()));
-                    }
-                    return Ok(bit_offset / 8);
-                }
-            }
-            return Err(BtfError::NoField(name.into(), field.into()));
+/// A parsed BTF blob: its types by id (id 0 is `void`) and its string section.
+struct Btf<'a> {
+    r: Reader<'a>,
+    strings: usize,
+    types: Vec<TypeEntry>,
+}
+
+impl<'a> Btf<'a> {
+    fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+        let r = Reader { data };
+        let magic = u16::from_ne_bytes([
+            *data.first().ok_or(BtfError::Truncated)?,
+            *data.get(1).ok_or(BtfError::Truncated)?,
+        ]);
+        if magic != MAGIC {
+            return Err(BtfError::Magic);
         }
-        at = body + trailing_bytes(kind, vlen)?;
+        let header_len = r.u32(4)? as usize;
+        let (type_off, type_len) = (r.u32(8)? as usize, r.u32(12)? as usize);
+        let str_off = r.u32(16)? as usize;
+        let (start, strings) = (header_len + type_off, header_len + str_off);
+        let void = TypeEntry { kind: 0, name_off: 0, vlen: 0, kind_flag: false, size_or_type: 0, body: 0 };
+        let mut types = vec![void];
+        let mut at = start;
+        while at < start + type_len {
+            let (name_off, info, size_or_type) = (r.u32(at)?, r.u32(at + 4)?, r.u32(at + 8)?);
+            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1);
+            let body = at + 12;
+            types.push(TypeEntry { kind, name_off, vlen, kind_flag, size_or_type, body });
+            at = body + trailing_bytes(kind, vlen)?;
+        }
+        Ok(Self { r, strings, types })
     }
-    Err(BtfError::NoStruct(name.into()))
+
+    fn name(&self, t: &TypeEntry) -> Result<&str, BtfError> {
+        self.r.str(self.strings, t.name_off)
+    }
+
+    fn named(&self, kind: u32, name: &str) -> Result<Option<&TypeEntry>, BtfError> {
+        for t in &self.types {
+            if t.kind == kind && self.name(t)? == name {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the type they name.
+    fn resolve(&self, mut id: u32) -> Option<&TypeEntry> {
+        for _ in 0..16 {
+            let t = self.types.get(id as usize)?;
+            match t.kind {
+                // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG.
+                8 | 9 | 10 | 11 | 18 => id = t.size_or_type,
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// The byte offset of `field` in a struct or union, looking into anonymous members (the
+    /// kernel groups fields that way, `struct_group` in `struct sk_buff` for one).
+    fn member_offset(&self, t: &TypeEntry, field: &str, depth: u32) -> Result<Option<u32>, BtfError> {
+        for i in 0..t.vlen {
+            let member = t.body + i * 12;
+            let (name_off, type_id, offset) =
+                (self.r.u32(member)?, self.r.u32(member + 4)?, self.r.u32(member + 8)?);
+            // With kind_flag the low 24 bits are the bit offset, the high 8 the bit field
+            // size; without it the whole word is the bit offset.
+            let (bit_size, bit_offset) =
+                if t.kind_flag { (offset >> 24, offset & 0xff_ffff) } else { (0, offset) };
+            let name = self.r.str(self.strings, name_off)?;
+            if name == field {
+                if bit_size != 0 || bit_offset % 8 != 0 {
+                    return Err(BtfError::BitField(self.name(t)?.into(), field.into()));
+                }
+                return Ok(Some(bit_offset / 8));
+            }
+            if name.is_empty()
+                && depth < 8
+                && let Some(inner) =
+                    self.resolve(type_id).filter(|i| i.kind == KIND_STRUCT || i.kind == KIND_UNION)
+                && let Some(found) = self.member_offset(inner, field, depth + 1)?
+            {
+                return Ok(Some(bit_offset / 8 + found));
+            }
+        }
+        Ok(None)
+    }
+}
+
+pub fn field_offset(data: &[u8], name: &str, field: &str) -> Result<u32, BtfError> {
+    let btf = Btf::parse(data)?;
+    let t = btf.named(KIND_STRUCT, name)?.ok_or_else(|| BtfError::NoStruct(name.into()))?;
+    btf.member_offset(t, field, 0)?.ok_or_else(|| BtfError::NoField(name.into(), field.into()))
+}
+
+/// The enumerators of enum `name`, value → name.
+pub fn enum_names(data: &[u8], name: &str) -> Result<Vec<(u32, String)>, BtfError> {
+    let btf = Btf::parse(data)?;
+    let t = btf.named(KIND_ENUM, name)?.ok_or_else(|| BtfError::NoStruct(name.into()))?;
+    (0..t.vlen)
+        .map(|i| {
+            let at = t.body + i * 8;
+            Ok((btf.r.u32(at + 4)?, btf.r.str(btf.strings, btf.r.u32(at)?)?.to_owned()))
+        })
+        .collect()
 }
 
 /// Bytes that follow `struct btf_type` for each kind (linux/btf.h).
@@ -162,5 +271,16 @@ mod tests {
         for offset in [offsets.bytes_sent, offsets.bytes_retrans] {
             assert!(offset > 0 && offset.is_multiple_of(8), "{offsets:?}");
         }
+        // network_header, transport_header and protocol sit in an anonymous struct_group.
+        let skb = sk_buff_offsets().expect("sk_buff offsets");
+        assert!(
+            skb.head > 0 && skb.network_header > 0 && skb.transport_header > 0 && skb.protocol > 0,
+            "{skb:?}"
+        );
+        assert_ne!(skb.network_header, skb.transport_header);
+        let reasons = drop_reasons().expect("drop reasons");
+        assert!(reasons.iter().any(|(_, n)| n == "NETFILTER_DROP"), "{reasons:?}");
+        // ebpf/src/drops.rs skips this value by number.
+        assert!(reasons.contains(&(2, "NOT_SPECIFIED".to_owned())), "{reasons:?}");
     }
 }

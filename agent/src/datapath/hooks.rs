@@ -9,6 +9,8 @@ pub enum Target {
     Cgroup,
     /// The pod's network namespace.
     Netns,
+    /// The pod's host-side veth, in the node's namespace (tcx).
+    HostVeth,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,16 +22,22 @@ pub enum Hook {
     GetPeerName6,
     SockOps,
     SkLookup,
+    /// tcx ingress of the host-side veth: packets leaving the pod.
+    TcFromPod,
+    /// tcx egress of the host-side veth: packets entering the pod.
+    TcToPod,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 8] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::GetPeerName4,
         Hook::GetPeerName6,
         Hook::SockOps,
         Hook::SkLookup,
+        Hook::TcFromPod,
+        Hook::TcToPod,
     ];
 
     /// The program's function name in the eBPF object.
@@ -41,6 +49,8 @@ impl Hook {
             Hook::GetPeerName6 => "nm_getpeername6",
             Hook::SockOps => "nm_sock_ops",
             Hook::SkLookup => "nm_sk_lookup",
+            Hook::TcFromPod => "nm_tc_from_pod",
+            Hook::TcToPod => "nm_tc_to_pod",
         }
     }
 
@@ -53,12 +63,15 @@ impl Hook {
             Hook::GetPeerName6 => "getpeername6",
             Hook::SockOps => "sock_ops",
             Hook::SkLookup => "sk_lookup",
+            Hook::TcFromPod => "tc_from_pod",
+            Hook::TcToPod => "tc_to_pod",
         }
     }
 
     pub const fn target(self) -> Target {
         match self {
             Hook::SkLookup => Target::Netns,
+            Hook::TcFromPod | Hook::TcToPod => Target::HostVeth,
             _ => Target::Cgroup,
         }
     }
@@ -66,3 +79,7 @@ impl Hook {
 
 /// The verdict program attached to the splice sockhash (not per pod).
 pub const SPLICE_VERDICT: &str = "nm_splice_verdict";
+/// sock_ops on the agent's own cgroup: TCP health of the proxy's sockets (not per pod).
+pub const PROXY_SOCK_OPS: &str = "nm_sock_ops_proxy";
+/// The drop tracer (tp_btf/kfree_skb), node-wide.
+pub const DROP_TRACER: &str = "nm_kfree_skb";

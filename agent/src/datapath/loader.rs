@@ -1,14 +1,17 @@
 //! Loads the eBPF object: adopts compatible pinned maps, replaces incompatible or unknown
 //! ones, loads every program and writes the datapath settings.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, MapInfo, SockHash},
-    programs::{Program, SkSkb},
+    programs::{BtfTracePoint, CgroupAttachMode, Program, SkSkb, SockOps},
 };
-use nodemesh_common::{DatapathConfig, TcpSockOffsets, maps as names};
+use nodemesh_common::{DatapathConfig, SkBuffOffsets, TcpSockOffsets, maps as names};
 
 use super::{DatapathError, maps, pins::PinDir};
 
@@ -17,6 +20,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/no
 
 /// The splice verdict's load-time constants (see ebpf/src/splice.rs).
 const TCP_SOCK: &str = "NM_TCP_SOCK";
+/// The drop tracer's load-time constants (see ebpf/src/drops.rs).
+const SK_BUFF: &str = "NM_SK_BUFF";
+/// The kernel function whose tracepoint the drop tracer hooks.
+const DROP_TRACEPOINT: &str = "kfree_skb";
 
 /// What the kernel programs need to know from the agent's configuration.
 #[derive(Clone, Debug)]
@@ -24,6 +31,10 @@ pub struct DatapathSettings {
     pub config: DatapathConfig,
     /// Offsets in the kernel's `struct tcp_sock` the splice reads (zeros: unknown, no splice).
     pub tcp_sock: TcpSockOffsets,
+    /// Offsets in `struct sk_buff` the drop tracer reads (`None`: no drop tracer).
+    pub sk_buff: Option<SkBuffOffsets>,
+    /// The agent's own cgroup: sock_ops there records the TCP health of the proxy's sockets.
+    pub agent_cgroup: Option<PathBuf>,
     pub excluded_outbound_ports: Vec<u16>,
     pub excluded_inbound_ports: Vec<u16>,
 }
@@ -35,6 +46,7 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.maps())
         .override_global(TCP_SOCK, &settings.tcp_sock, true)
+        .override_global(SK_BUFF, &settings.sk_buff.unwrap_or_default(), true)
         .load(OBJECT)
         .map_err(|e| DatapathError::Load(format!("{e:#}")))?;
 
@@ -43,12 +55,17 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
             return Err(DatapathError::Load(format!("the eBPF object has no map {name}")));
         }
     }
+    let btf =
+        Btf::from_sys_fs().map_err(|e| DatapathError::Load(format!("reading the kernel's BTF: {e}")))?;
     for (name, program) in ebpf.programs_mut() {
         let result = match program {
             Program::CgroupSockAddr(p) => p.load(),
             Program::SockOps(p) => p.load(),
             Program::SkLookup(p) => p.load(),
             Program::SkSkb(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            Program::BtfTracePoint(_) if settings.sk_buff.is_none() => continue,
+            Program::BtfTracePoint(p) => p.load(DROP_TRACEPOINT, &btf),
             other => {
                 return Err(DatapathError::Load(format!(
                     "unexpected program {name} of type {:?}",
@@ -61,7 +78,37 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
     }
     write_settings(&mut ebpf, settings)?;
     attach_splice_verdict(&mut ebpf)?;
+    attach_node_programs(&mut ebpf, settings)?;
     Ok(ebpf)
+}
+
+/// Programs that watch the whole node rather than one pod: the drop tracer, and sock_ops on
+/// the agent's own cgroup. Their links belong to the loaded programs and go with the agent:
+/// they describe this agent's sockets and flows, nothing a pod needs while it is away.
+fn attach_node_programs(ebpf: &mut Ebpf, settings: &DatapathSettings) -> Result<(), DatapathError> {
+    let err = |what: &str, e: aya::programs::ProgramError| {
+        DatapathError::Load(format!("attaching {what}: {}", super::error_chain(&e)))
+    };
+    if settings.sk_buff.is_some() {
+        let tracer: &mut BtfTracePoint = program(ebpf, super::hooks::DROP_TRACER)?;
+        tracer.attach().map_err(|e| err(super::hooks::DROP_TRACER, e))?;
+    }
+    if let Some(cgroup) = &settings.agent_cgroup {
+        let dir = fs::File::open(cgroup).map_err(|e| DatapathError::io("opening the agent's cgroup", e))?;
+        let sock_ops: &mut SockOps = program(ebpf, super::hooks::PROXY_SOCK_OPS)?;
+        sock_ops.attach(dir, CgroupAttachMode::Single).map_err(|e| err(super::hooks::PROXY_SOCK_OPS, e))?;
+    }
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| DatapathError::Load(format!("the eBPF object has no program {name}")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DatapathError::Load(super::error_chain(&e)))
 }
 
 /// The splice verdict runs on every socket in the splice sockhash (only ever the proxy's

@@ -7,7 +7,9 @@
 use std::mem::size_of;
 
 use aya::maps::MapType;
-use nodemesh_common::{DatapathConfig, ListenerKey, OrigDstKey, SockAddr, counters, maps as names};
+use nodemesh_common::{
+    DatapathConfig, FlowKey, FlowStats, ListenerKey, OrigDstKey, SockAddr, counters, maps as names,
+};
 
 /// The shape of one pinned map.
 #[derive(Clone, Copy, Debug)]
@@ -22,7 +24,7 @@ pub struct MapShape {
 /// A socket map's value as user space writes it: the socket's file descriptor.
 type SocketFd = u32;
 
-pub const SHAPES: [MapShape; 6] = [
+pub const SHAPES: [MapShape; 7] = [
     MapShape {
         name: names::CONFIG,
         map_type: MapType::Array,
@@ -64,6 +66,13 @@ pub const SHAPES: [MapShape; 6] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
         max_entries: counters::COUNT,
+    },
+    MapShape {
+        name: names::FLOWS,
+        map_type: MapType::LruHash,
+        key_size: size_of::<FlowKey>(),
+        value_size: size_of::<FlowStats>(),
+        max_entries: names::FLOW_ENTRIES,
     },
 ];
 

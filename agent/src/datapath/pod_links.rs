@@ -9,8 +9,9 @@ use std::{fs, io, os::fd::BorrowedFd, path::Path};
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, SkLookup, SockOps, TcAttachType,
         links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -61,14 +62,21 @@ pub(super) fn attach(
     uid: &str,
     cgroup: BorrowedFd<'_>,
     netns: BorrowedFd<'_>,
+    host_veth: Option<&str>,
 ) -> Result<PodLinks, DatapathError> {
     // Attach everything first: if one hook fails, the new links drop (detach) and whatever
     // was pinned before stays as it was.
     let mut fresh = Vec::with_capacity(Hook::ALL.len());
     for hook in Hook::ALL {
         let target = match hook.target() {
-            Target::Cgroup => cgroup,
-            Target::Netns => netns,
+            Target::Cgroup => AttachTo::Fd(cgroup),
+            Target::Netns => AttachTo::Fd(netns),
+            // No veth (a pod wired some other way): no per-flow packet counts for it, the
+            // rest works as ever.
+            Target::HostVeth => match host_veth {
+                Some(name) => AttachTo::Interface(name),
+                None => continue,
+            },
         };
         let link = attach_one(ebpf, hook, target).map_err(|reason| DatapathError::Attach {
             uid: uid.to_owned(),
@@ -96,11 +104,38 @@ fn attach_error(uid: &str, hook: Hook, e: impl std::error::Error) -> DatapathErr
     DatapathError::Attach { uid: uid.to_owned(), hook, reason: super::error_chain(&e) }
 }
 
-fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: BorrowedFd<'_>) -> Result<FdLink, String> {
+/// What one hook attaches to.
+#[derive(Clone, Copy)]
+enum AttachTo<'a> {
+    Fd(BorrowedFd<'a>),
+    /// An interface in the agent's (node's) namespace.
+    Interface(&'a str),
+}
+
+fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: AttachTo<'_>) -> Result<FdLink, String> {
     let program = ebpf
         .program_mut(hook.program())
         .ok_or_else(|| format!("the eBPF object has no program {}", hook.program()))?;
     let err = |e: aya::programs::ProgramError| super::error_chain(&e);
+    let target = match (target, hook.target()) {
+        (AttachTo::Interface(name), Target::HostVeth) => {
+            let p: &mut SchedClassifier = program.try_into().map_err(err)?;
+            let direction =
+                if hook == Hook::TcFromPod { TcAttachType::Ingress } else { TcAttachType::Egress };
+            // tcx (a link, pinnable like the others), appended after programs already there
+            // (a CNI's own): ours only count and always pass the packet on.
+            let id = p
+                .attach_with_options(name, direction, TcAttachOptions::TcxOrder(LinkOrder::last()))
+                .map_err(err)?;
+            return p
+                .take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| super::error_chain(&e));
+        }
+        (AttachTo::Fd(fd), _) => fd,
+        (AttachTo::Interface(_), _) => return Err(format!("{hook:?} does not attach to an interface")),
+    };
     match hook {
         Hook::Connect4 | Hook::Connect6 | Hook::GetPeerName4 | Hook::GetPeerName6 => {
             let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
@@ -126,6 +161,7 @@ fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: BorrowedFd<'_>) -> Result<FdL
             let id = p.attach(target).map_err(err)?;
             Ok(p.take_link(id).map_err(err)?.into())
         }
+        Hook::TcFromPod | Hook::TcToPod => Err(format!("{hook:?} attaches to an interface")),
     }
 }
 

@@ -13,6 +13,17 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
 }
 
+/// The agent's own cgroup v2 directory (`0::<path>` in /proc/self/cgroup, under the mount).
+pub fn own_cgroup() -> io::Result<PathBuf> {
+    let mount = cgroup2_mount()?;
+    let membership = fs::read_to_string("/proc/self/cgroup")?;
+    let path = membership
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 line in /proc/self/cgroup"))?;
+    Ok(mount.join(path.trim_start_matches('/')))
+}
+
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."

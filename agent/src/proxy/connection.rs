@@ -11,6 +11,15 @@ use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use super::{ListenerKind, PodRuntime, Proxy, forward, ip_words, splice, stats::DirectionStats, upstream};
+use crate::{
+    directory::{DEFAULT_TRUST_DOMAIN, Directory, WorkloadRef},
+    flows::{
+        LiveFlow, Opening,
+        kernel::{KernelIds, veth_key},
+        record::{Direction, Verdict},
+    },
+    pods::netns::socket_cookie,
+};
 
 pub(super) async fn handle(
     kind: ListenerKind,
@@ -29,7 +38,7 @@ pub(super) async fn handle(
         let _node_active = NodeActive::new(&proxy);
         let result = match kind {
             ListenerKind::Outbound => outbound(stream, peer, &pod, &proxy, stats).await,
-            ListenerKind::Inbound => inbound(stream, &pod, &proxy, stats).await,
+            ListenerKind::Inbound => inbound(stream, peer, &pod, &proxy, stats).await,
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
@@ -53,9 +62,30 @@ async fn outbound(
         port: peer.port(),
         _pad: [0; 6],
     };
-    let Some(dst) = proxy.maps().orig_dst.take::<_, SockAddr>(&key)?.map(to_socket_addr) else {
+    let original = proxy.maps().orig_dst.take::<_, SockAddr>(&key)?.map(to_socket_addr);
+    let directory = proxy.directory();
+    // The app's side as the network would see it: the pod's address (of the destination's
+    // family) and the app's own port.
+    let family_ip = |dst: &SocketAddr| pod.ips.iter().find(|ip| ip.is_ipv4() == dst.is_ipv4()).copied();
+    let dst = original.unwrap_or_else(|| client.local_addr().unwrap_or(peer));
+    let source_ip = family_ip(&dst).unwrap_or(peer.ip());
+    let source = SocketAddr::new(source_ip, peer.port());
+    let dst_workload = directory.workload(&dst.ip());
+    let flow_guard = proxy.flows().open(
+        proxy.maps(),
+        Opening {
+            direction: Direction::Outbound,
+            pod: &pod.name,
+            source: (source, Some(pod_workload(pod, &directory, &source_ip))),
+            service: directory.service(&dst, dst_workload.as_deref()),
+            destination: (dst, dst_workload),
+        },
+    );
+    let flow = flow_guard.flow();
+    let Some(dst) = original else {
         // Not a connection connect4 redirected (or its entry was evicted): nowhere to send it.
         stats.failed.fetch_add(1, Relaxed);
+        flow.fail(Verdict::Failed, "no_original_destination");
         forward::reset(&client);
         return Err(io::Error::new(io::ErrorKind::NotFound, "no original destination"));
     };
@@ -64,28 +94,50 @@ async fn outbound(
     // Same node and enrolled: go straight into the destination pod's namespace (its inbound
     // side handled here too), instead of out through the network and back in through its
     // inbound listener.
-    let (connected, splice) = match proxy.pod_by_ip(&dst.ip()) {
+    let (connected, splice, crosses_veth) = match proxy.pod_by_ip(&dst.ip()) {
         Some(target) => {
             target.stats.inbound.accepted.fetch_add(1, Relaxed);
             let source = Some(upstream::local_app_source(&dst));
             let connected = upstream::connect(&target.netns, source, dst, settings.connect_timeout).await;
-            (connected, pod.splice() && target.splice())
+            (connected, pod.splice() && target.splice(), false)
         }
-        None => (upstream::connect(&pod.netns, None, dst, settings.connect_timeout).await, pod.splice()),
+        None => {
+            (upstream::connect(&pod.netns, None, dst, settings.connect_timeout).await, pod.splice(), true)
+        }
     };
-    splice_or_copy(&mut client, connected, splice, proxy, stats).await
+    // The network-facing leg is the upstream socket: its TCP health and, when it leaves
+    // through the pod's veth, its packets there.
+    let kernel = |upstream: &TcpStream| KernelIds {
+        cookie: socket_cookie(upstream).ok(),
+        veth: crosses_veth.then(|| upstream.local_addr().ok().map(|local| veth_key(local, dst))).flatten(),
+    };
+    splice_or_copy(&mut client, connected, kernel, splice, proxy, stats, flow).await
 }
 
 /// A client reached `pod`'s address; sk_lookup sent it here, so our local address is the
 /// destination it asked for.
 async fn inbound(
     mut client: TcpStream,
+    peer: SocketAddr,
     pod: &Arc<PodRuntime>,
     proxy: &Proxy,
     stats: &DirectionStats,
 ) -> io::Result<()> {
     let dst = client.local_addr()?;
     tracing::debug!(%dst, "inbound");
+    let directory = proxy.directory();
+    let flow_guard = proxy.flows().open(
+        proxy.maps(),
+        Opening {
+            direction: Direction::Inbound,
+            pod: &pod.name,
+            source: (peer, directory.workload(&peer.ip())),
+            destination: (dst, Some(pod_workload(pod, &directory, &dst.ip()))),
+            service: directory.service(&dst, directory.workload(&dst.ip()).as_deref()),
+        },
+    );
+    // The network-facing leg is the accepted socket, which came in through the pod's veth.
+    let ids = KernelIds { cookie: socket_cookie(&client).ok(), veth: Some(veth_key(dst, peer)) };
     let connected = upstream::connect(
         &pod.netns,
         Some(upstream::local_app_source(&dst)),
@@ -93,15 +145,26 @@ async fn inbound(
         proxy.settings().connect_timeout,
     )
     .await;
-    splice_or_copy(&mut client, connected, pod.splice(), proxy, stats).await
+    splice_or_copy(&mut client, connected, |_| ids, pod.splice(), proxy, stats, flow_guard.flow()).await
+}
+
+/// The enrolled pod's own name and identity: from the directory when it knows the address,
+/// else from the pod's `namespace/name` with the default service account.
+fn pod_workload(pod: &PodRuntime, directory: &Directory, ip: &IpAddr) -> Arc<WorkloadRef> {
+    directory.workload(ip).unwrap_or_else(|| {
+        let (namespace, name) = pod.name.split_once('/').unwrap_or(("", &pod.name));
+        Arc::new(WorkloadRef::new(namespace, name, DEFAULT_TRUST_DOMAIN, ""))
+    })
 }
 
 async fn splice_or_copy(
     client: &mut TcpStream,
     connected: io::Result<TcpStream>,
+    kernel: impl FnOnce(&TcpStream) -> KernelIds,
     splice: bool,
     proxy: &Proxy,
     stats: &DirectionStats,
+    flow: &LiveFlow,
 ) -> io::Result<()> {
     let mut upstream = match connected {
         Ok(u) => u,
@@ -109,33 +172,66 @@ async fn splice_or_copy(
             // The app's connect already succeeded (to us); a reset is the closest thing to
             // the refusal or timeout it would have seen directly.
             stats.failed.fetch_add(1, Relaxed);
+            flow.fail(Verdict::Failed, failure_reason(&e));
             forward::reset(client);
             return Err(e);
         }
     };
+    flow.allow(kernel(&upstream));
+    let result = forward_both_ways(client, &mut upstream, splice, proxy, flow).await;
+    stats.bytes_sent.fetch_add(flow.sent.load(Relaxed), Relaxed);
+    stats.bytes_received.fetch_add(flow.received.load(Relaxed), Relaxed);
+    if flow.spliced() {
+        stats.spliced.fetch_add(1, Relaxed);
+    }
+    result
+}
+
+async fn forward_both_ways(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    splice: bool,
+    proxy: &Proxy,
+    flow: &LiveFlow,
+) -> io::Result<()> {
     client.set_nodelay(true)?;
     let settings = proxy.settings();
-    let (max, sent, received) = (settings.max_buffer_bytes, &stats.bytes_sent, &stats.bytes_received);
+    let (max, sent, received) = (settings.max_buffer_bytes, &flow.sent, &flow.received);
     // Copy first; once the connection has moved `splice_after_bytes`, hand it to the kernel.
     // One-shot connections never pay for the hand-off; persistent and bulk ones get the splice.
     let hand_off_after = splice.then_some(settings.splice_after_bytes);
     if let forward::Outcome::Done(_) =
-        forward::forward(client, &mut upstream, max, sent, received, hand_off_after).await?
+        forward::forward(client, upstream, max, sent, received, hand_off_after).await?
     {
         return Ok(());
     }
-    match splice::splice(client, &mut upstream, proxy.maps(), settings.splice_inflight_cap).await {
+    match splice::splice(client, upstream, proxy.maps(), settings.splice_inflight_cap).await {
         Ok(result) => {
-            stats.spliced.fetch_add(1, Relaxed);
+            flow.set_spliced();
             let transfer = result?;
-            stats.bytes_sent.fetch_add(transfer.client_to_upstream, Relaxed);
-            stats.bytes_received.fetch_add(transfer.upstream_to_client, Relaxed);
+            sent.fetch_add(transfer.client_to_upstream, Relaxed);
+            received.fetch_add(transfer.upstream_to_client, Relaxed);
             Ok(())
         }
         Err(splice::NotSpliced(e)) => {
             tracing::debug!(error = %e, "not spliced; copying");
-            forward::forward(client, &mut upstream, max, sent, received, None).await.map(|_| ())
+            forward::forward(client, upstream, max, sent, received, None).await.map(|_| ())
         }
+    }
+}
+
+/// A short, stable reason for a failed upstream connect (flows and metrics labels).
+fn failure_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::TimedOut => "connect_timeout".into(),
+        io::ErrorKind::ConnectionRefused => "connection_refused".into(),
+        io::ErrorKind::ConnectionReset => "connection_reset".into(),
+        io::ErrorKind::HostUnreachable => "host_unreachable".into(),
+        io::ErrorKind::NetworkUnreachable => "network_unreachable".into(),
+        _ => match e.raw_os_error() {
+            Some(errno) => format!("connect_errno_{errno}"),
+            None => "connect_error".into(),
+        },
     }
 }
 

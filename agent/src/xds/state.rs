@@ -14,7 +14,10 @@ use nodemesh_proto::{
 use serde::Serialize;
 
 use super::translate::{self, Address, Authorization, Invalid};
-use crate::spec::{NodeSpec, PodSpec};
+use crate::{
+    directory::{Directory, WorkloadRef},
+    spec::{NodeSpec, PodSpec},
+};
 
 /// One resource as it arrived (version and encoded body, for the snapshot and for telling a
 /// new stream what is held) and as translated. The name is the map's key.
@@ -142,7 +145,32 @@ impl State {
                 })
             })
             .collect();
-        NodeSpec { pods }
+        NodeSpec { pods, directory: std::sync::Arc::new(self.directory()) }
+    }
+
+    /// Every workload and service held, by address.
+    fn directory(&self) -> Directory {
+        let mut directory = Directory::default();
+        for held in self.addresses.values() {
+            match &held.value {
+                Address::Workload(w) => {
+                    let mut workload =
+                        WorkloadRef::new(&w.namespace, &w.name, &w.trust_domain, &w.service_account);
+                    workload.services = w
+                        .services
+                        .iter()
+                        .map(|(name, ports)| {
+                            (name.clone(), ports.iter().map(|p| (p.service_port, p.target_port)).collect())
+                        })
+                        .collect();
+                    directory.insert_workload(&w.ips, workload);
+                }
+                Address::Service(s) => {
+                    directory.insert_service(&s.vips, &format!("{}/{}", s.namespace, s.hostname))
+                }
+            }
+        }
+        directory
     }
 
     pub fn counts(&self, node: &str) -> Counts {

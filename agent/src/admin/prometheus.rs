@@ -1,0 +1,180 @@
+//! `/metrics`: the flow table's Istio-named TCP metrics, then Nodemesh's own (kernel reason
+//! counters, map occupancy, flow table, xDS, proxy).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use nodemesh_common::{FlowKey, OrigDstKey, maps as names};
+
+use super::{AdminState, Source};
+use crate::{
+    datapath::SharedMaps,
+    flows::metrics::SeriesTotals,
+    metrics::{Exposition, Kind},
+};
+
+/// Walking a full LRU costs one syscall per entry; occupancy is refreshed at most this often.
+const OCCUPANCY_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub struct OccupancyCache(Mutex<Option<(Instant, Arc<Vec<MapOccupancy>>)>>);
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapOccupancy {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl OccupancyCache {
+    pub fn get(&self, maps: &SharedMaps) -> Arc<Vec<MapOccupancy>> {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, value)) = &*cached
+            && at.elapsed() < OCCUPANCY_TTL
+        {
+            return Arc::clone(value);
+        }
+        let value = Arc::new(occupancy(maps));
+        *cached = Some((Instant::now(), Arc::clone(&value)));
+        value
+    }
+}
+
+/// Entries in each bounded map the programs fill.
+pub fn occupancy(maps: &SharedMaps) -> Vec<MapOccupancy> {
+    // Twice the capacity: a walk over a map that changes underneath can revisit keys.
+    let walk = |count: std::io::Result<usize>| count.unwrap_or(0);
+    vec![
+        MapOccupancy {
+            map: names::FLOWS,
+            entries: walk(maps.flows.for_each_key::<FlowKey>(2 * names::FLOW_ENTRIES as usize, |_| {})),
+            capacity: names::FLOW_ENTRIES,
+        },
+        MapOccupancy {
+            map: names::TCP_HEALTH,
+            entries: walk(
+                maps.tcp_health.for_each_key::<u64>(2 * names::TCP_HEALTH_ENTRIES as usize, |_| {}),
+            ),
+            capacity: names::TCP_HEALTH_ENTRIES,
+        },
+        MapOccupancy {
+            map: names::ORIG_DST,
+            entries: walk(
+                maps.orig_dst.for_each_key::<OrigDstKey>(2 * names::ORIG_DST_ENTRIES as usize, |_| {}),
+            ),
+            capacity: names::ORIG_DST_ENTRIES,
+        },
+    ]
+    .into_iter()
+    .map(|mut m| {
+        m.entries = m.entries.min(m.capacity as usize);
+        m
+    })
+    .collect()
+}
+
+pub fn render(s: &AdminState) -> String {
+    let mut e = Exposition::default();
+    let flows = s.proxy.flows();
+    let series = flows.series();
+    type Family = (&'static str, &'static str, fn(&SeriesTotals) -> u64);
+    let families: [Family; 4] = [
+        ("istio_tcp_connections_opened_total", "TCP connections opened, by source and destination.", |t| {
+            t.opened
+        }),
+        ("istio_tcp_connections_closed_total", "TCP connections closed, by source and destination.", |t| {
+            t.closed
+        }),
+        // Istio's sense: bytes sent back to the source (the response side) ...
+        ("istio_tcp_sent_bytes_total", "Bytes sent from the destination back to the source.", |t| t.received),
+        // ... and bytes received from the source (the request side).
+        ("istio_tcp_received_bytes_total", "Bytes received from the source for the destination.", |t| t.sent),
+    ];
+    for (name, help, value) in families {
+        let mut family = e.family(name, Kind::Counter, help);
+        for (labels, totals) in &series {
+            family.sample(&labels.pairs(), value(totals) as f64);
+        }
+    }
+
+    let mut failed = e.family(
+        "nodemesh_connections_failed_total",
+        Kind::Counter,
+        "Connections the proxy accepted but did not forward, by verdict and reason.",
+    );
+    for ((verdict, reason), count) in flows.failures() {
+        failed.sample(&[("verdict", verdict.as_str()), ("reason", &reason)], count as f64);
+    }
+
+    let counters = s.datapath.lock().unwrap_or_else(|p| p.into_inner()).counters();
+    let mut decisions = e.family(
+        "nodemesh_kernel_decisions_total",
+        Kind::Counter,
+        "Decisions of the kernel programs, by program and reason (skips and drops included).",
+    );
+    for (counter, count) in counters {
+        decisions.sample(&[("program", counter.program()), ("reason", counter.reason())], count as f64);
+    }
+
+    let occupancy = s.occupancy.get(s.proxy.maps());
+    let mut entries = e.family("nodemesh_map_entries", Kind::Gauge, "Entries in each bounded kernel map.");
+    for m in occupancy.iter() {
+        entries.sample(&[("map", m.map)], m.entries as f64);
+    }
+    let mut capacity = e.family("nodemesh_map_capacity", Kind::Gauge, "Capacity of each bounded kernel map.");
+    for m in occupancy.iter() {
+        capacity.sample(&[("map", m.map)], f64::from(m.capacity));
+    }
+
+    let table = flows.stats();
+    e.family("nodemesh_flow_table_flows", Kind::Gauge, "Flows in the agent's flow table.")
+        .sample(&[("state", "active")], table.active as f64)
+        .sample(&[("state", "closed")], table.closed as f64);
+    e.family("nodemesh_flow_table_closed_capacity", Kind::Gauge, "Closed flows the table keeps.")
+        .sample(&[], table.max_closed as f64);
+    e.family("nodemesh_flow_table_evicted_total", Kind::Counter, "Closed flows that gave way to newer ones.")
+        .sample(&[], table.evicted as f64);
+    e.family("nodemesh_metric_series", Kind::Gauge, "Label sets of the istio_tcp_* metrics.")
+        .sample(&[], table.series as f64);
+    e.family(
+        "nodemesh_metric_series_overflow_total",
+        Kind::Counter,
+        "Flow events counted in the all-unknown series because the series cap was reached.",
+    )
+    .sample(&[], table.series_overflow as f64);
+
+    e.family("nodemesh_proxy_active_connections", Kind::Gauge, "Connections the proxy is handling.")
+        .sample(&[], s.proxy.active_connections() as f64);
+    let enrolled = s.view.lock().unwrap_or_else(|p| p.into_inner()).pods.len();
+    e.family("nodemesh_enrolled_pods", Kind::Gauge, "Pods whose traffic the agent intercepts.")
+        .sample(&[], enrolled as f64);
+
+    if let Source::ControlPlane(shared) = &s.source {
+        let status = shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        e.family("nodemesh_xds_connected", Kind::Gauge, "1 while the control-plane stream is up.")
+            .sample(&[], if status.connected { 1.0 } else { 0.0 });
+        e.family("nodemesh_xds_acks_total", Kind::Counter, "Responses accepted from the control plane.")
+            .sample(&[], status.acks as f64);
+        e.family("nodemesh_xds_nacks_total", Kind::Counter, "Responses rejected (NACKed).")
+            .sample(&[], status.nacks as f64);
+        e.family("nodemesh_xds_resources", Kind::Gauge, "Resources held, by type.")
+            .sample(&[("type", "address")], status.counts.addresses as f64)
+            .sample(&[("type", "authorization")], status.counts.authorizations as f64);
+        let age = status.accepted_unix_s.map_or(-1.0, |t| crate::xds::unix_now().saturating_sub(t) as f64);
+        e.family(
+            "nodemesh_xds_state_age_seconds",
+            Kind::Gauge,
+            "Seconds since the state in use was accepted (-1: none yet).",
+        )
+        .sample(&[], age);
+    }
+
+    let memory = crate::memory::now();
+    e.family("nodemesh_memory_bytes", Kind::Gauge, "The agent's memory.")
+        .sample(&[("kind", "rss")], memory.rss_bytes as f64)
+        .sample(&[("kind", "heap_allocated")], memory.heap_allocated_bytes as f64)
+        .sample(&[("kind", "heap_resident")], memory.heap_resident_bytes as f64);
+    e.finish()
+}

@@ -1,0 +1,312 @@
+//! The node's flow table: every connection the proxy handles, joined with what the kernel
+//! programs saw of it (veth packets and bytes, TCP health), named by the mesh.
+//!
+//! Bounded under any churn: active flows are the proxy's open connections (each already
+//! costs two sockets), closed flows sit in a ring of fixed capacity, and the metric series
+//! are capped (excess folds into one `unknown` series, counted).
+
+pub mod kernel;
+pub mod metrics;
+pub mod record;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use kernel::{DropReasons, KernelIds};
+use metrics::{Labels, SeriesTotals};
+use record::{Direction, Endpoint, FlowRecord, Verdict};
+
+use crate::{datapath::SharedMaps, directory::WorkloadRef};
+
+/// Closed flows kept for `/flows` when the configuration does not say.
+pub const DEFAULT_MAX_CLOSED: usize = 4_096;
+/// Metric series (label sets) kept before new ones fold into one overflow series.
+pub const MAX_SERIES: usize = 10_000;
+
+/// One connection while the proxy handles it.
+#[derive(Debug)]
+pub struct LiveFlow {
+    id: u64,
+    direction: Direction,
+    pod: Arc<str>,
+    started: SystemTime,
+    start: Instant,
+    source: Endpoint,
+    destination: Endpoint,
+    service: Option<String>,
+    labels: Arc<Labels>,
+    /// Bytes from source to destination, and back, as the proxy moved them.
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    spliced: AtomicBool,
+    state: Mutex<FlowState>,
+}
+
+#[derive(Debug)]
+struct FlowState {
+    verdict: Verdict,
+    reason: Option<String>,
+    kernel: KernelIds,
+}
+
+impl LiveFlow {
+    pub fn allow(&self, kernel: KernelIds) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.verdict = Verdict::Allowed;
+        state.kernel = kernel;
+    }
+
+    pub fn fail(&self, verdict: Verdict, reason: impl Into<String>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.verdict = verdict;
+        state.reason = Some(reason.into());
+    }
+
+    pub fn set_spliced(&self) {
+        self.spliced.store(true, Relaxed);
+    }
+
+    pub fn spliced(&self) -> bool {
+        self.spliced.load(Relaxed)
+    }
+
+    fn record(&self, maps: &SharedMaps, reasons: &DropReasons, active: bool) -> FlowRecord {
+        let (verdict, reason, ids) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.verdict, state.reason.clone(), state.kernel)
+        };
+        FlowRecord {
+            id: self.id,
+            direction: self.direction,
+            pod: self.pod.to_string(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            service: self.service.clone(),
+            verdict,
+            reason,
+            bytes_sent: self.sent.load(Relaxed),
+            bytes_received: self.received.load(Relaxed),
+            spliced: self.spliced.load(Relaxed),
+            start_unix_ms: self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            active,
+            kernel: kernel::read(maps, &ids, reasons),
+        }
+    }
+}
+
+/// A new connection's two ends, as the proxy knows them when it accepts.
+pub struct Opening<'a> {
+    pub direction: Direction,
+    pub pod: &'a Arc<str>,
+    pub source: (SocketAddr, Option<Arc<WorkloadRef>>),
+    pub destination: (SocketAddr, Option<Arc<WorkloadRef>>),
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    active: HashMap<u64, Arc<LiveFlow>>,
+    /// Closed flows with where the kernel keeps their records: the kernel finishes sending
+    /// what the proxy wrote after the proxy closes, so the kernel view is read again on
+    /// every query while its entries last.
+    closed: VecDeque<(FlowRecord, KernelIds)>,
+    series: HashMap<Arc<Labels>, SeriesTotals>,
+    /// Flows that fell off the closed ring.
+    evicted: u64,
+    /// Flows counted in the overflow series because the series cap was reached.
+    series_overflow: u64,
+    failures: HashMap<(Verdict, String), u64>,
+}
+
+#[derive(Debug)]
+pub struct FlowTable {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    max_closed: usize,
+    reasons: DropReasons,
+}
+
+/// What `/metrics` reports about the table itself.
+#[derive(Clone, Debug, Default)]
+pub struct TableStats {
+    pub active: usize,
+    pub closed: usize,
+    pub max_closed: usize,
+    pub evicted: u64,
+    pub series: usize,
+    pub series_overflow: u64,
+}
+
+impl FlowTable {
+    pub fn new(max_closed: usize, reasons: DropReasons) -> Self {
+        Self { inner: Mutex::default(), next_id: AtomicU64::new(1), max_closed, reasons }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection; it is closed when the returned guard drops.
+    pub fn open<'t>(&'t self, maps: &'t SharedMaps, opening: Opening<'_>) -> FlowGuard<'t> {
+        let endpoint = |(address, workload): (SocketAddr, Option<Arc<WorkloadRef>>)| Endpoint {
+            address,
+            namespace: workload.as_ref().map(|w| w.namespace.clone()),
+            workload: workload.as_ref().map(|w| w.name.clone()),
+            identity: workload.as_ref().map(|w| w.identity.clone()),
+        };
+        let (source, destination) = (endpoint(opening.source), endpoint(opening.destination));
+        let labels = Labels::new(opening.direction, &source, &destination, opening.service.as_deref());
+        let flow = Arc::new(LiveFlow {
+            id: self.next_id.fetch_add(1, Relaxed),
+            direction: opening.direction,
+            pod: Arc::clone(opening.pod),
+            started: SystemTime::now(),
+            start: Instant::now(),
+            source,
+            destination,
+            service: opening.service,
+            labels: Arc::new(labels),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            spliced: AtomicBool::new(false),
+            state: Mutex::new(FlowState {
+                verdict: Verdict::Pending,
+                reason: None,
+                kernel: KernelIds::default(),
+            }),
+        });
+        {
+            let mut inner = self.lock();
+            let labels = Self::series_key(&mut inner, &flow.labels);
+            inner.series.entry(labels).or_default().opened += 1;
+            inner.active.insert(flow.id, Arc::clone(&flow));
+        }
+        FlowGuard { table: self, maps, flow }
+    }
+
+    /// The series a flow counts in: its own, or the overflow series once the cap is reached.
+    fn series_key(inner: &mut Inner, labels: &Arc<Labels>) -> Arc<Labels> {
+        if inner.series.contains_key(labels) || inner.series.len() < MAX_SERIES {
+            return Arc::clone(labels);
+        }
+        inner.series_overflow += 1;
+        Arc::new(Labels::overflow())
+    }
+
+    fn close(&self, maps: &SharedMaps, flow: &LiveFlow) {
+        let mut record = flow.record(maps, &self.reasons, false);
+        let ids = flow.state.lock().unwrap_or_else(|p| p.into_inner()).kernel;
+        if record.verdict == Verdict::Pending {
+            // Ended before a verdict (the client went away during set-up).
+            record.verdict = Verdict::Failed;
+            record.reason.get_or_insert_with(|| "closed_during_setup".into());
+        }
+        let mut inner = self.lock();
+        inner.active.remove(&flow.id);
+        let labels = Self::series_key(&mut inner, &flow.labels);
+        let totals = inner.series.entry(labels).or_default();
+        totals.closed += 1;
+        totals.sent += record.bytes_sent;
+        totals.received += record.bytes_received;
+        if record.verdict != Verdict::Allowed {
+            let key = (record.verdict, record.reason.clone().unwrap_or_default());
+            *inner.failures.entry(key).or_default() += 1;
+        }
+        if self.max_closed == 0 {
+            inner.evicted += 1;
+            return;
+        }
+        if inner.closed.len() >= self.max_closed {
+            inner.closed.pop_front();
+            inner.evicted += 1;
+        }
+        inner.closed.push_back((record, ids));
+    }
+
+    /// Every flow, active ones first (newest first within each group).
+    pub fn records(&self, maps: &SharedMaps) -> Vec<FlowRecord> {
+        let (active, closed): (Vec<Arc<LiveFlow>>, Vec<(FlowRecord, KernelIds)>) = {
+            let inner = self.lock();
+            (inner.active.values().cloned().collect(), inner.closed.iter().rev().cloned().collect())
+        };
+        let mut out: Vec<FlowRecord> = active.iter().map(|f| f.record(maps, &self.reasons, true)).collect();
+        out.sort_by_key(|f| std::cmp::Reverse(f.id));
+        out.extend(closed.into_iter().map(|(mut record, ids)| {
+            // Entries the LRUs have let go of leave the view as it was at close.
+            let now = kernel::read(maps, &ids, &self.reasons);
+            if now.veth.is_some() {
+                record.kernel.veth = now.veth;
+            }
+            if now.tcp.is_some() {
+                record.kernel.tcp = now.tcp;
+            }
+            record
+        }));
+        out
+    }
+
+    /// Totals per series, active flows' bytes included, read under one lock so counters
+    /// never go backwards when a flow moves from active to closed.
+    pub fn series(&self) -> Vec<(Arc<Labels>, SeriesTotals)> {
+        let inner = self.lock();
+        let mut series: HashMap<Arc<Labels>, SeriesTotals> = inner.series.clone();
+        for flow in inner.active.values() {
+            let key = if series.contains_key(&flow.labels) {
+                Arc::clone(&flow.labels)
+            } else {
+                Arc::new(Labels::overflow())
+            };
+            let totals = series.entry(key).or_default();
+            totals.sent += flow.sent.load(Relaxed);
+            totals.received += flow.received.load(Relaxed);
+        }
+        let mut out: Vec<_> = series.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn failures(&self) -> Vec<((Verdict, String), u64)> {
+        let mut out: Vec<_> = self.lock().failures.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        out.sort();
+        out
+    }
+
+    pub fn stats(&self) -> TableStats {
+        let inner = self.lock();
+        TableStats {
+            active: inner.active.len(),
+            closed: inner.closed.len(),
+            max_closed: self.max_closed,
+            evicted: inner.evicted,
+            series: inner.series.len(),
+            series_overflow: inner.series_overflow,
+        }
+    }
+}
+
+/// Closes its flow when dropped, however the connection ended.
+pub struct FlowGuard<'t> {
+    table: &'t FlowTable,
+    maps: &'t SharedMaps,
+    flow: Arc<LiveFlow>,
+}
+
+impl FlowGuard<'_> {
+    pub fn flow(&self) -> &LiveFlow {
+        &self.flow
+    }
+}
+
+impl Drop for FlowGuard<'_> {
+    fn drop(&mut self) {
+        self.table.close(self.maps, &self.flow);
+    }
+}

@@ -1,0 +1,61 @@
+//! Reads what the kernel programs recorded for a flow: veth counters by 5-tuple, TCP health
+//! by socket cookie.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use nodemesh_common::{FlowKey, FlowStats, TcpHealth};
+
+use super::record::{KernelView, TcpView, VethCounts, tcp_state_name};
+use crate::{datapath::SharedMaps, proxy::ip_words};
+
+const IPPROTO_TCP: u8 = 6;
+
+/// Where the kernel keeps a flow's records.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelIds {
+    /// The network-facing socket's cookie (sock_ops key).
+    pub cookie: Option<u64>,
+    /// The veth flow key, when the leg crosses an enrolled pod's veth.
+    pub veth: Option<FlowKey>,
+}
+
+/// The veth key of a TCP connection between `pod` (an enrolled pod's address) and `peer`.
+pub fn veth_key(pod: SocketAddr, peer: SocketAddr) -> FlowKey {
+    FlowKey {
+        pod: ip_words(pod.ip()),
+        peer: ip_words(peer.ip()),
+        pod_port: pod.port(),
+        peer_port: peer.port(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+/// The kernel's drop reason names, by value (from BTF; empty when unavailable).
+pub type DropReasons = Arc<HashMap<u32, String>>;
+
+pub fn read(maps: &SharedMaps, ids: &KernelIds, reasons: &DropReasons) -> KernelView {
+    let veth =
+        ids.veth.and_then(|key| maps.flows.lookup::<_, FlowStats>(&key).ok().flatten()).map(|s| VethCounts {
+            packets_from_pod: s.from_pod.packets,
+            packets_to_pod: s.to_pod.packets,
+            bytes_from_pod: s.from_pod.bytes,
+            bytes_to_pod: s.to_pod.bytes,
+            payload_from_pod: s.from_pod.payload,
+            payload_to_pod: s.to_pod.payload,
+            drops: s.drops,
+            last_drop_reason: (s.last_drop_reason != 0).then(|| {
+                reasons.get(&s.last_drop_reason).cloned().unwrap_or_else(|| s.last_drop_reason.to_string())
+            }),
+        });
+    let tcp =
+        ids.cookie.and_then(|c| maps.tcp_health.lookup::<_, TcpHealth>(&c).ok().flatten()).map(|h| TcpView {
+            srtt_us: h.srtt_us,
+            min_rtt_us: h.min_rtt_us,
+            retransmits: h.total_retrans.max(h.retrans_events),
+            state: tcp_state_name(h.state).to_owned(),
+            state_changes: h.state_changes,
+            snd_cwnd: h.snd_cwnd,
+        });
+    KernelView { veth, tcp }
+}

@@ -1,0 +1,171 @@
+//! What a flow looks like to an SRE: both ends named by the mesh, the bytes the proxy moved,
+//! what the kernel saw on the wire, and how it ended.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Which listener took the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// An enrolled pod connected out (connect4/connect6 sent it to the proxy).
+    Outbound,
+    /// Something connected to an enrolled pod (sk_lookup sent it to the proxy).
+    Inbound,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Still being set up (original destination, upstream connect).
+    Pending,
+    /// Forwarded.
+    Allowed,
+    /// Refused by policy.
+    Denied,
+    /// Accepted but never forwarded: see the reason.
+    Failed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pending => "pending",
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Verdict::Pending, Verdict::Allowed, Verdict::Denied, Verdict::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == text)
+    }
+}
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// `namespace`, `name` and `identity` when the address is a known workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+/// What the kernel saw of the flow's network-facing leg (the proxy's upstream socket for
+/// outbound, its accepted socket for inbound).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelView {
+    /// From the tc programs on the pod's host-side veth (absent when the leg never crosses
+    /// it: both pods on this node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub veth: Option<VethCounts>,
+    /// From sock_ops on the proxy's socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpView>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethCounts {
+    pub packets_from_pod: u64,
+    pub packets_to_pod: u64,
+    /// IP bytes (headers included).
+    pub bytes_from_pod: u64,
+    pub bytes_to_pod: u64,
+    /// TCP payload bytes.
+    pub payload_from_pod: u64,
+    pub payload_to_pod: u64,
+    pub drops: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_drop_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpView {
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    pub retransmits: u32,
+    pub state: String,
+    pub state_changes: u32,
+    pub snd_cwnd: u32,
+}
+
+/// A flow as `/flows` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub id: u64,
+    pub direction: Direction,
+    /// The enrolled pod whose listener took it (`namespace/name`).
+    pub pod: String,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes the proxy moved from source to destination, and back.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Handed to the kernel splice after set-up.
+    pub spliced: bool,
+    pub start_unix_ms: u64,
+    pub duration_ms: u64,
+    pub active: bool,
+    pub kernel: KernelView,
+}
+
+impl FlowRecord {
+    pub fn bytes(&self) -> u64 {
+        self.bytes_sent + self.bytes_received
+    }
+
+    pub fn retransmits(&self) -> u32 {
+        self.kernel.tcp.as_ref().map_or(0, |t| t.retransmits)
+    }
+
+    /// Whether `namespace/name` or `name` is either end.
+    pub fn involves_pod(&self, pod: &str) -> bool {
+        let matches = |e: &Endpoint| match (&e.namespace, &e.workload) {
+            (Some(ns), Some(name)) => {
+                pod == name || pod.split_once('/').is_some_and(|(n, w)| n == ns && w == name)
+            }
+            _ => false,
+        };
+        self.pod == pod
+            || self.pod.split_once('/').is_some_and(|(_, n)| n == pod)
+            || matches(&self.source)
+            || matches(&self.destination)
+    }
+
+    pub fn involves_namespace(&self, namespace: &str) -> bool {
+        self.source.namespace.as_deref() == Some(namespace)
+            || self.destination.namespace.as_deref() == Some(namespace)
+            || self.pod.split_once('/').is_some_and(|(ns, _)| ns == namespace)
+    }
+}
+
+/// The names of `BPF_TCP_*` states (include/net/tcp_states.h).
+pub fn tcp_state_name(state: u32) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
