@@ -1,6 +1,8 @@
 //! Command line: `nodemesh agent` runs the node agent; the other commands ask it things.
 
 mod flows_view;
+#[cfg(test)]
+mod golden;
 mod status_view;
 mod table;
 

@@ -19,7 +19,7 @@ use nodemesh_common::{Counter, maps as names};
 use serde::{Deserialize, Serialize};
 
 pub use bpf_sys::SharedMap;
-pub use hooks::Hook;
+pub use hooks::{DROP_TRACER, Hook, PROXY_SOCK_OPS, SPLICE_VERDICT};
 pub use loader::DatapathSettings;
 pub use pins::PinDir;
 pub use pod_links::{LinkStatus, PodLinks};

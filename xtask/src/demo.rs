@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: a fake two-node cluster driven by the reference control plane from its
 //! embedded default (Kubernetes YAML the demo writes), real traffic through the mesh, a label
-//! flipped live, the control plane killed, and `nodemesh status`.
+//! flipped live, the control plane killed, `nodemesh status` and `nodemesh flows`.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -91,6 +91,10 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
 
     println!("\n$ nodemesh status   (on node1)");
     print!("{}", agent1.cli(&["status"]).context("nodemesh status")?);
+    println!(
+        "\n$ nodemesh flows --top 8   (on node1: the mesh's names joined with the kernel's RTT and retransmits)"
+    );
+    print!("{}", agent1.cli(&["flows", "--top", "8"]).context("nodemesh flows")?);
     println!("\ntearing down: agents stopped with SIGTERM, namespaces and cgroups removed");
     for agent in [agent1, agent2] {
         let stopped = agent.terminate(Duration::from_secs(15))?;

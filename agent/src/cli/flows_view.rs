@@ -141,20 +141,7 @@ fn duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Golden files: `UPDATE_GOLDEN=1 cargo test -p nodemesh` rewrites them after a
-    /// deliberate change; review the diff.
-    fn check_golden(name: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).expect("writing golden file");
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(actual, expected, "output differs from {}", path.display());
-        for line in actual.lines() {
-            assert!(line.chars().count() <= 80, "wider than 80 columns: {line:?}");
-        }
-    }
+    use crate::cli::golden::check_golden;
 
     fn fixture() -> FlowsReport {
         let text = include_str!("../../tests/golden/flows.json");

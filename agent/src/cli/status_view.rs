@@ -3,6 +3,10 @@
 use std::fmt::Write as _;
 
 use super::table::Table;
+use crate::datapath::{DROP_TRACER, PROXY_SOCK_OPS, SPLICE_VERDICT};
+
+/// Programs attached once for the node, not per pod.
+const NODE_WIDE: [&str; 3] = [SPLICE_VERDICT, PROXY_SOCK_OPS, DROP_TRACER];
 use crate::{status::StatusReport, xds::SyncStatus};
 
 fn sync_lines(s: &SyncStatus) -> String {
@@ -61,7 +65,13 @@ pub fn render(r: &StatusReport) -> String {
                 None => "accepted".to_owned(),
                 Some(err) => format!("REJECTED, keeping the last good state: {err}"),
             };
-            let _ = writeln!(out, "Enrollment {} (generation {}) {}", e.path.display(), e.generation, state);
+            // The path on a line of its own: it alone can be long.
+            let _ = writeln!(
+                out,
+                "Enrollment file, generation {}, {state}\n  {}",
+                e.generation,
+                e.path.display()
+            );
         }
         None => {
             if r.sync.is_none() {
@@ -123,12 +133,12 @@ pub fn render(r: &StatusReport) -> String {
     let mut programs = Table::new(&[("NAME", 20), ("TYPE", 20), ("ID", 8), ("ATTACHED", 28)]);
     for prog in &r.programs {
         let attached = r.pods.iter().filter(|p| p.pod.links.iter().any(|l| l.program_id == prog.id)).count();
-        programs.row(vec![
-            prog.name.clone(),
-            prog.kind.clone(),
-            prog.id.to_string(),
-            format!("{attached} pod(s)"),
-        ]);
+        let attached = if NODE_WIDE.contains(&prog.name.as_str()) {
+            "node-wide".to_owned()
+        } else {
+            format!("{attached} pod(s)")
+        };
+        programs.row(vec![prog.name.clone(), prog.kind.clone(), prog.id.to_string(), attached]);
     }
     out.push_str(&programs.render());
 
@@ -139,4 +149,18 @@ pub fn render(r: &StatusReport) -> String {
     }
     out.push_str(&counters.render());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::golden::check_golden;
+
+    #[test]
+    fn status_matches_the_golden_file() {
+        // A real agent's report (local mode, so no clock-dependent sync lines).
+        let report: StatusReport =
+            serde_json::from_str(include_str!("../../tests/golden/status.json")).expect("status fixture");
+        check_golden("status.txt", &render(&report));
+    }
 }
