@@ -126,14 +126,15 @@ async fn inbound(
     let dst = client.local_addr()?;
     tracing::debug!(%dst, "inbound");
     let directory = proxy.directory();
+    let dst_workload = pod_workload(pod, &directory, &dst.ip());
     let flow_guard = proxy.flows().open(
         proxy.maps(),
         Opening {
             direction: Direction::Inbound,
             pod: &pod.name,
             source: (peer, directory.workload(&peer.ip())),
-            destination: (dst, Some(pod_workload(pod, &directory, &dst.ip()))),
-            service: directory.service(&dst, directory.workload(&dst.ip()).as_deref()),
+            service: directory.service(&dst, Some(&dst_workload)),
+            destination: (dst, Some(dst_workload)),
         },
     );
     // The network-facing leg is the accepted socket, which came in through the pod's veth.
