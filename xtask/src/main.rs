@@ -61,8 +61,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Builds the agent binary the tests and the demo run.
+/// Every binary the tests and the demo start: the agent (which is also the control plane) and
+/// the load generator that shares no code with the proxy.
 pub fn build() -> anyhow::Result<()> {
-    sh("cargo", &["build", "--quiet", "-p", "nodemesh"])
+    sh("cargo", &["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen"])
 }
 
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
