@@ -11,11 +11,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use nodemesh_controlplane::{model::OwnerReference, naming};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    directory::{DEFAULT_TRUST_DOMAIN, Directory, WorkloadRef},
+    directory::{DEFAULT_TRUST_DOMAIN, DirectoryBuilder, Names},
     spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec},
 };
 
@@ -53,6 +54,10 @@ struct PodEntry {
     /// For the pod's SPIFFE identity in flows and metrics (`default` when absent).
     #[serde(default, rename = "serviceAccount")]
     service_account: String,
+    /// Its controller (ReplicaSet, StatefulSet, Job, ...), as Kubernetes lists it: names the
+    /// workload in flows and metrics, the pod itself when absent.
+    #[serde(default, rename = "ownerReferences")]
+    owner_references: Vec<OwnerReference>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,7 +96,7 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
     };
 
     let mut pods = Vec::with_capacity(file.pods.len());
-    let mut directory = Directory::default();
+    let mut directory = DirectoryBuilder::default();
     let (mut uids, mut addresses) = (HashSet::new(), HashSet::new());
     for (i, pod) in file.pods.into_iter().enumerate() {
         let at = |field: &str| format!("pods[{i}].{field}");
@@ -115,10 +120,17 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             ips.push(parsed);
         }
         let intercept = intercepts(&pod);
-        directory.insert_workload(
-            &ips,
-            WorkloadRef::new(&pod.namespace, &pod.name, DEFAULT_TRUST_DOMAIN, &pod.service_account),
-        );
+        let workload = naming::workload_name(&pod.name, &pod.labels, &pod.owner_references);
+        let names = Names {
+            namespace: &pod.namespace,
+            pod: &pod.name,
+            workload: &workload,
+            trust_domain: DEFAULT_TRUST_DOMAIN,
+            service_account: &pod.service_account,
+            canonical_service: &naming::canonical_service(&pod.labels, &workload),
+            canonical_revision: &naming::canonical_revision(&pod.labels),
+        };
+        directory.workload(&ips, names, []);
         pods.push(PodSpec {
             uid: pod.uid,
             namespace: pod.namespace,
@@ -128,7 +140,7 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             intercept,
         });
     }
-    Ok(NodeSpec { pods, directory: Arc::new(directory) })
+    Ok(NodeSpec { pods, directory: Arc::new(directory.build()) })
 }
 
 /// Kubernetes names (RFC 1123 labels, also the rule for namespaces).
@@ -263,6 +275,34 @@ pods:
         let spec = parse(text).expect("valid");
         let intercepted: Vec<&str> = spec.intercepted().map(|p| p.name.as_str()).collect();
         assert_eq!(intercepted, ["in"]);
+    }
+
+    #[test]
+    fn owners_and_labels_name_the_workload() {
+        let text = r#"
+pods:
+  - uid: b1
+    namespace: shop
+    name: cart-7d9f8c6b5-x2x4z
+    ips: [10.244.1.9]
+    labels: {app: cart, version: v2, pod-template-hash: 7d9f8c6b5}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: cart-7d9f8c6b5, controller: true}]
+"#;
+        let spec = parse(text).expect("valid");
+        let w = spec.directory.workload(&"10.244.1.9".parse().expect("ip")).expect("in the directory");
+        assert_eq!((&*w.pod, &*w.workload), ("cart-7d9f8c6b5-x2x4z", "cart"));
+        assert_eq!((&*w.canonical_service, &*w.canonical_revision), ("cart", "v2"));
+        let bad = text.replace("kind: ReplicaSet, ", "");
+        assert!(parse(&bad).expect_err("owner without kind").path.starts_with("pods[0].ownerReferences[0]"));
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../docs/enrollment.md");
+        let yaml = doc.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block");
+        let spec = parse(yaml).expect("docs/enrollment.md's example");
+        let cart = spec.directory.workload(&"10.244.1.5".parse().expect("ip")).expect("cart-0");
+        assert_eq!((&*cart.pod, &*cart.workload, &*cart.canonical_service), ("cart-0", "cart", "cart"));
     }
 
     #[test]

@@ -156,14 +156,24 @@ impl FlowTable {
 
     /// Registers a connection; it is closed when the returned guard drops.
     pub fn open<'t>(&'t self, maps: &'t SharedMaps, opening: Opening<'_>) -> FlowGuard<'t> {
-        let endpoint = |(address, workload): (SocketAddr, Option<Arc<WorkloadRef>>)| Endpoint {
-            address,
-            namespace: workload.as_ref().map(|w| w.namespace.clone()),
-            workload: workload.as_ref().map(|w| w.name.clone()),
-            identity: workload.as_ref().map(|w| w.identity.clone()),
+        let endpoint = |(address, workload): &(SocketAddr, Option<Arc<WorkloadRef>>)| {
+            let name =
+                |field: fn(&WorkloadRef) -> &Arc<str>| workload.as_deref().map(|w| field(w).to_string());
+            Endpoint {
+                address: *address,
+                namespace: name(|w| &w.namespace),
+                pod: name(|w| &w.pod),
+                workload: name(|w| &w.workload),
+                identity: name(|w| &w.identity),
+            }
         };
-        let (source, destination) = (endpoint(opening.source), endpoint(opening.destination));
-        let labels = Labels::new(opening.direction, &source, &destination, opening.service.as_deref());
+        let (source, destination) = (endpoint(&opening.source), endpoint(&opening.destination));
+        let labels = Labels::new(
+            opening.direction,
+            opening.source.1.as_deref(),
+            opening.destination.1.as_deref(),
+            opening.service.as_deref(),
+        );
         let flow = Arc::new(LiveFlow {
             id: self.next_id.fetch_add(1, Relaxed),
             direction: opening.direction,

@@ -6,6 +6,7 @@
 pub mod admin;
 mod inputs;
 pub mod model;
+pub mod naming;
 pub mod server;
 pub mod store;
 pub mod world;

@@ -21,6 +21,19 @@ pub struct ObjectMeta {
     pub labels: Labels,
     #[serde(default)]
     pub annotations: Labels,
+    /// Who created the object (a pod's ReplicaSet, Job, ...): names its workload.
+    #[serde(default)]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    /// The managing controller among the owners.
+    #[serde(default)]
+    pub controller: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,13 +477,15 @@ mod tests {
     #[test]
     fn reads_a_pod() {
         let pod = parse(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop, uid: 6b1f-0d2e, labels: {app: cart}}\n\
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop, uid: 6b1f-0d2e, labels: {app: cart},\n\
+             ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: cart, controller: true}]}\n\
              spec: {nodeName: node1, serviceAccountName: cart}\nstatus: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}]}\n",
         )
         .expect("valid")
         .expect("object");
         let Object::Pod(pod) = pod else { panic!("not a pod") };
         assert_eq!(pod.spec.node_name.as_deref(), Some("node1"));
+        assert_eq!(pod.metadata.owner_references[0].kind, "StatefulSet");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use nodemesh_proto::{
 
 use crate::{
     model::{AuthorizationPolicy, Labels, Pod, Service, TargetPort, parse_cidr},
+    naming,
     store::Inputs,
 };
 
@@ -477,7 +478,7 @@ fn workload(
 ) -> wl::Workload {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let labels = &pod.metadata.labels;
-    let label = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned();
+    let workload_name = naming::workload_name(&pod.metadata.name, labels, &pod.metadata.owner_references);
     let container_port = |name: &str| {
         pod.spec
             .containers
@@ -511,16 +512,10 @@ fn workload(
         trust_domain: mesh.trust_domain.clone(),
         service_account: pod.spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
         node: pod.spec.node_name.clone().unwrap_or_default(),
-        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
-            .unwrap_or_else(|| pod.metadata.name.clone()),
-        canonical_revision: label(&[
-            "service.istio.io/canonical-revision",
-            "app.kubernetes.io/version",
-            "version",
-        ])
-        .unwrap_or_else(|| "latest".into()),
+        canonical_name: naming::canonical_service(labels, &workload_name),
+        canonical_revision: naming::canonical_revision(labels),
         workload_type: wl::WorkloadType::Pod as i32,
-        workload_name: pod.metadata.name.clone(),
+        workload_name,
         services,
         authorization_policies: policies,
         status: match pod.status.phase.as_deref() {
@@ -677,6 +672,29 @@ mod tests {
             world.visible(legacy, "n2") && !world.visible(legacy, "n1"),
             "outside the mesh: its node only"
         );
+    }
+
+    #[test]
+    fn workloads_carry_their_deployment_and_canonical_names() {
+        let mut inputs = Inputs::default();
+        let mut replica =
+            (*pod("cart-7d9f8c6b5-x2x4z", "shop", "n1", &[("app", "cart"), ("version", "v2")])).clone();
+        replica.metadata.labels.insert("pod-template-hash".into(), "7d9f8c6b5".into());
+        replica.metadata.owner_references = vec![crate::model::OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: "cart-7d9f8c6b5".into(),
+            controller: Some(true),
+        }];
+        inputs.pods.push(Arc::new(replica));
+        inputs.pods.push(pod("debug", "shop", "n1", &[]));
+        let world = World::build(&inputs, &MeshSettings::default(), 1, None);
+
+        let w = decode(&world.addresses["Kubernetes//Pod/shop/cart-7d9f8c6b5-x2x4z"]);
+        assert_eq!((w.name.as_str(), w.workload_name.as_str()), ("cart-7d9f8c6b5-x2x4z", "cart"));
+        assert_eq!((w.canonical_name.as_str(), w.canonical_revision.as_str()), ("cart", "v2"));
+        let w = decode(&world.addresses["Kubernetes//Pod/shop/debug"]);
+        assert_eq!((w.workload_name.as_str(), w.canonical_name.as_str()), ("debug", "debug"));
+        assert_eq!(w.canonical_revision, "latest");
     }
 
     #[test]

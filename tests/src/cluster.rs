@@ -387,6 +387,18 @@ pub(crate) struct PodRecord {
     pub name: String,
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// The controller (`kind`, `name`) listed in `ownerReferences`.
+    pub owner: Option<(String, String)>,
+}
+
+impl PodRecord {
+    /// `metadata.ownerReferences`, as Kubernetes writes it.
+    pub fn owner_references(&self) -> Vec<serde_json::Value> {
+        self.owner
+            .iter()
+            .map(|(kind, name)| serde_json::json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "controller": true}))
+            .collect()
+    }
 }
 
 impl Node {
@@ -455,6 +467,7 @@ impl Node {
             name: name.into(),
             ips: ips.clone(),
             labels: options.labels.clone(),
+            owner: None,
         });
         let pod = Pod {
             inner: Arc::clone(inner),
@@ -491,13 +504,33 @@ impl Node {
     /// Sets (or, with `None`, removes) a label on one of this node's pods and rewrites the
     /// enrollment file.
     pub fn set_pod_label(&self, pod: &Pod, key: &str, value: Option<&str>) -> anyhow::Result<()> {
-        {
-            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-            let record = pods.iter_mut().find(|p| p.uid == pod.uid).context("not a pod of this node")?;
+        self.update_pod(pod, |record| {
             match value {
                 Some(v) => record.labels.insert(key.into(), v.into()),
                 None => record.labels.remove(key),
             };
+        })
+    }
+
+    /// Gives one of this node's pods a controller and labels (as its Deployment or StatefulSet
+    /// would), in one rewrite of the enrollment file.
+    pub fn set_pod_owner(
+        &self,
+        pod: &Pod,
+        kind: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        self.update_pod(pod, |record| {
+            record.owner = Some((kind.into(), name.into()));
+            record.labels.extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        })
+    }
+
+    fn update_pod(&self, pod: &Pod, change: impl FnOnce(&mut PodRecord)) -> anyhow::Result<()> {
+        {
+            let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+            change(pods.iter_mut().find(|p| p.uid == pod.uid).context("not a pod of this node")?);
         }
         self.write_enrollment()
     }
@@ -513,6 +546,7 @@ impl Node {
                 "uid": p.uid, "namespace": p.namespace, "name": p.name,
                 "ips": p.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "labels": p.labels,
+                "ownerReferences": p.owner_references(),
             })).collect::<Vec<_>>(),
         });
         self.write_enrollment_text(&serde_yaml::to_string(&doc)?)

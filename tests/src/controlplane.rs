@@ -200,7 +200,10 @@ fn pod_object(node: &str, pod: &crate::cluster::PodRecord) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels},
+        "metadata": {
+            "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels,
+            "ownerReferences": pod.owner_references(),
+        },
         "spec": {"nodeName": node, "serviceAccountName": "default"},
         "status": {"phase": "Running", "podIP": pod.ips.first().map(ToString::to_string), "podIPs": ips},
     })

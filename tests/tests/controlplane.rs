@@ -233,6 +233,10 @@ fn a_grpcio_client_built_from_our_protos_receives_well_formed_addresses() {
     let web = PodOptions { labels: [("app".to_owned(), "web".to_owned())].into(), ..Default::default() };
     let a = node1.add_pod("mesh", "a", web.clone()).expect("a");
     let b = node2.add_pod("mesh", "b", web).expect("b");
+    // b is a Deployment's replica: its workload is the Deployment.
+    node2
+        .set_pod_owner(&b, "ReplicaSet", "web-6d4cf56db6", &[("pod-template-hash", "6d4cf56db6")])
+        .expect("owner");
     let local = node1.add_pod("plain", "local", PodOptions::default()).expect("local");
     let _elsewhere = node2.add_pod("plain", "elsewhere", PodOptions::default()).expect("elsewhere");
     cp.write_namespace("mesh", true).expect("ns mesh");
@@ -268,11 +272,18 @@ fn a_grpcio_client_built_from_our_protos_receives_well_formed_addresses() {
         assert!(!r["version"].as_str().unwrap_or("").is_empty(), "{r}");
     }
     let find = |name: &str| resources.iter().find(|r| r["name"] == name).expect(name);
-    for (pod, node, tunnel) in [(&a, "node1", "HBONE"), (&b, "node2", "HBONE"), (&local, "node1", "NONE")] {
+    let placed = [
+        (&a, "node1", "HBONE", "a", "web"),
+        (&b, "node2", "HBONE", "web", "web"),
+        (&local, "node1", "NONE", "local", "local"),
+    ];
+    for (pod, node, tunnel, workload, canonical) in placed {
         let w = find(&controlplane::workload_uid(pod));
         assert_eq!(w["kind"], "workload");
         assert_eq!(w["uid"], controlplane::workload_uid(pod));
-        assert_eq!((&w["workload_name"], &w["namespace"]), (&json!(pod.name), &json!(pod.namespace)));
+        assert_eq!((&w["pod"], &w["namespace"]), (&json!(pod.name), &json!(pod.namespace)));
+        assert_eq!((&w["workload_name"], &w["canonical_name"]), (&json!(workload), &json!(canonical)), "{w}");
+        assert_eq!(w["canonical_revision"], "latest");
         assert_eq!(w["addresses"], json!([pod.ipv4.to_string()]), "{w}");
         assert_eq!(w["node"], node);
         assert_eq!(w["tunnel_protocol"], tunnel, "{w}");

@@ -9,9 +9,9 @@ use anyhow::Context as _;
 use nodemesh_testbed::{
     AgentOptions, require_root,
     scenario::{BULK_PORT, SingleNode},
-    tools,
+    tools, wait_for,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Runs the bulk client in `pod` against `host`; returns its JSON (with the byte counts the
 /// client itself put on and took off its socket).
@@ -183,6 +183,16 @@ fn samples<'a>(text: &'a str, family: &str) -> Vec<(&'a str, f64)> {
 fn metrics_pass_promtool_and_match_the_flows() {
     require_root();
     let s = SingleNode::start("tm-metrics", &AgentOptions::default()).expect("cluster");
+    // The client is a replica of a StatefulSet: metrics report the StatefulSet as its
+    // workload and its app/version labels as its canonical service and revision.
+    let generation =
+        |s: &SingleNode| s.agent.status().ok().and_then(|st| st["enrollment"]["generation"].as_u64());
+    let before = generation(&s).expect("enrollment generation in status");
+    s.node
+        .set_pod_owner(&s.client, "StatefulSet", "frontend", &[("app", "shop-frontend"), ("version", "v3")])
+        .expect("owner");
+    wait_for("the new enrollment", Duration::from_secs(5), || generation(&s) > Some(before))
+        .expect("applied");
     let ext = IpAddr::V4(s.ext.ipv4);
     let mut sent = 0;
     let mut received = 0;
@@ -205,6 +215,10 @@ fn metrics_pass_promtool_and_match_the_flows() {
     let to_ext: Vec<&Value> =
         flows.iter().filter(|f| port_of(&f["destination"]["address"]) == BULK_PORT).collect();
     assert_eq!(to_ext.len(), 3, "{flows:#?}");
+    assert_eq!(
+        (&to_ext[0]["source"]["pod"], &to_ext[0]["source"]["workload"]),
+        (&json!("client"), &json!("frontend"))
+    );
 
     let text = s.agent.http_get("http://127.0.0.1:15020/metrics").expect("/metrics");
     let metrics_file = s.cluster.work_dir().join("metrics.txt");
@@ -226,7 +240,9 @@ fn metrics_pass_promtool_and_match_the_flows() {
         samples(&text, family)
             .iter()
             .filter(|(s, _)| {
-                s.contains("source_workload=\"client\"")
+                s.contains("source_workload=\"frontend\"")
+                    && s.contains("source_canonical_service=\"shop-frontend\"")
+                    && s.contains("source_canonical_revision=\"v3\"")
                     && s.contains("destination_workload=\"unknown\"")
                     && s.contains("reporter=\"source\"")
             })

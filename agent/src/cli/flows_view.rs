@@ -78,10 +78,10 @@ fn row(flow: &FlowRecord, now_ms: u64) -> Vec<String> {
     ]
 }
 
-/// `namespace/workload` when the mesh knows the address, else the address; the destination
-/// keeps its port (which service of the workload), even when the name must be cut.
+/// `namespace/pod` when the mesh knows the address, else the address; the destination keeps
+/// its port (which service of the pod), even when the name must be cut.
 fn name(e: &Endpoint, with_port: bool) -> String {
-    let known = match (&e.namespace, &e.workload) {
+    let known = match (&e.namespace, &e.pod) {
         (Some(ns), Some(w)) => Some(format!("{ns}/{w}")),
         _ => None,
     };

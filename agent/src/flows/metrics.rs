@@ -1,9 +1,45 @@
 //! Metric series of the flow table, labelled the way Istio labels its TCP metrics so that
 //! existing dashboards and alerts read them unchanged.
 
-use super::record::{Direction, Endpoint};
+use std::sync::Arc;
+
+use super::record::Direction;
+use crate::directory::WorkloadRef;
 
 const UNKNOWN: &str = "unknown";
+
+/// One end's labels: Istio's `<side>_workload`, `_workload_namespace`, `_principal`,
+/// `_canonical_service`, `_canonical_revision`, `_app` and `_version`. Shared strings from the
+/// directory, so a series costs pointers, not copies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Side {
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+    pub principal: Arc<str>,
+    pub canonical_service: Arc<str>,
+    pub canonical_revision: Arc<str>,
+}
+
+impl Side {
+    fn of(workload: Option<&WorkloadRef>, unknown: &Arc<str>) -> Self {
+        match workload {
+            Some(w) => Self {
+                workload: Arc::clone(&w.workload),
+                namespace: Arc::clone(&w.namespace),
+                principal: Arc::clone(&w.identity),
+                canonical_service: Arc::clone(&w.canonical_service),
+                canonical_revision: Arc::clone(&w.canonical_revision),
+            },
+            None => Self {
+                workload: Arc::clone(unknown),
+                namespace: Arc::clone(unknown),
+                principal: Arc::clone(unknown),
+                canonical_service: Arc::clone(unknown),
+                canonical_revision: Arc::clone(unknown),
+            },
+        }
+    }
+}
 
 /// One series' labels (Istio's standard TCP metric labels).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -11,65 +47,73 @@ pub struct Labels {
     /// `source` for outbound flows, `destination` for inbound ones: which side's proxy
     /// reported it, as in Istio.
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_service: String,
+    pub source: Side,
+    pub destination: Side,
+    /// The service's host name (`cart.shop.svc.cluster.local`), its short name and namespace.
+    pub destination_service: Arc<str>,
+    pub destination_service_name: Arc<str>,
+    pub destination_service_namespace: Arc<str>,
 }
 
 impl Labels {
     pub fn new(
         direction: Direction,
-        source: &Endpoint,
-        destination: &Endpoint,
+        source: Option<&WorkloadRef>,
+        destination: Option<&WorkloadRef>,
         service: Option<&str>,
     ) -> Self {
-        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| UNKNOWN.into());
+        let unknown: Arc<str> = UNKNOWN.into();
+        // Ours are `namespace/hostname`; Istio reports the host, and its first label as the
+        // service's name.
+        let (namespace, host) = service.and_then(|s| s.split_once('/')).unwrap_or((UNKNOWN, UNKNOWN));
+        let name = host.split('.').next().unwrap_or(host);
         Self {
             reporter: match direction {
                 Direction::Outbound => "source",
                 Direction::Inbound => "destination",
             },
-            source_workload: or_unknown(&source.workload),
-            source_workload_namespace: or_unknown(&source.namespace),
-            source_principal: or_unknown(&source.identity),
-            destination_workload: or_unknown(&destination.workload),
-            destination_workload_namespace: or_unknown(&destination.namespace),
-            destination_principal: or_unknown(&destination.identity),
-            // Istio reports the service's host name; ours carry `namespace/` in front.
-            destination_service: service
-                .map(|s| s.split_once('/').map_or(s, |(_, host)| host).to_owned())
-                .unwrap_or_else(|| UNKNOWN.into()),
+            source: Side::of(source, &unknown),
+            destination: Side::of(destination, &unknown),
+            destination_service: host.into(),
+            destination_service_name: name.into(),
+            destination_service_namespace: namespace.into(),
         }
     }
 
     /// Where flows count once the series cap is reached.
     pub fn overflow() -> Self {
+        let unknown: Arc<str> = UNKNOWN.into();
         Self {
             reporter: UNKNOWN,
-            source_workload: UNKNOWN.into(),
-            source_workload_namespace: UNKNOWN.into(),
-            source_principal: UNKNOWN.into(),
-            destination_workload: UNKNOWN.into(),
-            destination_workload_namespace: UNKNOWN.into(),
-            destination_principal: UNKNOWN.into(),
-            destination_service: UNKNOWN.into(),
+            source: Side::of(None, &unknown),
+            destination: Side::of(None, &unknown),
+            destination_service: Arc::clone(&unknown),
+            destination_service_name: Arc::clone(&unknown),
+            destination_service_namespace: unknown,
         }
     }
 
-    pub fn pairs(&self) -> [(&'static str, &str); 10] {
+    pub fn pairs(&self) -> [(&'static str, &str); 20] {
+        let (s, d) = (&self.source, &self.destination);
         [
             ("reporter", self.reporter),
-            ("source_workload", &self.source_workload),
-            ("source_workload_namespace", &self.source_workload_namespace),
-            ("source_principal", &self.source_principal),
-            ("destination_workload", &self.destination_workload),
-            ("destination_workload_namespace", &self.destination_workload_namespace),
-            ("destination_principal", &self.destination_principal),
+            ("source_workload", &s.workload),
+            ("source_workload_namespace", &s.namespace),
+            ("source_principal", &s.principal),
+            ("source_app", &s.canonical_service),
+            ("source_version", &s.canonical_revision),
+            ("source_canonical_service", &s.canonical_service),
+            ("source_canonical_revision", &s.canonical_revision),
+            ("destination_workload", &d.workload),
+            ("destination_workload_namespace", &d.namespace),
+            ("destination_principal", &d.principal),
+            ("destination_app", &d.canonical_service),
+            ("destination_version", &d.canonical_revision),
+            ("destination_canonical_service", &d.canonical_service),
+            ("destination_canonical_revision", &d.canonical_revision),
             ("destination_service", &self.destination_service),
+            ("destination_service_name", &self.destination_service_name),
+            ("destination_service_namespace", &self.destination_service_namespace),
             ("request_protocol", "tcp"),
             // Plain TCP between the proxies until mutual TLS lands.
             ("connection_security_policy", "none"),

@@ -49,10 +49,13 @@ impl Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
-    /// `namespace`, `name` and `identity` when the address is a known workload.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the address is a known workload: its namespace, pod, the workload the pod is an
+    /// instance of (Deployment, StatefulSet, ...) and SPIFFE identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
@@ -132,7 +135,7 @@ impl FlowRecord {
 
     /// Whether `namespace/name` or `name` is either end.
     pub fn involves_pod(&self, pod: &str) -> bool {
-        let matches = |e: &Endpoint| match (&e.namespace, &e.workload) {
+        let matches = |e: &Endpoint| match (&e.namespace, &e.pod) {
             (Some(ns), Some(name)) => {
                 pod == name || pod.split_once('/').is_some_and(|(n, w)| n == ns && w == name)
             }

@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 
 use super::{ListenerKind, PodRuntime, Proxy, forward, ip_words, splice, stats::DirectionStats, upstream};
 use crate::{
-    directory::{DEFAULT_TRUST_DOMAIN, Directory, WorkloadRef},
+    directory::{Directory, Names, WorkloadRef},
     flows::{
         LiveFlow, Opening,
         kernel::{KernelIds, veth_key},
@@ -154,7 +154,7 @@ async fn inbound(
 fn pod_workload(pod: &PodRuntime, directory: &Directory, ip: &IpAddr) -> Arc<WorkloadRef> {
     directory.workload(ip).unwrap_or_else(|| {
         let (namespace, name) = pod.name.split_once('/').unwrap_or(("", &pod.name));
-        Arc::new(WorkloadRef::new(namespace, name, DEFAULT_TRUST_DOMAIN, ""))
+        Arc::new(WorkloadRef::new(Names { namespace, pod: name, ..Names::default() }))
     })
 }
 

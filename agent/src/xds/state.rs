@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::translate::{self, Address, Authorization, Invalid};
 use crate::{
-    directory::{Directory, WorkloadRef},
+    directory::{Directory, DirectoryBuilder, Names},
     spec::{NodeSpec, PodSpec},
 };
 
@@ -150,27 +150,28 @@ impl State {
 
     /// Every workload and service held, by address.
     fn directory(&self) -> Directory {
-        let mut directory = Directory::default();
+        let mut directory = DirectoryBuilder::default();
         for held in self.addresses.values() {
             match &held.value {
                 Address::Workload(w) => {
-                    let mut workload =
-                        WorkloadRef::new(&w.namespace, &w.name, &w.trust_domain, &w.service_account);
-                    workload.services = w
-                        .services
-                        .iter()
-                        .map(|(name, ports)| {
-                            (name.clone(), ports.iter().map(|p| (p.service_port, p.target_port)).collect())
-                        })
-                        .collect();
-                    directory.insert_workload(&w.ips, workload);
+                    let names = Names {
+                        namespace: &w.namespace,
+                        pod: &w.name,
+                        workload: &w.workload_name,
+                        trust_domain: &w.trust_domain,
+                        service_account: &w.service_account,
+                        canonical_service: &w.canonical_name,
+                        canonical_revision: &w.canonical_revision,
+                    };
+                    let services = w.services.iter().map(|(name, ports)| {
+                        (name.as_str(), ports.iter().map(|p| (p.service_port, p.target_port)).collect())
+                    });
+                    directory.workload(&w.ips, names, services);
                 }
-                Address::Service(s) => {
-                    directory.insert_service(&s.vips, &format!("{}/{}", s.namespace, s.hostname))
-                }
+                Address::Service(s) => directory.service(&s.vips, &format!("{}/{}", s.namespace, s.hostname)),
             }
         }
-        directory
+        directory.build()
     }
 
     pub fn counts(&self, node: &str) -> Counts {

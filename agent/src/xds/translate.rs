@@ -42,6 +42,13 @@ pub struct Workload {
     pub captured: bool,
     pub trust_domain: String,
     pub service_account: String,
+    /// The Deployment (StatefulSet, ...) the pod belongs to, and its canonical service and
+    /// revision: what metrics report. Empty when it is the default (the pod, the workload,
+    /// `latest`) or the control plane does not say: most are, and 10,000 workloads held
+    /// cost no heap for them.
+    pub workload_name: String,
+    pub canonical_name: String,
+    pub canonical_revision: String,
     /// Services it backs: ("namespace/hostname", ports). (A list, not a map: most workloads
     /// back one service, and a map's node would cost more than the entry.)
     pub services: Vec<(String, Vec<PortMap>)>,
@@ -218,11 +225,23 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         captured: tunnel == wl::TunnelProtocol::Hbone,
         trust_domain: w.trust_domain,
         service_account: w.service_account,
+        canonical_name: unless_default(w.canonical_name, or_default(&w.workload_name, &w.name)),
+        workload_name: unless_default(w.workload_name, &w.name),
+        canonical_revision: unless_default(w.canonical_revision, "latest"),
         services,
         authorization_policies: w.authorization_policies,
         healthy: w.status != wl::WorkloadStatus::Unhealthy as i32,
         uid,
     })
+}
+
+/// `value`, or nothing when it is what an empty value means anyway.
+fn unless_default(value: String, default: &str) -> String {
+    if value == default { String::new() } else { value }
+}
+
+fn or_default<'s>(value: &'s str, default: &'s str) -> &'s str {
+    if value.is_empty() { default } else { value }
 }
 
 fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
@@ -355,7 +374,10 @@ mod tests {
     fn good() -> wl::Workload {
         wl::Workload {
             uid: "Kubernetes//Pod/shop/cart".into(),
-            name: "cart".into(),
+            name: "cart-7d9f8c6b5-x2x4z".into(),
+            workload_name: "cart".into(),
+            canonical_name: "shop-cart".into(),
+            canonical_revision: "v2".into(),
             namespace: "shop".into(),
             addresses: vec![vec![10, 0, 0, 5]],
             tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
@@ -379,6 +401,15 @@ mod tests {
         assert!(w.captured);
         assert_eq!(w.pod_uid.as_deref(), Some("ab-12"));
         assert_eq!(w.ips, vec!["10.0.0.5".parse::<IpAddr>().expect("ip")]);
+        assert_eq!((w.name.as_str(), w.workload_name.as_str()), ("cart-7d9f8c6b5-x2x4z", "cart"));
+        assert_eq!((w.canonical_name.as_str(), w.canonical_revision.as_str()), ("shop-cart", "v2"));
+        // Defaults are held as nothing: the pod is its workload, the workload its canonical
+        // service, at `latest`.
+        let mut plain = good();
+        (plain.workload_name, plain.canonical_name, plain.canonical_revision) =
+            (plain.name.clone(), plain.name.clone(), "latest".into());
+        let Address::Workload(w) = address(&resource("w", plain)).expect("valid") else { panic!("workload") };
+        assert_eq!([w.workload_name, w.canonical_name, w.canonical_revision], ["", "", ""]);
     }
 
     #[test]

@@ -49,7 +49,10 @@ def describe(workload_pb2, resource):
         out.update(
             kind="workload",
             uid=w.uid,
-            workload_name=w.name,
+            pod=w.name,
+            workload_name=w.workload_name,
+            canonical_name=w.canonical_name,
+            canonical_revision=w.canonical_revision,
             namespace=w.namespace,
             addresses=[ip(a) for a in w.addresses],
             node=w.node,
