@@ -1,5 +1,6 @@
 //! Who is at an address: the workloads and services the node knows, for naming both ends of
-//! a flow (namespace, pod, workload, SPIFFE identity, service) in flows and metrics.
+//! a flow (namespace, pod, workload, SPIFFE identity, service) in flows and metrics, and the
+//! authorization policies that say who may reach them.
 //!
 //! Built whole by the spec's source (all addresses from the control plane; the node's own
 //! pods from the enrollment file) and swapped in as one `Arc`, so a lookup on the connection
@@ -10,6 +11,8 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
+
+use crate::{authz::Policies, xds::translate::Authorization};
 
 /// The trust domain assumed for pods from the enrollment file.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -30,6 +33,8 @@ pub struct WorkloadRef {
     pub canonical_revision: Arc<str>,
     /// Services it backs.
     pub services: Vec<(Arc<str>, PortPairs)>,
+    /// The selector policies (`namespace/name`) that select it.
+    pub policies: Vec<Arc<str>>,
 }
 
 /// A service's (service port, target port) pairs, behind its `namespace/hostname`.
@@ -48,6 +53,8 @@ pub struct Names<'a> {
     pub canonical_service: &'a str,
     /// Empty: `latest`.
     pub canonical_revision: &'a str,
+    /// Selector policies that select it (`namespace/name`).
+    pub policies: &'a [String],
 }
 
 impl WorkloadRef {
@@ -75,6 +82,7 @@ impl WorkloadRef {
             canonical_service: intern(or(workload, names.canonical_service)),
             canonical_revision: intern(or("latest", names.canonical_revision)),
             services: Vec::new(),
+            policies: names.policies.iter().map(|p| intern(p)).collect(),
         }
     }
 
@@ -96,6 +104,8 @@ pub struct Directory {
     workloads: HashMap<IpAddr, Arc<WorkloadRef>>,
     /// Service VIP → `namespace/hostname`.
     services: HashMap<IpAddr, Arc<str>>,
+    /// What each workload admits: published with the names it refers to, in one swap.
+    pub policies: Policies,
 }
 
 impl Directory {
@@ -136,6 +146,10 @@ impl DirectoryBuilder {
         for ip in ips {
             self.directory.workloads.insert(*ip, Arc::clone(&workload));
         }
+    }
+
+    pub fn policy(&mut self, policy: Authorization) {
+        self.directory.policies.insert(policy);
     }
 
     pub fn service(&mut self, vips: &[IpAddr], name: &str) {

@@ -129,6 +129,7 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             service_account: &pod.service_account,
             canonical_service: &naming::canonical_service(&pod.labels, &workload),
             canonical_revision: &naming::canonical_revision(&pod.labels),
+            policies: &[],
         };
         directory.workload(&ips, names, []);
         pods.push(PodSpec {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod authz;
 mod cli;
 mod config;
 mod controlplane;

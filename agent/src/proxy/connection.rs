@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use super::{ListenerKind, PodRuntime, Proxy, forward, ip_words, splice, stats::DirectionStats, upstream};
 use crate::{
+    authz::Source,
     directory::{Directory, Names, WorkloadRef},
     flows::{
         LiveFlow, Opening,
@@ -71,14 +72,15 @@ async fn outbound(
     let source_ip = family_ip(&dst).unwrap_or(peer.ip());
     let source = SocketAddr::new(source_ip, peer.port());
     let dst_workload = directory.workload(&dst.ip());
+    let source_workload = pod_workload(pod, &directory, &source_ip);
     let flow_guard = proxy.flows().open(
         proxy.maps(),
         Opening {
             direction: Direction::Outbound,
             pod: &pod.name,
-            source: (source, Some(pod_workload(pod, &directory, &source_ip))),
+            source: (source, Some(Arc::clone(&source_workload))),
             service: directory.service(&dst, dst_workload.as_deref()),
-            destination: (dst, dst_workload),
+            destination: (dst, dst_workload.clone()),
         },
     );
     let flow = flow_guard.flow();
@@ -97,6 +99,15 @@ async fn outbound(
     let (connected, splice, crosses_veth) = match proxy.pod_by_ip(&dst.ip()) {
         Some(target) => {
             target.stats.inbound.accepted.fetch_add(1, Relaxed);
+            // The destination's policies are checked here, as its inbound side would; the
+            // source is authenticated: the proxy accepted it inside the client's pod.
+            let destination = dst_workload.unwrap_or_else(|| pod_workload(&target, &directory, &dst.ip()));
+            let source = Source { ip: source_ip, workload: Some(&source_workload) };
+            if let Err(reason) = directory.policies.check(&destination, dst, &source) {
+                target.stats.inbound.failed.fetch_add(1, Relaxed);
+                stats.failed.fetch_add(1, Relaxed);
+                return deny(&client, flow, reason);
+            }
             let source = Some(upstream::local_app_source(&dst));
             let connected = upstream::connect(&target.netns, source, dst, settings.connect_timeout).await;
             (connected, pod.splice() && target.splice(), false)
@@ -134,9 +145,17 @@ async fn inbound(
             pod: &pod.name,
             source: (peer, directory.workload(&peer.ip())),
             service: directory.service(&dst, Some(&dst_workload)),
-            destination: (dst, Some(dst_workload)),
+            destination: (dst, Some(Arc::clone(&dst_workload))),
         },
     );
+    // Plaintext from the network: its address names a workload but proves nothing, so the
+    // policies see an unauthenticated source.
+    if let Err(reason) =
+        directory.policies.check(&dst_workload, dst, &Source { ip: peer.ip(), workload: None })
+    {
+        stats.failed.fetch_add(1, Relaxed);
+        return deny(&client, flow_guard.flow(), reason);
+    }
     // The network-facing leg is the accepted socket, which came in through the pod's veth.
     let ids = KernelIds { cookie: socket_cookie(&client).ok(), veth: Some(veth_key(dst, peer)) };
     let connected = upstream::connect(
@@ -147,6 +166,14 @@ async fn inbound(
     )
     .await;
     splice_or_copy(&mut client, connected, |_| ids, pod.splice(), proxy, stats, flow_guard.flow()).await
+}
+
+/// Refuses a connection a policy does not admit: a reset, as Istio's proxies answer it.
+fn deny(client: &TcpStream, flow: &LiveFlow, reason: String) -> io::Result<()> {
+    tracing::debug!(%reason, "denied by authorization policy");
+    flow.fail(Verdict::Denied, reason);
+    forward::reset(client);
+    Ok(())
 }
 
 /// The enrolled pod's own name and identity: from the directory when it knows the address,

@@ -148,7 +148,7 @@ impl State {
         NodeSpec { pods, directory: std::sync::Arc::new(self.directory()) }
     }
 
-    /// Every workload and service held, by address.
+    /// Every workload and service held, by address, and the policies that guard them.
     fn directory(&self) -> Directory {
         let mut directory = DirectoryBuilder::default();
         for held in self.addresses.values() {
@@ -162,6 +162,7 @@ impl State {
                         service_account: &w.service_account,
                         canonical_service: &w.canonical_name,
                         canonical_revision: &w.canonical_revision,
+                        policies: &w.authorization_policies,
                     };
                     let services = w.services.iter().map(|(name, ports)| {
                         (name.as_str(), ports.iter().map(|p| (p.service_port, p.target_port)).collect())
@@ -170,6 +171,9 @@ impl State {
                 }
                 Address::Service(s) => directory.service(&s.vips, &format!("{}/{}", s.namespace, s.hostname)),
             }
+        }
+        for held in self.authorizations.values() {
+            directory.policy(held.value.clone());
         }
         directory.build()
     }
