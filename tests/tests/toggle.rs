@@ -43,10 +43,11 @@ fn finish(pod: &Pod, pid: u32, out: &std::path::Path, release: &std::path::Path)
     serde_json::from_str(last).expect("json")
 }
 
-fn probe(s: &SingleNode, want: &str, since: f64) -> f64 {
+/// Seconds from `since` until a connection is `want`, and the probe's report.
+fn probe(s: &SingleNode, want: &str, since: f64) -> (f64, serde_json::Value) {
     let out = s.client.output(tools::probe(IpAddr::from(s.ext.ipv4), BULK_PORT, want, since)).expect("probe");
     let r = tools::json_result(&format!("probe for {want}"), &out).expect("probe");
-    r["seconds"].as_f64().expect("seconds")
+    (r["seconds"].as_f64().expect("seconds"), r)
 }
 
 fn toggle_under_traffic(splice: bool) {
@@ -57,9 +58,12 @@ fn toggle_under_traffic(splice: bool) {
 
     let off = tools::unix_now();
     s.node.set_intercept("mesh", None).expect("unlabel");
-    let took_off = probe(&s, "direct", off);
-    eprintln!("interception off after {took_off:.3} s");
-    assert!(took_off < WITHIN, "new connections still intercepted {took_off:.3} s after the label went");
+    let (took_off, report) = probe(&s, "direct", off);
+    eprintln!("interception off after {took_off:.3} s: {report}");
+    assert!(
+        took_off < WITHIN,
+        "new connections still intercepted {took_off:.3} s after the label went: {report}"
+    );
     s.agent.wait_enrolled(&[], Duration::from_secs(5)).expect("released");
 
     let (held_direct, out2, release2, local2) = hold(&s, &s.client, "direct");
@@ -67,9 +71,12 @@ fn toggle_under_traffic(splice: bool) {
 
     let on = tools::unix_now();
     s.node.set_intercept("mesh", Some("enabled")).expect("label");
-    let took_on = probe(&s, "intercepted", on);
-    eprintln!("interception on after {took_on:.3} s");
-    assert!(took_on < WITHIN, "new connections not intercepted {took_on:.3} s after the label came back");
+    let (took_on, report) = probe(&s, "intercepted", on);
+    eprintln!("interception on after {took_on:.3} s: {report}");
+    assert!(
+        took_on < WITHIN,
+        "new connections not intercepted {took_on:.3} s after the label came back: {report}"
+    );
 
     // Both connections carried on through both changes, byte-exact.
     assert_eq!(finish(&s.client, held_proxied, &out1, &release1)["ok"], true);

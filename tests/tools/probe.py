@@ -15,17 +15,23 @@ def main():
     a = p.parse_args()
     start = a.since or time.time()
     tries = 0
+    # Attempts that took long (a lost SYN costs a second): when and how long, for diagnosis.
+    slow = []
     while time.time() - start < a.timeout:
         tries += 1
+        began = time.time()
         s = socket.create_connection((a.host, a.port), timeout=2)
         local = s.getsockname()[0]
         s.close()
+        took = time.time() - began
+        if took > 0.2:
+            slow.append({"at": round(began - start, 3), "took": round(took, 3), "local": local})
         intercepted = local in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
         if intercepted == (a.want == "intercepted"):
-            print(json.dumps({"ok": True, "seconds": time.time() - start, "tries": tries, "local": local}))
+            print(json.dumps({"ok": True, "seconds": time.time() - start, "tries": tries, "local": local, "slow": slow}))
             return
         time.sleep(0.005)
-    print(json.dumps({"ok": False, "seconds": time.time() - start, "tries": tries}))
+    print(json.dumps({"ok": False, "seconds": time.time() - start, "tries": tries, "slow": slow}))
     sys.exit(1)
 
 
