@@ -116,6 +116,38 @@ pub fn probe(host: IpAddr, port: u16, want: &str, since: f64) -> Command {
     cmd
 }
 
+/// A probe started before a change: it connects from the start and times from the moment
+/// [`ArmedProbe::mark`] records, so its own start-up is not counted.
+pub struct ArmedProbe {
+    since_file: PathBuf,
+}
+
+impl ArmedProbe {
+    /// The command to start in the pod, and the probe's handle. `dir` holds its files.
+    pub fn new(host: IpAddr, port: u16, want: &str, dir: &Path, tag: &str) -> (Command, Self) {
+        let since_file = dir.join(format!("probe-{tag}-{want}.since"));
+        let _ = std::fs::remove_file(&since_file);
+        let _ = std::fs::remove_file(since_file.with_extension("since.ready"));
+        let mut cmd = python("probe.py");
+        cmd.args(["--host", &host.to_string(), "--port", &port.to_string(), "--want", want, "--since-file"])
+            .arg(&since_file);
+        (cmd, Self { since_file })
+    }
+
+    /// Waits until the probe is connecting.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        let ready = self.since_file.with_extension("since.ready");
+        wait_for("the probe's first connection", Duration::from_secs(15), || ready.exists())
+    }
+
+    /// Records now as the moment of the change (call just before making it).
+    pub fn mark(&self, unix_time: f64) -> anyhow::Result<()> {
+        let tmp = self.since_file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{unix_time:.6}"))?;
+        Ok(std::fs::rename(tmp, &self.since_file)?)
+    }
+}
+
 /// `nm-loadgen` (a separate binary from the proxy), next to the `nodemesh` under test.
 fn loadgen() -> Command {
     let path = crate::nodemesh_bin().with_file_name("nm-loadgen");

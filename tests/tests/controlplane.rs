@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use nodemesh_testbed::{
     Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, controlplane,
-    scenario::BULK_PORT, tools, wait_for,
+    scenario::BULK_PORT,
+    tools::{self, ArmedProbe},
+    wait_for,
 };
 
 const WITHIN: f64 = 1.0;
@@ -47,18 +49,29 @@ impl TwoNodes {
         Self { cluster, node1, node2, ext, cp, a, b, agent1, agent2 }
     }
 
-    /// Runs a probe in each pod at once; returns the seconds each took since `since`.
-    fn probe_both(&self, want: &str, since: f64) -> Vec<f64> {
+    /// Makes `change` with a probe already connecting in each pod; returns the seconds until
+    /// each pod's new connections are `want` (the probes' start-up is not counted).
+    fn time_change_both(&self, want: &str, change: impl FnOnce()) -> Vec<f64> {
+        let dir = self.cluster.work_dir();
         let mut running = Vec::new();
         for pod in [&self.a, &self.b] {
-            let out = self.cluster.work_dir().join(format!("probe-{}-{want}-{since}", pod.name));
-            let mut cmd = tools::probe(IpAddr::from(self.ext.ipv4), BULK_PORT, want, since);
+            let out = dir.join(format!("probe-{}-{want}.out", pod.name));
+            let (mut cmd, probe) =
+                ArmedProbe::new(IpAddr::from(self.ext.ipv4), BULK_PORT, want, dir, &pod.name);
             cmd.stdout(File::create(&out).expect("out"));
-            running.push((pod, pod.spawn(cmd).expect("probe"), out));
+            running.push((pod, pod.spawn(cmd).expect("probe"), out, probe));
         }
+        for (.., probe) in &running {
+            probe.wait_ready().expect("probe running");
+        }
+        let now = tools::unix_now();
+        for (.., probe) in &running {
+            probe.mark(now).expect("mark");
+        }
+        change();
         running
             .into_iter()
-            .map(|(pod, pid, out)| {
+            .map(|(pod, pid, out, _)| {
                 let status = pod.wait(pid, Duration::from_secs(15)).expect("probe exit");
                 let text = std::fs::read_to_string(&out).expect("probe output");
                 assert!(status.success(), "{}: never {want}: {text}", pod.name);
@@ -110,9 +123,7 @@ fn a_namespace_label_intercepts_on_both_nodes_within_a_second() {
     let t = TwoNodes::start("cplabel", false);
     t.agent1.wait_enrolled(&[], Duration::from_secs(5)).expect("nothing enrolled yet");
 
-    let on = tools::unix_now();
-    t.cp.write_namespace("mesh", true).expect("label");
-    let took = t.probe_both("intercepted", on);
+    let took = t.time_change_both("intercepted", || t.cp.write_namespace("mesh", true).expect("label"));
     eprintln!("interception on after {took:?} s (node1, node2)");
     assert!(took.iter().all(|s| *s < WITHIN), "{took:?}");
     t.agent1.wait_enrolled(&["mesh/a"], Duration::from_secs(2)).expect("a enrolled");
@@ -122,9 +133,7 @@ fn a_namespace_label_intercepts_on_both_nodes_within_a_second() {
     let held_b = t.hold(&t.b, "b");
     assert_eq!((held_a.local.as_str(), held_b.local.as_str()), ("127.0.0.1", "127.0.0.1"));
 
-    let off = tools::unix_now();
-    t.cp.write_namespace("mesh", false).expect("unlabel");
-    let took = t.probe_both("direct", off);
+    let took = t.time_change_both("direct", || t.cp.write_namespace("mesh", false).expect("unlabel"));
     eprintln!("interception off after {took:?} s (node1, node2)");
     assert!(took.iter().all(|s| *s < WITHIN), "{took:?}");
     held_a.finish(&t.a);
@@ -144,7 +153,7 @@ fn agents_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
         t.agent1.status().is_ok_and(|s| s["sync"]["connected"] == false)
     })
     .expect("disconnected");
-    t.probe_both("intercepted", tools::unix_now());
+    t.time_change_both("intercepted", || {});
     held.finish(&t.a);
 
     // An agent restarted while the control plane is down serves its state from disk.
@@ -154,7 +163,7 @@ fn agents_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
     let status = t.agent1.wait_enrolled(&["mesh/a"], Duration::from_secs(10)).expect("served from disk");
     assert_eq!(status["sync"]["from_disk"], true, "{}", status["sync"]);
     assert_eq!(status["sync"]["connected"], false);
-    t.probe_both("intercepted", tools::unix_now());
+    t.time_change_both("intercepted", || {});
 
     // The control plane returns: the agents resync, nothing is dropped or re-enrolled.
     let links_before = t.agent1.status().expect("status")["pods"][0]["links"].clone();
@@ -168,7 +177,7 @@ fn agents_keep_serving_without_the_control_plane_and_resync_when_it_returns() {
     let status = t.agent1.status().expect("status");
     assert_eq!(status["pods"][0]["links"], links_before, "resync must not re-enroll the pod");
     held.finish(&t.a);
-    t.probe_both("intercepted", tools::unix_now());
+    t.time_change_both("intercepted", || {});
     let _ = (&t.node2, &t.agent2);
 }
 

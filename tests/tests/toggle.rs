@@ -6,7 +6,7 @@ use std::{fs::File, net::IpAddr, time::Duration};
 use nodemesh_testbed::{
     AgentOptions, Pod,
     scenario::{BULK_PORT, SingleNode},
-    tools,
+    tools::{self, ArmedProbe},
 };
 
 const WITHIN: f64 = 1.0;
@@ -43,11 +43,22 @@ fn finish(pod: &Pod, pid: u32, out: &std::path::Path, release: &std::path::Path)
     serde_json::from_str(last).expect("json")
 }
 
-/// Seconds from `since` until a connection is `want`, and the probe's report.
-fn probe(s: &SingleNode, want: &str, since: f64) -> (f64, serde_json::Value) {
-    let out = s.client.output(tools::probe(IpAddr::from(s.ext.ipv4), BULK_PORT, want, since)).expect("probe");
-    let r = tools::json_result(&format!("probe for {want}"), &out).expect("probe");
-    (r["seconds"].as_f64().expect("seconds"), r)
+/// Makes `change` and returns the seconds until a new connection from the client is `want`,
+/// timed by a probe that was already connecting (its start-up is not counted), with its report.
+fn time_change(s: &SingleNode, want: &str, change: impl FnOnce()) -> (f64, serde_json::Value) {
+    let dir = s.cluster.work_dir();
+    let (mut cmd, probe) = ArmedProbe::new(IpAddr::from(s.ext.ipv4), BULK_PORT, want, dir, "client");
+    let out = dir.join(format!("probe-client-{want}.out"));
+    cmd.stdout(File::create(&out).expect("probe output"));
+    let pid = s.client.spawn(cmd).expect("probe");
+    probe.wait_ready().expect("probe running");
+    probe.mark(tools::unix_now()).expect("mark");
+    change();
+    let status = s.client.wait(pid, Duration::from_secs(15)).expect("probe exit");
+    let text = std::fs::read_to_string(&out).expect("probe output");
+    assert!(status.success(), "probe for {want} failed: {text}");
+    let report: serde_json::Value = serde_json::from_str(text.trim()).expect("probe json");
+    (report["seconds"].as_f64().expect("seconds"), report)
 }
 
 fn toggle_under_traffic(splice: bool) {
@@ -56,9 +67,8 @@ fn toggle_under_traffic(splice: bool) {
     let (held_proxied, out1, release1, local1) = hold(&s, &s.client, "proxied");
     assert_eq!(local1, "127.0.0.1", "opened while enrolled, so intercepted");
 
-    let off = tools::unix_now();
-    s.node.set_intercept("mesh", None).expect("unlabel");
-    let (took_off, report) = probe(&s, "direct", off);
+    let (took_off, report) =
+        time_change(&s, "direct", || s.node.set_intercept("mesh", None).expect("unlabel"));
     eprintln!("interception off after {took_off:.3} s: {report}");
     assert!(
         took_off < WITHIN,
@@ -69,9 +79,8 @@ fn toggle_under_traffic(splice: bool) {
     let (held_direct, out2, release2, local2) = hold(&s, &s.client, "direct");
     assert_eq!(local2, s.client.ipv4.to_string(), "opened while not enrolled, so direct");
 
-    let on = tools::unix_now();
-    s.node.set_intercept("mesh", Some("enabled")).expect("label");
-    let (took_on, report) = probe(&s, "intercepted", on);
+    let (took_on, report) =
+        time_change(&s, "intercepted", || s.node.set_intercept("mesh", Some("enabled")).expect("label"));
     eprintln!("interception on after {took_on:.3} s: {report}");
     assert!(
         took_on < WITHIN,
