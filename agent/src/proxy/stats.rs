@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct DirectionStats {
     pub accepted: AtomicU64,
     pub active: AtomicU64,
-    /// Accepted but never forwarded (no original destination, upstream connect failed).
+    /// Accepted but never forwarded (no original destination, upstream connect failed,
+    /// denied by an authorization policy).
     pub failed: AtomicU64,
     /// Handed to the kernel splice after set-up.
     pub spliced: AtomicU64,
