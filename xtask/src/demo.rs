@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a fake two-node cluster driven by the reference control plane from its
 //! embedded default (Kubernetes YAML the demo writes), real traffic through the mesh, a label
-//! flipped live, the control plane killed, `nodemesh status` and `nodemesh flows`.
+//! flipped live, an authorization policy enforced, the control plane killed, `nodemesh status`
+//! and `nodemesh flows`.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -27,7 +28,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     cp.write_pods(&[&node1, &node2])?;
     cp.start()?;
     println!(
-        "[1/7] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
+        "[1/8] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
          the mesh, and `nodemesh controlplane` serving delta xDS from {} (Kubernetes YAML: \
          namespace mesh labelled nodemesh.io/intercept=enabled, plain not)",
         cp.config_dir.display()
@@ -50,7 +51,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     agent1.wait_enrolled(&["mesh/client"], Duration::from_secs(10))?;
     agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(10))?;
     println!(
-        "[2/7] an agent on each node (kernel splice {}) synced over delta xDS and enrolled its mesh pods",
+        "[2/8] an agent on each node (kernel splice {}) synced over delta xDS and enrolled its mesh pods",
         if splice { "on" } else { "off" }
     );
 
@@ -58,36 +59,57 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let got = curl_sha(&client, &url, &cluster.work_dir().join("download"))?;
     anyhow::ensure!(got == sha, "the download through the mesh was corrupted");
     println!(
-        "[3/7] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
+        "[3/8] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
          in through node2's (sk_lookup)"
     );
     let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     println!(
-        "[4/7] mesh/client to the external host: through the proxy (the app's local address {}), \
+        "[4/8] mesh/client to the external host: through the proxy (the app's local address {}), \
          the host saw {} (the pod's own address)",
         r["local"][0], r["greeting"]
     );
     let r = bulk(&plain, IpAddr::from(ext.ipv4))?;
     println!(
-        "[5/7] plain/plain (namespace not labelled) to the external host: direct, local address {}",
+        "[5/8] plain/plain (namespace not labelled) to the external host: direct, local address {}",
         r["local"][0]
     );
 
-    let labelled = tools::unix_now();
+    // Timed by a probe that is already connecting when the label changes.
+    let (mut cmd, probe) =
+        tools::ArmedProbe::new(IpAddr::from(ext.ipv4), BULK_PORT, "intercepted", cluster.work_dir(), "plain");
+    let probe_out = cluster.work_dir().join("probe-plain.out");
+    cmd.args(["--timeout", "10"]).stdout(std::fs::File::create(&probe_out)?);
+    let pid = plain.spawn(cmd)?;
+    probe.wait_ready()?;
+    probe.mark(tools::unix_now())?;
     cp.write_namespace("plain", true)?;
-    let mut probe = tools::probe(IpAddr::from(ext.ipv4), BULK_PORT, "intercepted", labelled);
-    probe.args(["--timeout", "10"]);
-    let r = tools::json_result("probe", &plain.output(probe)?)?;
+    anyhow::ensure!(plain.wait(pid, Duration::from_secs(15))?.success(), "plain/plain was never intercepted");
+    let r: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&probe_out)?.trim())?;
     println!(
-        "[6/7] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
+        "[6/8] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
         r["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+
+    cp.write("policy.yaml", &format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: not-from-plain, namespace: mesh}}\n\
+         spec:\n  action: DENY\n  rules: [{{from: [{{source: {{ipBlocks: [{}/32]}}}}]}}]\n",
+        plain.ipv4
+    ))?;
+    let server_ip = IpAddr::from(server.ipv4);
+    nodemesh_testbed::wait_for("the policy denying plain/plain", Duration::from_secs(10), || {
+        plain.output(tools::bulk_client(server_ip, BULK_PORT, 1024, 1024)).is_ok_and(|o| !o.status.success())
+    })?;
+    bulk(&client, server_ip).context("mesh/client is still allowed")?;
+    println!(
+        "[7/8] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
+         resets plain/plain's connections to mesh/server; mesh/client still gets through"
     );
 
     cp.kill();
     std::thread::sleep(Duration::from_millis(500));
     let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     anyhow::ensure!(r["local"][0] == "127.0.0.1", "no longer intercepted after the control plane died: {r}");
-    println!("[7/7] control plane killed: traffic still flows through the mesh from the last good state");
+    println!("[8/8] control plane killed: traffic still flows through the mesh from the last good state");
 
     println!("\n$ nodemesh status   (on node1)");
     print!("{}", agent1.cli(&["status"]).context("nodemesh status")?);
@@ -95,6 +117,8 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         "\n$ nodemesh flows --top 8   (on node1: the mesh's names joined with the kernel's RTT and retransmits)"
     );
     print!("{}", agent1.cli(&["flows", "--top", "8"]).context("nodemesh flows")?);
+    println!("\n$ nodemesh flows --verdict denied   (on node2: the policy's verdicts)");
+    print!("{}", agent2.cli(&["flows", "--verdict", "denied"]).context("nodemesh flows")?);
     println!("\ntearing down: agents stopped with SIGTERM, namespaces and cgroups removed");
     for agent in [agent1, agent2] {
         let stopped = agent.terminate(Duration::from_secs(15))?;
