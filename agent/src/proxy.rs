@@ -6,6 +6,11 @@ mod connection;
 pub(crate) mod forward;
 mod listeners;
 mod splice;
+
+/// See `splice::AUDIT_MISMATCHES`.
+pub fn splice_audit_mismatches() -> u64 {
+    splice::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
 pub mod stats;
 mod upstream;
 

@@ -216,6 +216,17 @@ impl Agent {
             .with_context(|| format!("no counter {program}/{reason}"))
     }
 
+    /// Spliced directions whose byte counts disagreed with the kernel's at their end
+    /// (`nodemesh_splice_audit_mismatches_total`): zero whenever the splice is byte-exact.
+    pub fn splice_audit_mismatches(&self) -> anyhow::Result<u64> {
+        let text = self.http_get("http://127.0.0.1:15020/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("nodemesh_splice_audit_mismatches_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .context("no nodemesh_splice_audit_mismatches_total in /metrics")
+    }
+
     /// SIGKILL, as the OOM killer or a node problem would.
     pub fn kill9(&self) {
         self.inner.kill_child(self.pid);

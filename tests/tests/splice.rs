@@ -74,6 +74,7 @@ fn byte_counts_are_exact(splice: bool) {
     assert_eq!(delta("bytes_sent"), expected_sent as u64);
     assert_eq!(delta("bytes_received"), expected_received as u64);
     assert_eq!(delta("spliced"), u64::from(splice));
+    assert_eq!(s.agent.splice_audit_mismatches().expect("metrics"), 0, "{}", s.agent.log_tail(20));
 }
 
 #[test]
@@ -112,4 +113,6 @@ fn hand_off_in_the_middle_of_a_stream() {
         assert_eq!(spliced() - before, u64::from(handed_over), "{up} B up, {down} B down");
     }
     assert!(s.agent.counter("splice", "redirected").expect("counter") > 100);
+    // Every spliced direction's counts agree with the kernel's (the audit counts exactly).
+    assert_eq!(s.agent.splice_audit_mismatches().expect("metrics"), 0, "{}", s.agent.log_tail(20));
 }

@@ -233,7 +233,11 @@ async fn forward_both_ways(
     {
         return Ok(());
     }
-    match splice::splice(client, upstream, proxy.maps(), settings.splice_inflight_cap).await {
+    let copied = forward::Transfer {
+        client_to_upstream: sent.load(Relaxed),
+        upstream_to_client: received.load(Relaxed),
+    };
+    match splice::splice(client, upstream, proxy.maps(), settings.splice_inflight_cap, copied).await {
         Ok(result) => {
             flow.set_spliced();
             let transfer = result?;

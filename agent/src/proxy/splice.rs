@@ -17,6 +17,7 @@
 use std::{
     io,
     os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
@@ -35,10 +36,18 @@ const RESET_CHECK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct NotSpliced(pub io::Error);
 
+/// Directions whose byte counts disagreed with the kernel's at their end (see
+/// [`Direction::audit`]); exported as `nodemesh_splice_audit_mismatches_total`.
+pub static AUDIT_MISMATCHES: AtomicU64 = AtomicU64::new(0);
+
 /// One direction: bytes arriving on `src` leave through `dst`.
 struct Direction {
     /// Cookie of the socket the bytes arrive on (the key of its state and control).
     key: u64,
+    /// Bytes the proxy copied from `src` before the splice began.
+    src_copied: u64,
+    /// Bytes ever queued on `dst` when the splice began (see [`queued`]), if it could tell.
+    dst_base_queued: Option<u64>,
     /// Bytes the proxy forwarded itself.
     forwarded: u64,
     /// Bytes already handed to `dst`'s TCP before the splice began.
@@ -54,12 +63,13 @@ pub async fn splice(
     upstream: &mut TcpStream,
     maps: &SharedMaps,
     mut inflight_cap: u64,
+    copied: Transfer,
 ) -> Result<io::Result<Transfer>, NotSpliced> {
     let cookies = (socket_cookie(client).map_err(NotSpliced)?, socket_cookie(upstream).map_err(NotSpliced)?);
     let (client_info, upstream_info) =
         (tcp_info(client).map_err(NotSpliced)?, tcp_info(upstream).map_err(NotSpliced)?);
-    let mut up = Direction::new(cookies.0, &upstream_info);
-    let mut down = Direction::new(cookies.1, &client_info);
+    let mut up = Direction::new(cookies.0, copied.client_to_upstream, upstream, &upstream_info);
+    let mut down = Direction::new(cookies.1, copied.upstream_to_client, client, &client_info);
     let entries = Entries { maps, cookies };
     // The kernel's worker that sends redirected bytes retries a full send buffer only a tick
     // (4 ms at HZ=250) later, and an autotuned buffer starts small. A fixed buffer above the
@@ -151,8 +161,44 @@ async fn supervise(
 }
 
 impl Direction {
-    fn new(key: u64, dst_info: &libc::tcp_info) -> Self {
-        Self { key, forwarded: 0, dst_base_handed: handed(dst_info), drained_redirected: 0, eof: false }
+    fn new(key: u64, src_copied: u64, dst: &TcpStream, dst_info: &libc::tcp_info) -> Self {
+        Self {
+            key,
+            src_copied,
+            dst_base_queued: queued(dst),
+            forwarded: 0,
+            dst_base_handed: handed(dst_info),
+            drained_redirected: 0,
+            eof: false,
+        }
+    }
+
+    /// At the direction's end, every byte `src` received was copied before the splice,
+    /// passed up or redirected, and every byte queued on `dst` since was forwarded or
+    /// redirected. The kernel's own counts are exact (`bytes_received`; `bytes_acked` plus the
+    /// send queue), so a mismatch means the in-kernel path duplicated or lost bytes: it is
+    /// logged with both sides' numbers and counted, for the operator to see.
+    fn audit(&self, src: &TcpStream, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
+        let state = self.state(maps)?;
+        // The FIN takes a sequence number, which `bytes_received` includes.
+        let received = tcp_info(src)?.tcpi_bytes_received.saturating_sub(1);
+        let seen = self.src_copied + state.passed + state.redirected;
+        let queued_since = self.dst_base_queued.zip(queued(dst)).map(|(base, now)| now.saturating_sub(base));
+        let given = self.forwarded + state.redirected;
+        if received != seen || queued_since.is_some_and(|q| q != given) {
+            AUDIT_MISMATCHES.fetch_add(1, Relaxed);
+            tracing::error!(
+                received,
+                seen,
+                copied_before = self.src_copied,
+                passed = state.passed,
+                redirected = state.redirected,
+                forwarded = self.forwarded,
+                queued_since,
+                "spliced bytes disagree with the kernel's counts"
+            );
+        }
+        Ok(())
     }
 
     async fn on_readable(
@@ -187,6 +233,7 @@ impl Direction {
         }
         if eof {
             self.drain(dst, maps).await?;
+            self.audit(src, dst, maps)?;
             dst.shutdown().await?;
             self.eof = true;
         }
@@ -240,6 +287,27 @@ impl Direction {
 /// sent.
 fn handed(info: &libc::tcp_info) -> u64 {
     info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans) + u64::from(info.tcpi_notsent_bytes)
+}
+
+/// Bytes ever queued on a socket's send side, exactly (unlike `handed`, retransmissions do
+/// not enter into it): acknowledged (`bytes_acked`) plus still queued (SIOCOUTQ, sent and
+/// unacknowledged or unsent). The two are read in separate calls, so an acknowledgement in
+/// between would skew the sum; it is read until `bytes_acked` holds still around SIOCOUTQ.
+/// `None` while acknowledgements keep arriving. Includes the SYN where the socket counts it:
+/// only differences are meaningful.
+fn queued(stream: &TcpStream) -> Option<u64> {
+    for _ in 0..8 {
+        let before = tcp_info(stream).ok()?.tcpi_bytes_acked;
+        let mut outq: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int.
+        if unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut outq) } != 0 {
+            return None;
+        }
+        if tcp_info(stream).ok()?.tcpi_bytes_acked == before {
+            return Some(before + u64::try_from(outq).ok()?);
+        }
+    }
+    None
 }
 
 /// Best effort: a failure leaves the kernel's default, which is slower but correct.
