@@ -1,12 +1,15 @@
 //! Metric series of the flow table, labelled the way Istio labels its TCP metrics so that
 //! existing dashboards and alerts read them unchanged.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use super::record::Direction;
 use crate::directory::WorkloadRef;
 
 const UNKNOWN: &str = "unknown";
+
+/// One shared `unknown`, so labelling a connection with unknown ends allocates nothing for it.
+static UNKNOWN_ARC: LazyLock<Arc<str>> = LazyLock::new(|| UNKNOWN.into());
 
 /// One end's labels: Istio's `<side>_workload`, `_workload_namespace`, `_principal`,
 /// `_canonical_service`, `_canonical_revision`, `_app` and `_version`. Shared strings from the
@@ -62,7 +65,7 @@ impl Labels {
         destination: Option<&WorkloadRef>,
         service: Option<&str>,
     ) -> Self {
-        let unknown: Arc<str> = UNKNOWN.into();
+        let unknown = &*UNKNOWN_ARC;
         // Ours are `namespace/hostname`; Istio reports the host, and its first label as the
         // service's name.
         let (namespace, host) = service.and_then(|s| s.split_once('/')).unwrap_or((UNKNOWN, UNKNOWN));
@@ -72,8 +75,8 @@ impl Labels {
                 Direction::Outbound => "source",
                 Direction::Inbound => "destination",
             },
-            source: Side::of(source, &unknown),
-            destination: Side::of(destination, &unknown),
+            source: Side::of(source, unknown),
+            destination: Side::of(destination, unknown),
             destination_service: host.into(),
             destination_service_name: name.into(),
             destination_service_namespace: namespace.into(),
@@ -82,14 +85,14 @@ impl Labels {
 
     /// Where flows count once the series cap is reached.
     pub fn overflow() -> Self {
-        let unknown: Arc<str> = UNKNOWN.into();
+        let unknown = &*UNKNOWN_ARC;
         Self {
             reporter: UNKNOWN,
-            source: Side::of(None, &unknown),
-            destination: Side::of(None, &unknown),
-            destination_service: Arc::clone(&unknown),
-            destination_service_name: Arc::clone(&unknown),
-            destination_service_namespace: unknown,
+            source: Side::of(None, unknown),
+            destination: Side::of(None, unknown),
+            destination_service: Arc::clone(unknown),
+            destination_service_name: Arc::clone(unknown),
+            destination_service_namespace: Arc::clone(unknown),
         }
     }
 
