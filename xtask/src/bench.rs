@@ -136,8 +136,12 @@ fn data_path(
         let mut line = format!("round {}/{rounds}:", round + 1);
         for i in 0..scenarios.len() {
             let scenario = &scenarios[(i + round) % scenarios.len()];
-            let sample = measure::run(&topo, scenario, settings, bin_dir)
-                .with_context(|| format!("scenario {}", scenario.name))?;
+            let sample = measure::run(&topo, scenario, settings, bin_dir).with_context(|| {
+                // What the agents saw (a splice audit mismatch, a reset) goes with the error.
+                let logs = [("node1", &topo.agent1), ("node2", &topo.agent2)]
+                    .map(|(node, agent)| format!("--- {node} agent log ---\n{}", agent.log_tail(30)));
+                format!("scenario {}\n{}", scenario.name, logs.join("\n"))
+            })?;
             line.push_str(&format!(
                 " {} {:.0}µs/{:.1}Gbps/{:.0}cps;",
                 scenario.name,
