@@ -133,6 +133,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             splice: config.splice,
             splice_inflight_cap: config.splice_inflight_bytes,
             splice_after_bytes: config.splice_after_bytes,
+            splice_network_legs: config.splice_network_legs,
         },
         maps,
         FlowTable::new(config.flows_max_closed, drop_reasons),

@@ -52,6 +52,12 @@ pub struct Config {
     /// Spliced bytes a direction may have given the other socket that it has not sent yet,
     /// before the proxy steps in (backpressure on slow readers).
     pub splice_inflight_bytes: u64,
+    /// Also splice connections whose proxy socket receives from the network (cross-node and
+    /// external legs). Off by default: on this kernel `tcp_read_skb` hands the verdict a
+    /// retransmitted skb whole, including a prefix that was already delivered, so a spurious
+    /// retransmission on a network leg duplicates bytes (docs/acceleration.md). Loopback legs
+    /// (same node) are not exposed the same way.
+    pub splice_network_legs: bool,
     /// Bytes a connection moves through the copying proxy before it is spliced (0: at once).
     /// Short connections are cheaper copied than handed over.
     pub splice_after_bytes: u64,
@@ -97,6 +103,7 @@ impl Default for Config {
             splice: true,
             splice_inflight_bytes: 4 << 20,
             splice_after_bytes: 16 << 10,
+            splice_network_legs: false,
             max_buffer_bytes: 256 * 1024,
             log: "info".into(),
         }

@@ -43,6 +43,8 @@ pub struct ProxySettings {
     pub splice_inflight_cap: u64,
     /// Bytes a connection moves (both ways) through the copy path before it is spliced.
     pub splice_after_bytes: u64,
+    /// Whether connections with a leg that receives from the network are spliced too.
+    pub splice_network_legs: bool,
 }
 
 /// An enrolled pod as the proxy sees it.

@@ -20,6 +20,10 @@ pub struct AgentOptions {
     /// Bytes copied before a connection is spliced. Tests default to 0 (splice at once, so
     /// every transfer size goes through the kernel path); `None` leaves the agent's default.
     pub splice_after_bytes: Option<u64>,
+    /// Splice legs that receive from the network too (`splice_network_legs`). `None` follows
+    /// `splice`, so the splice tests keep exercising the kernel path on every leg; `Some`
+    /// writes the value (`Some(false)` is the agent's default).
+    pub splice_network_legs: Option<bool>,
     /// The agent's log filter.
     pub log: String,
     /// Extra YAML appended to the generated config.
@@ -35,6 +39,7 @@ impl Default for AgentOptions {
         Self {
             splice: false,
             splice_after_bytes: Some(0),
+            splice_network_legs: None,
             log: "info".into(),
             extra_config: String::new(),
             binary: None,
@@ -75,11 +80,12 @@ impl Node {
         };
         let config_path = inner.work.join(format!("{}-agent.yaml", self.name));
         let config = format!(
-            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\n{source}splice: {}\nlog: {:?}\n{}{}",
+            "node_name: {}\nbpffs_dir: {}\ncgroup_root: {}\n{source}splice: {}\nsplice_network_legs: {}\nlog: {:?}\n{}{}",
             self.name,
             bpffs_dir.display(),
             inner.cgroup_root.display(),
             options.splice,
+            options.splice_network_legs.unwrap_or(options.splice),
             options.log,
             options.splice_after_bytes.map(|b| format!("splice_after_bytes: {b}\n")).unwrap_or_default(),
             options.extra_config,

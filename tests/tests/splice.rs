@@ -116,3 +116,23 @@ fn hand_off_in_the_middle_of_a_stream() {
     // Every spliced direction's counts agree with the kernel's (the audit counts exactly).
     assert_eq!(s.agent.splice_audit_mismatches().expect("metrics"), 0, "{}", s.agent.log_tail(20));
 }
+
+/// The agent's default splices only legs that stay on loopback (same node): a leg that
+/// receives from the network is copied, because the kernel's stream verdict can be handed a
+/// retransmitted skb with an already-delivered prefix (docs/acceleration.md). Both kinds stay
+/// byte-exact and the audit agrees with the kernel on every spliced direction.
+#[test]
+fn by_default_only_loopback_legs_are_spliced() {
+    let options = AgentOptions { splice: true, splice_network_legs: Some(false), ..Default::default() };
+    let s = SingleNode::start("spliceloop", &options).expect("cluster");
+    let spliced =
+        || s.agent.pod_stats("mesh/client").expect("stats")["outbound"]["spliced"].as_u64().expect("n");
+    for (target, expect_spliced) in [(IpAddr::from(s.server.ipv4), true), (IpAddr::from(s.ext.ipv4), false)] {
+        let before = spliced();
+        let out = s.client.output(tools::bulk_client(target, BULK_PORT, 3 << 20, 5 << 20)).expect("run");
+        let r = tools::json_result(&format!("to {target}"), &out).expect("bulk");
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(spliced() - before, u64::from(expect_spliced), "to {target}");
+    }
+    assert_eq!(s.agent.splice_audit_mismatches().expect("metrics"), 0, "{}", s.agent.log_tail(20));
+}

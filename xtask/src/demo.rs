@@ -45,7 +45,13 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     tools::wait_listening(&server.netns_path(), BULK_PORT)?;
     tools::wait_listening(&ext.netns_path(), BULK_PORT)?;
 
-    let options = AgentOptions { splice, xds_address: Some(cp.xds_address()), ..Default::default() };
+    // The agent's defaults: spliced legs are the loopback ones (same node).
+    let options = AgentOptions {
+        splice,
+        splice_network_legs: Some(false),
+        xds_address: Some(cp.xds_address()),
+        ..Default::default()
+    };
     let agent1 = node1.start_agent(&options)?;
     let agent2 = node2.start_agent(&options)?;
     agent1.wait_enrolled(&["mesh/client"], Duration::from_secs(10))?;

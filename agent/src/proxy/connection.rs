@@ -113,7 +113,8 @@ async fn outbound(
             (connected, pod.splice() && target.splice(), false)
         }
         None => {
-            (upstream::connect(&pod.netns, None, dst, settings.connect_timeout).await, pod.splice(), true)
+            let connected = upstream::connect(&pod.netns, None, dst, settings.connect_timeout).await;
+            (connected, pod.splice() && settings.splice_network_legs, true)
         }
     };
     // The network-facing leg is the upstream socket: its TCP health and, when it leaves
@@ -165,7 +166,9 @@ async fn inbound(
         proxy.settings().connect_timeout,
     )
     .await;
-    splice_or_copy(&mut client, connected, |_| ids, pod.splice(), proxy, stats, flow_guard.flow()).await
+    // The accepted socket receives from the network (see `splice_network_legs`).
+    let splice = pod.splice() && proxy.settings().splice_network_legs;
+    splice_or_copy(&mut client, connected, |_| ids, splice, proxy, stats, flow_guard.flow()).await
 }
 
 /// Refuses a connection a policy does not admit: a reset, as Istio's proxies answer it.

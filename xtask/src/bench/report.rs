@@ -337,7 +337,7 @@ mislead.)
 | `mesh_nosockmap` | the same, with the pods' `nodemesh.io/splice` label flipped to `disabled` (every sockmap path off): the proxy copies |
 | `sidecar` | port 9102, excluded from interception; an nftables REDIRECT in the client pod sends it to `nodemesh sidecar`, a process in that pod (outside its cgroup) running the same forwarding code |
 | `xnode_direct` | port 9101 on the server pod of node 2 |
-| `xnode_mesh` | port 9100 on node 2: the client's agent connects out from the client pod; node 2's agent steers it in with sk_lookup; both splice |
+| `xnode_mesh` | port 9100 on node 2: the client's agent connects out from the client pod; node 2's agent steers it in with sk_lookup; both legs cross the network, so with the default `splice_network_legs: false` both agents copy (docs/acceleration.md) |
 
 The load comes from `nm-loadgen` (`loadgen/`, std only, no code shared with the proxy), run
 inside the client pod, against `nm-loadgen server` in the server pod:

@@ -106,8 +106,10 @@ impl Topology {
         let options = AgentOptions {
             // The node default does not matter: the pods' label decides.
             splice: true,
-            // Measure the agent's own default hand-off point.
+            // Measure the agent's own default hand-off point, and its default of splicing
+            // only loopback legs.
             splice_after_bytes: None,
+            splice_network_legs: Some(false),
             binary: Some(nodemesh),
             extra_config: format!(
                 "excluded_outbound_ports: [{DIRECT_PORT}, {SIDECAR_PORT}]\n\
