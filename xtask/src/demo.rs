@@ -57,7 +57,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     agent1.wait_enrolled(&["mesh/client"], Duration::from_secs(10))?;
     agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(10))?;
     println!(
-        "[2/8] an agent on each node (kernel splice {}) synced over delta xDS and enrolled its mesh pods",
+        "[2/8] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS and enrolled its mesh pods",
         if splice { "on" } else { "off" }
     );
 
