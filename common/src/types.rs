@@ -96,6 +96,18 @@ pub struct FlowStats {
     pub last_drop_reason: u32,
     /// TCP flags seen, OR-ed over both directions (FIN 0x01, SYN 0x02, RST 0x04, ...).
     pub tcp_flags: u32,
+    /// Every drop reason seen, one bit per `enum skb_drop_reason` value below 128 (bit `r % 64`
+    /// of word `r / 64`): a loss test's `NETFILTER_DROP` stays visible after a later
+    /// `TCP_OLD_DATA` (a duplicate the receiver discards) has become the latest reason.
+    /// Subsystem reasons (high 16 bits set) only show as the latest.
+    pub drop_reasons_seen: [u64; 2],
+}
+
+impl FlowStats {
+    /// The drop reasons recorded in [`FlowStats::drop_reasons_seen`], ascending.
+    pub fn drop_reasons(&self) -> impl Iterator<Item = u32> + '_ {
+        (0u32..128).filter(|r| self.drop_reasons_seen[(r / 64) as usize] & (1 << (r % 64)) != 0)
+    }
 }
 
 /// Kernel TCP health of one of the proxy's sockets, by socket cookie; written by sock_ops on
@@ -182,7 +194,7 @@ const _: () = assert!(size_of::<ListenerKey>() == 16);
 const _: () = assert!(size_of::<DatapathConfig>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowDirection>() == 24);
-const _: () = assert!(size_of::<FlowStats>() == 80);
+const _: () = assert!(size_of::<FlowStats>() == 96);
 const _: () = assert!(size_of::<TcpHealth>() == 56);
 const _: () = assert!(size_of::<SkBuffOffsets>() == 16);
 const _: () = assert!(size_of::<SpliceState>() == 24);

@@ -1,9 +1,12 @@
 //! The drop tracer (`tp_btf/kfree_skb`): when the kernel drops a packet of a flow the tc
 //! programs know, anywhere on the node (a netfilter rule, a full queue, a bad checksum), the
-//! flow's drop count goes up and its latest drop reason is kept. Packets of unknown flows only
-//! bump a reason counter: the tracer never creates a flow.
+//! flow's drop count goes up and its reason joins the set the flow has seen and becomes its
+//! latest. Packets of unknown flows only bump a reason counter: the tracer never creates a flow.
 
-use core::mem::{MaybeUninit, size_of};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_or},
+    mem::{MaybeUninit, size_of},
+};
 
 use aya_ebpf::{Global, macros::btf_tracepoint, programs::BtfTracePointContext};
 use nodemesh_common::{Counter, FlowKey, SkBuffOffsets, addr};
@@ -85,6 +88,11 @@ fn record(ctx: &BtfTracePointContext) -> Result<Counter, Counter> {
     unsafe {
         add(&raw mut (*stats).drops, 1);
         (*stats).last_drop_reason = reason;
+        if reason < 128 {
+            let word = &raw mut (*stats).drop_reasons_seen[(reason / 64) as usize];
+            // Plain loads and stores here could lose a bit to a drop on another CPU.
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, 1 << (reason % 64));
+        }
     }
     Ok(Counter::DropCounted)
 }

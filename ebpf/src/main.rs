@@ -7,7 +7,10 @@
 #![no_main]
 // atomic_xadd: the one atomic the BPF target offers whatever the CPU version.
 #![feature(core_intrinsics)]
-#![allow(internal_features, reason = "atomic_xadd is the only way to an atomic add on this target")]
+#![allow(
+    internal_features,
+    reason = "atomic_xadd and atomic_or are the only ways to atomic add and or on this target"
+)]
 
 mod connect;
 mod counters;

@@ -44,9 +44,8 @@ pub fn read(maps: &SharedMaps, ids: &KernelIds, reasons: &DropReasons) -> Kernel
             payload_from_pod: s.from_pod.payload,
             payload_to_pod: s.to_pod.payload,
             drops: s.drops,
-            last_drop_reason: (s.last_drop_reason != 0).then(|| {
-                reasons.get(&s.last_drop_reason).cloned().unwrap_or_else(|| s.last_drop_reason.to_string())
-            }),
+            last_drop_reason: (s.last_drop_reason != 0).then(|| reason_name(reasons, s.last_drop_reason)),
+            drop_reasons: s.drop_reasons().map(|r| reason_name(reasons, r)).collect(),
         });
     let tcp =
         ids.cookie.and_then(|c| maps.tcp_health.lookup::<_, TcpHealth>(&c).ok().flatten()).map(|h| TcpView {
@@ -58,4 +57,9 @@ pub fn read(maps: &SharedMaps, ids: &KernelIds, reasons: &DropReasons) -> Kernel
             snd_cwnd: h.snd_cwnd,
         });
     KernelView { veth, tcp }
+}
+
+/// A drop reason's name, or its number on a kernel whose BTF did not name it.
+fn reason_name(reasons: &DropReasons, reason: u32) -> String {
+    reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string())
 }

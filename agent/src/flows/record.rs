@@ -87,6 +87,9 @@ pub struct VethCounts {
     pub drops: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_drop_reason: Option<String>,
+    /// Every reason the flow's drops carried, in the kernel's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_reasons: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
