@@ -183,7 +183,9 @@ fn injected_loss_shows_up_as_retransmits_and_drops() {
     let out = s.ext.output(nft).expect("nft");
     assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
 
-    let result = bulk(&s, &s.client, ext, 4 << 20, 1024);
+    // Segments leave as GSO packets of ~44 KiB, so 4 MiB was ~95 packets: 1 run in ~130
+    // would drop none of them. 16 MiB is ~380 packets; no drop among them: p ≈ 3e-9.
+    let result = bulk(&s, &s.client, ext, 16 << 20, 1024);
     let local_port = result["local"][1].as_u64().expect("local port") as u16;
     let flow = closed_flow(&s, "pod=mesh/client", |f| port_of(&f["source"]["address"]) == local_port);
     assert_eq!(flow["bytes_sent"], result["bytes_sent"], "loss must not change what arrives: {flow:#}");
