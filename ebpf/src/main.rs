@@ -5,7 +5,8 @@
 //! reason a pod's connection fails (fail-open, DESIGN decision 3).
 #![no_std]
 #![no_main]
-// atomic_xadd: the one atomic the BPF target offers whatever the CPU version.
+// atomic_xadd (any BPF CPU version) and atomic_or (BPF v3 atomics, kernel 5.12+): the
+// atomics the programs use without the value back.
 #![feature(core_intrinsics)]
 #![allow(
     internal_features,
