@@ -6,13 +6,19 @@ mod connection;
 pub(crate) mod forward;
 mod listeners;
 mod splice;
+pub mod stats;
+mod tcp_counts;
+mod upstream;
 
 /// See `splice::AUDIT_MISMATCHES`.
 pub fn splice_audit_mismatches() -> u64 {
     splice::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
-pub mod stats;
-mod upstream;
+
+/// See `forward::AUDIT_MISMATCHES`.
+pub fn copy_audit_mismatches() -> u64 {
+    forward::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 use std::{
     collections::HashMap,

@@ -13,6 +13,6 @@ pub mod types;
 
 pub use counters::Counter;
 pub use types::{
-    DatapathConfig, FlowDirection, FlowKey, FlowStats, ListenerKey, OrigDstKey, SkBuffOffsets, SockAddr,
-    SpliceCtl, SpliceState, TcpHealth, TcpSockOffsets,
+    DatapathConfig, FlowDirection, FlowKey, FlowStats, ListenerKey, OrigDstKey, SPLICE_BROKEN,
+    SPLICE_SEQ_KNOWN, SkBuffOffsets, SockAddr, SpliceCtl, SpliceState, TcpHealth, TcpSockOffsets,
 };

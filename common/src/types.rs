@@ -146,7 +146,7 @@ pub struct SkBuffOffsets {
 }
 
 /// Per-direction state of a spliced connection, keyed by the cookie of the socket the bytes
-/// arrive on. The agent creates it; from then on only the kernel writes it (atomic adds).
+/// arrive on. The agent creates it; from then on only the kernel writes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpliceState {
@@ -156,7 +156,23 @@ pub struct SpliceState {
     pub redirected: u64,
     /// Bytes the stream verdict passed up to the proxy instead.
     pub passed: u64,
+    /// Bytes the verdict cut off the front of skbs because TCP had delivered them already
+    /// (a retransmitted segment that partly overlaps received data is queued untrimmed, and
+    /// the stream verdict is handed whole skbs; see ebpf/src/splice.rs).
+    pub trimmed: u64,
+    /// The TCP sequence number just after the last byte the verdict has seen (valid once
+    /// [`SPLICE_SEQ_KNOWN`] is set).
+    pub next_seq: u32,
+    /// [`SPLICE_SEQ_KNOWN`], [`SPLICE_BROKEN`].
+    pub flags: u32,
 }
+
+/// [`SpliceState::flags`]: `next_seq` holds a sequence number.
+pub const SPLICE_SEQ_KNOWN: u32 = 1;
+/// [`SpliceState::flags`]: the verdict could not keep the byte stream exact (a gap in the
+/// sequence, or an overlap it could not trim). From then on it passes every byte up, and the
+/// proxy resets the connection on both sides instead of forwarding anything more.
+pub const SPLICE_BROKEN: u32 = 2;
 
 /// The proxy's side of a spliced direction, same key as [`SpliceState`]. Only the agent
 /// writes it (whole-value updates); the kernel only reads it.
@@ -186,6 +202,9 @@ pub struct TcpSockOffsets {
     pub bytes_sent: u32,
     /// `u64 bytes_retrans`.
     pub bytes_retrans: u32,
+    /// `u32 copied_seq`: the sequence number of the next byte to be read.
+    pub copied_seq: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(size_of::<SockAddr>() == 20);
@@ -197,9 +216,9 @@ const _: () = assert!(size_of::<FlowDirection>() == 24);
 const _: () = assert!(size_of::<FlowStats>() == 96);
 const _: () = assert!(size_of::<TcpHealth>() == 56);
 const _: () = assert!(size_of::<SkBuffOffsets>() == 16);
-const _: () = assert!(size_of::<SpliceState>() == 24);
+const _: () = assert!(size_of::<SpliceState>() == 40);
 const _: () = assert!(size_of::<SpliceCtl>() == 24);
-const _: () = assert!(size_of::<TcpSockOffsets>() == 8);
+const _: () = assert!(size_of::<TcpSockOffsets>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -21,12 +21,19 @@ use aya_ebpf::{
     macros::stream_verdict,
     programs::SkBuffContext,
 };
-use nodemesh_common::{Counter, TcpSockOffsets};
+use nodemesh_common::{Counter, SPLICE_BROKEN, SPLICE_SEQ_KNOWN, SpliceState, TcpSockOffsets};
 
 use crate::{
     counters::count,
+    ctx,
     maps::{SPLICE_CTL, SPLICE_SOCKS, SPLICE_STATE},
 };
+
+/// `bpf_skb_adjust_room` on an sk_skb removes at most this many bytes per call.
+const TRIM_STEP: u32 = 0xfff;
+/// Calls allowed for one skb: 24 × 4,095 bytes covers any overlap a retransmitted segment can
+/// carry (at most one MSS, 65,483 bytes on loopback).
+const TRIM_STEPS: u32 = 24;
 
 #[stream_verdict]
 pub fn nm_splice_verdict(ctx: SkBuffContext) -> u32 {
@@ -37,8 +44,7 @@ pub fn nm_splice_verdict(ctx: SkBuffContext) -> u32 {
 
 #[inline(always)]
 fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
-    let len = u64::from(ctx.len());
-    if len == 0 {
+    if ctx.len() == 0 {
         // The FIN arrives as an empty skb. Redirected or passed, it breaks the target with
         // EPIPE and truncates data; the proxy learns of EOF from the socket state instead.
         return (Counter::SpliceDroppedEmpty, SK_DROP);
@@ -48,9 +54,23 @@ fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
     let (Some(state), Some(ctl)) = (SPLICE_STATE.get_ptr_mut(&cookie), SPLICE_CTL.get_ptr(&cookie)) else {
         return (Counter::SplicePassedNoState, SK_PASS);
     };
+    match sequence(ctx, cookie, state) {
+        Sequence::New => {}
+        Sequence::Trimmed => count(Counter::SpliceTrimmedOverlap),
+        Sequence::Duplicate => return (Counter::SpliceDroppedDuplicate, SK_DROP),
+        Sequence::Broken(why) => count(why),
+    }
+    // Trimming may have shortened the skb.
+    let len = u64::from(ctx.len());
     // SAFETY: non-null map value pointers, valid for this program run.
-    let (passed, redirected, peer, ctl) =
-        unsafe { (&raw mut (*state).passed, &raw mut (*state).redirected, (*state).peer_cookie, *ctl) };
+    let (passed, redirected, flags, peer, ctl) = unsafe {
+        (&raw mut (*state).passed, &raw mut (*state).redirected, (*state).flags, (*state).peer_cookie, *ctl)
+    };
+    if flags & SPLICE_BROKEN != 0 {
+        // The proxy sees the flag when it reads these bytes, and resets the connection.
+        bump(passed, len);
+        return (Counter::SplicePassedBroken, SK_PASS);
+    }
     if load(passed) != ctl.forwarded {
         bump(passed, len);
         return (Counter::SplicePassedCatchUp, SK_PASS);
@@ -76,12 +96,92 @@ fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
     }
 }
 
+/// Where an skb's bytes stand against the bytes already delivered.
+enum Sequence {
+    /// Starts exactly where the last one ended.
+    New,
+    /// Started with bytes already delivered; they have been cut off.
+    Trimmed,
+    /// Holds nothing new: drop it (its bytes were delivered).
+    Duplicate,
+    /// The stream can no longer be kept exact; the state is marked broken.
+    Broken(Counter),
+}
+
+/// Keeps each direction's byte stream exact against TCP's own sequence numbers.
+///
+/// TCP queues a retransmitted segment that partly overlaps data it has already received
+/// without trimming it: ordinary reads skip the overlap by offset (`copied_seq - seq`), but
+/// `tcp_read_skb`, which feeds stream verdicts, hands over whole skbs, so the overlap would be
+/// delivered twice. Such retransmissions happen on loopback too under load (a collapsed
+/// retransmission after a timeout, its head already received). So the verdict remembers where
+/// the last skb ended (starting from the socket's `copied_seq`, which covers every byte the
+/// proxy read before the splice began) and cuts any such prefix off the front of the skb.
+///
+/// An sk_skb's `cb[0]` is the first word of the skb's control block, which on a TCP receive
+/// queue is `TCP_SKB_CB(skb)->seq`.
+#[inline(always)]
+fn sequence(ctx: &SkBuffContext, cookie: u64, state: *mut SpliceState) -> Sequence {
+    // SAFETY: a valid context; cb[0] is at a constant offset.
+    let seq: u32 = ctx::read(unsafe { &(*ctx.skb.skb).cb[0] });
+    let len = ctx.len();
+    // SAFETY: `state` is a non-null map value pointer, valid for this program run.
+    let (flags_ptr, next_ptr) = unsafe { (&raw mut (*state).flags, &raw mut (*state).next_seq) };
+    let flags = load32(flags_ptr);
+    let next = if flags & SPLICE_SEQ_KNOWN != 0 {
+        load32(next_ptr)
+    } else {
+        let Some(copied) = copied_seq(cookie) else {
+            store32(flags_ptr, flags | SPLICE_BROKEN);
+            return Sequence::Broken(Counter::SpliceBrokenNoSeq);
+        };
+        copied
+    };
+    // Serial-number arithmetic: how far `next` is ahead of `seq`.
+    let overlap = next.wrapping_sub(seq) as i32;
+    if overlap < 0 {
+        // Bytes between `next` and `seq` never came past the verdict: the stream has a hole.
+        store32(flags_ptr, flags | SPLICE_SEQ_KNOWN | SPLICE_BROKEN);
+        return Sequence::Broken(Counter::SpliceBrokenGap);
+    }
+    let overlap = overlap as u32;
+    if overlap >= len {
+        store32(flags_ptr, flags | SPLICE_SEQ_KNOWN);
+        store32(next_ptr, next);
+        return Sequence::Duplicate;
+    }
+    store32(next_ptr, seq.wrapping_add(len));
+    store32(flags_ptr, flags | SPLICE_SEQ_KNOWN);
+    if overlap == 0 {
+        return Sequence::New;
+    }
+    let mut left = overlap;
+    for _ in 0..TRIM_STEPS {
+        if left == 0 {
+            break;
+        }
+        let step = if left < TRIM_STEP { left } else { TRIM_STEP };
+        if ctx.adjust_room(-(step as i32), 0, 0).is_err() {
+            break;
+        }
+        left -= step;
+    }
+    // SAFETY: as above.
+    bump(unsafe { &raw mut (*state).trimmed }, u64::from(overlap - left));
+    if left != 0 {
+        store32(flags_ptr, load32(flags_ptr) | SPLICE_BROKEN);
+        return Sequence::Broken(Counter::SpliceBrokenTrimFailed);
+    }
+    Sequence::Trimmed
+}
+
 /// Where `struct tcp_sock` keeps the fields read below, set by the agent at load time from
 /// the running kernel's BTF (Rust eBPF has no CO-RE). The map holding it is read-only and
 /// frozen, so the verifier knows the offsets and checks each access against the BTF type.
 /// Zeros mean unknown; the agent then never splices.
 #[unsafe(no_mangle)]
-static NM_TCP_SOCK: Global<TcpSockOffsets> = Global::new(TcpSockOffsets { bytes_sent: 0, bytes_retrans: 0 });
+static NM_TCP_SOCK: Global<TcpSockOffsets> =
+    Global::new(TcpSockOffsets { bytes_sent: 0, bytes_retrans: 0, copied_seq: 0, _pad: 0 });
 
 /// Bytes the socket with `cookie` (in the splice sockhash) has transmitted, counting each
 /// once. (`bpf_tcp_sock`, the stable view, is not allowed in stream verdicts and lacks these
@@ -92,6 +192,35 @@ fn transmitted(cookie: u64) -> Option<u64> {
     if offsets.bytes_sent == 0 || offsets.bytes_retrans == 0 {
         return None;
     }
+    with_tcp_sock(cookie, |tcp| {
+        // SAFETY: the offsets come from this kernel's BTF for struct tcp_sock, and the
+        // verifier checks both loads against that type.
+        let (sent, retrans) = unsafe {
+            (
+                ptr::read_volatile(tcp.add(offsets.bytes_sent as usize).cast::<u64>()),
+                ptr::read_volatile(tcp.add(offsets.bytes_retrans as usize).cast::<u64>()),
+            )
+        };
+        sent.saturating_sub(retrans)
+    })
+}
+
+/// The sequence number of the next byte the socket with `cookie` will hand to a reader.
+#[inline(always)]
+fn copied_seq(cookie: u64) -> Option<u32> {
+    let offsets = NM_TCP_SOCK.load();
+    if offsets.copied_seq == 0 {
+        return None;
+    }
+    // SAFETY: as in `transmitted`.
+    with_tcp_sock(cookie, |tcp| unsafe {
+        ptr::read_volatile(tcp.add(offsets.copied_seq as usize).cast::<u32>())
+    })
+}
+
+/// Runs `read` on the `struct tcp_sock` of the socket with `cookie` in the splice sockhash.
+#[inline(always)]
+fn with_tcp_sock<R>(cookie: u64, read: impl FnOnce(*const u8) -> R) -> Option<R> {
     // SAFETY: our own map definition; a sockhash lookup takes a reference on the socket,
     // released below on every path.
     let sk = unsafe {
@@ -103,22 +232,23 @@ fn transmitted(cookie: u64) -> Option<u64> {
     }
     // SAFETY: `sk` is a referenced socket; the helper checks it is a TCP socket.
     let tcp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) }.cast::<u8>();
-    let sent = if tcp.is_null() {
-        None
-    } else {
-        // SAFETY: the offsets come from this kernel's BTF for struct tcp_sock, and the
-        // verifier checks both loads against that type.
-        let (sent, retrans) = unsafe {
-            (
-                ptr::read_volatile(tcp.add(offsets.bytes_sent as usize).cast::<u64>()),
-                ptr::read_volatile(tcp.add(offsets.bytes_retrans as usize).cast::<u64>()),
-            )
-        };
-        Some(sent.saturating_sub(retrans))
-    };
+    let value = if tcp.is_null() { None } else { Some(read(tcp.cast_const())) };
     // SAFETY: releases the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
-    sent
+    value
+}
+
+#[inline(always)]
+fn load32(field: *mut u32) -> u32 {
+    // SAFETY: a valid, aligned map value field.
+    unsafe { ptr::read_volatile(field) }
+}
+
+/// Writes a per-direction field; the same reasoning as [`bump`] makes it safe unlocked.
+#[inline(always)]
+fn store32(field: *mut u32, value: u32) {
+    // SAFETY: a valid, aligned map value field.
+    unsafe { ptr::write_volatile(field, value) };
 }
 
 #[inline(always)]

@@ -150,9 +150,15 @@ pub fn render(s: &AdminState) -> String {
     e.family(
         "nodemesh_splice_audit_mismatches_total",
         Kind::Counter,
-        "Spliced directions whose byte counts disagreed with the kernel's TCP counts at their end.",
+        "Spliced directions whose byte counts disagreed with the kernel's TCP counts (the connection was reset).",
     )
     .sample(&[], crate::proxy::splice_audit_mismatches() as f64);
+    e.family(
+        "nodemesh_copy_audit_mismatches_total",
+        Kind::Counter,
+        "Copied directions whose byte counts disagreed with the kernel's TCP counts (the connection was reset).",
+    )
+    .sample(&[], crate::proxy::copy_audit_mismatches() as f64);
     let enrolled = s.view.lock().unwrap_or_else(|p| p.into_inner()).pods.len();
     e.family("nodemesh_enrolled_pods", Kind::Gauge, "Pods whose traffic the agent intercepts.")
         .sample(&[], enrolled as f64);

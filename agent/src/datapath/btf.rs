@@ -1,7 +1,8 @@
 //! Just enough of a BTF reader to find where a kernel struct keeps a field.
 //!
-//! Rust eBPF has no CO-RE relocations, so the one kernel-internal field a program reads
-//! (`tcp_sock.bytes_sent` and `.bytes_retrans`, for splice backpressure) get their offsets
+//! Rust eBPF has no CO-RE relocations, so the kernel-internal fields a program reads
+//! (`tcp_sock.bytes_sent` and `.bytes_retrans` for splice backpressure, `.copied_seq` for its
+//! sequence tracking; a few `sk_buff` fields for the drop tracer) get their offsets
 //! from the running kernel's own type information at load time, handed to the program as a
 //! read-only global the verifier treats as constants. Nothing is hard-coded per kernel.
 
@@ -70,6 +71,8 @@ pub fn tcp_sock_offsets() -> Result<TcpSockOffsets, BtfError> {
     Ok(TcpSockOffsets {
         bytes_sent: field_offset(&data, "tcp_sock", "bytes_sent")?,
         bytes_retrans: field_offset(&data, "tcp_sock", "bytes_retrans")?,
+        copied_seq: field_offset(&data, "tcp_sock", "copied_seq")?,
+        _pad: 0,
     })
 }
 
@@ -266,11 +269,12 @@ mod tests {
 
     #[test]
     fn reads_the_running_kernel() {
-        // Every kernel this agent supports has BTF and these tcp_sock fields (u64s).
+        // Every kernel this agent supports has BTF and these tcp_sock fields (u64s, a u32).
         let offsets = tcp_sock_offsets().expect("tcp_sock offsets");
         for offset in [offsets.bytes_sent, offsets.bytes_retrans] {
             assert!(offset > 0 && offset.is_multiple_of(8), "{offsets:?}");
         }
+        assert!(offsets.copied_seq > 0 && offsets.copied_seq.is_multiple_of(4), "{offsets:?}");
         // network_header, transport_header and protocol sit in an anonymous struct_group.
         let skb = sk_buff_offsets().expect("sk_buff offsets");
         assert!(

@@ -7,6 +7,11 @@
 //! direction becomes a FIN (shutdown of the write side) on the other while the reverse
 //! direction keeps flowing (half-close). An error in either direction resets both sockets, as
 //! a reset on a direct connection would.
+//!
+//! At each direction's end the proxy's counts are checked against the kernel's exact ones
+//! (the audit, as on the splice path): everything the source received in order was read, and
+//! everything read was queued on the destination. A mismatch is an error, so both sides get a
+//! reset instead of a FIN and no app takes a corrupted stream for a complete one.
 
 use std::{
     io,
@@ -19,6 +24,12 @@ use tokio::{
     net::TcpStream,
     sync::watch,
 };
+
+use super::tcp_counts;
+
+/// Copied directions whose byte counts disagreed with the kernel's at their end; exported as
+/// `nodemesh_copy_audit_mismatches_total`.
+pub static AUDIT_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
 const INITIAL_BUFFER: usize = 4096;
 
@@ -75,14 +86,17 @@ async fn forward_halves(
     received: &AtomicU64,
     hand_off_after: Option<u64>,
 ) -> io::Result<Outcome> {
+    // What each destination had queued when this copy began: the audit's starting points.
+    let up_audit = Audit { dst_base: tcp_counts::queued(&*upstream) };
+    let down_audit = Audit { dst_base: tcp_counts::queued(&*client) };
     let (mut client_r, mut client_w) = client.split();
     let (mut upstream_r, mut upstream_w) = upstream.split();
     let moved = AtomicU64::new(0);
     let (pause, _) = watch::channel(false);
     let limit = Limit { after: hand_off_after, moved: &moved, pause: &pause };
     let (up, down) = tokio::try_join!(
-        copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit),
-        copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit),
+        copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit, &up_audit),
+        copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit, &down_audit),
     )?;
     let unlimited = Limit { after: None, ..limit };
     Ok(match (up, down) {
@@ -94,11 +108,21 @@ async fn forward_halves(
         }
         // One side already half-closed: nothing worth handing over, finish copying the other.
         (HalfEnd::Eof(a), HalfEnd::Paused(b)) => {
-            let rest = copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &unlimited).await?;
+            let rest = copy_half(
+                &mut upstream_r,
+                &mut client_w,
+                max_buffer,
+                received,
+                &unlimited,
+                &down_audit.after(b),
+            )
+            .await?;
             Outcome::Done(Transfer { client_to_upstream: a, upstream_to_client: b + rest.bytes() })
         }
         (HalfEnd::Paused(a), HalfEnd::Eof(b)) => {
-            let rest = copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited).await?;
+            let rest =
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited, &up_audit.after(a))
+                    .await?;
             Outcome::Done(Transfer { client_to_upstream: a + rest.bytes(), upstream_to_client: b })
         }
     })
@@ -112,6 +136,40 @@ impl HalfEnd {
     }
 }
 
+/// One direction's audit starting point.
+struct Audit {
+    /// Bytes ever queued on the destination when the copy began (see [`tcp_counts::queued`]);
+    /// `None` if acknowledgements kept it from being read exactly.
+    dst_base: Option<u64>,
+}
+
+impl Audit {
+    /// The same audit for a copy that carries on after `written` more bytes.
+    fn after(&self, written: u64) -> Self {
+        Self { dst_base: self.dst_base.map(|b| b + written) }
+    }
+
+    /// At the source's EOF, before the FIN is passed on: every byte the source received in
+    /// order was read (`counter` holds every byte read from it over the connection's life,
+    /// all of them copied), and every byte of this copy is queued on the destination.
+    fn check(&self, src: &TcpStream, dst: &TcpStream, counter: u64, written: u64) -> io::Result<()> {
+        let received = tcp_counts::received_before_fin(src)?;
+        let queued = self.dst_base.zip(tcp_counts::queued(dst)).map(|(base, now)| now.saturating_sub(base));
+        if received == counter && queued.is_none_or(|q| q == written) {
+            return Ok(());
+        }
+        AUDIT_MISMATCHES.fetch_add(1, Relaxed);
+        tracing::error!(
+            received,
+            read = counter,
+            written,
+            queued,
+            "copied bytes disagree with the kernel's counts"
+        );
+        Err(io::Error::new(io::ErrorKind::InvalidData, "copied bytes disagree with the kernel's counts"))
+    }
+}
+
 /// The hand-off threshold shared by both directions.
 #[derive(Clone, Copy)]
 struct Limit<'a> {
@@ -122,30 +180,27 @@ struct Limit<'a> {
 
 /// Copies until EOF (then shuts down the writer's sending side) or a pause.
 ///
-/// A pause is only taken where the reader's receive queue holds no partly read skb: once the
-/// socket enters the splice sockhash, the kernel hands the verdict whole skbs from that queue
-/// (`tcp_read_skb` ignores a consumed prefix), so a prefix we already forwarded would be sent
-/// twice. A read that filled the buffer may have stopped inside an skb, so after one the half
-/// reads again before it may pause; a read that came back short emptied the queue, and a
-/// pending read means the queue was empty, so cancelling it loses nothing. A write is never
-/// cancelled.
+/// A pause cancels a pending read, which loses nothing (the bytes stay queued), and never a
+/// write, so every byte read has been written when it returns. A pause may leave an skb in the
+/// reader's receive queue partly read: the splice verdict starts from the socket's
+/// `copied_seq` and cuts the prefix already read off that skb (ebpf/src/splice.rs).
 async fn copy_half<R, W>(
     reader: &mut R,
     writer: &mut W,
     max_buffer: usize,
     counter: &AtomicU64,
     limit: &Limit<'_>,
+    audit: &Audit,
 ) -> io::Result<HalfEnd>
 where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
+    R: AsyncRead + AsRef<TcpStream> + Unpin,
+    W: AsyncWrite + AsRef<TcpStream> + Unpin,
 {
     let mut buf = vec![0u8; INITIAL_BUFFER.min(max_buffer)];
     let mut total = 0u64;
     let mut paused = limit.pause.subscribe();
-    let mut maybe_mid_skb = false;
+    let may_pause = limit.after.is_some();
     loop {
-        let may_pause = limit.after.is_some() && !maybe_mid_skb;
         if may_pause && *paused.borrow() {
             return Ok(HalfEnd::Paused(total));
         }
@@ -155,10 +210,10 @@ where
             n = reader.read(&mut buf) => n?,
         };
         if n == 0 {
+            audit.check(reader.as_ref(), writer.as_ref(), counter.load(Relaxed), total)?;
             writer.shutdown().await?;
             return Ok(HalfEnd::Eof(total));
         }
-        maybe_mid_skb = n == buf.len();
         writer.write_all(&buf[..n]).await?;
         total += n as u64;
         counter.fetch_add(n as u64, Relaxed);

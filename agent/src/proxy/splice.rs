@@ -16,15 +16,18 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
-use nodemesh_common::{SpliceCtl, SpliceState};
+use nodemesh_common::{SPLICE_BROKEN, SpliceCtl, SpliceState};
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
-use super::forward::{Transfer, reset};
+use super::{
+    forward::{Transfer, reset},
+    tcp_counts::{handed, queued, received_before_fin, set_int_option, tcp_info},
+};
 use crate::{datapath::SharedMaps, pods::netns::socket_cookie};
 
 /// The proxy's read buffer for bytes the verdict passes up (as large as the copy path's).
@@ -36,8 +39,9 @@ const RESET_CHECK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct NotSpliced(pub io::Error);
 
-/// Directions whose byte counts disagreed with the kernel's at their end (see
-/// [`Direction::audit`]); exported as `nodemesh_splice_audit_mismatches_total`.
+/// Directions whose byte counts disagreed with the kernel's (see [`Direction::audit`]), or
+/// whose verdict lost track of the sequence; exported as
+/// `nodemesh_splice_audit_mismatches_total`. Each one reset its connection.
 pub static AUDIT_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
 /// One direction: bytes arriving on `src` leave through `dst`.
@@ -173,15 +177,15 @@ impl Direction {
         }
     }
 
-    /// At the direction's end, every byte `src` received was copied before the splice,
-    /// passed up or redirected, and every byte queued on `dst` since was forwarded or
-    /// redirected. The kernel's own counts are exact (`bytes_received`; `bytes_acked` plus the
-    /// send queue), so a mismatch means the in-kernel path duplicated or lost bytes: it is
-    /// logged with both sides' numbers and counted, for the operator to see.
+    /// At the direction's end, before its FIN is passed on: every byte `src` received was
+    /// copied before the splice, passed up or redirected, and every byte queued on `dst` since
+    /// was forwarded or redirected. The kernel's own counts are exact (`bytes_received`;
+    /// `bytes_acked` plus the send queue), so a mismatch means the in-kernel path duplicated
+    /// or lost bytes: it is logged with both sides' numbers, counted, and returned as an
+    /// error, so both apps get a reset rather than a FIN after a corrupted stream.
     fn audit(&self, src: &TcpStream, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
         let state = self.state(maps)?;
-        // The FIN takes a sequence number, which `bytes_received` includes.
-        let received = tcp_info(src)?.tcpi_bytes_received.saturating_sub(1);
+        let received = received_before_fin(src)?;
         let seen = self.src_copied + state.passed + state.redirected;
         let queued_since = self.dst_base_queued.zip(queued(dst)).map(|(base, now)| now.saturating_sub(base));
         let given = self.forwarded + state.redirected;
@@ -193,10 +197,15 @@ impl Direction {
                 copied_before = self.src_copied,
                 passed = state.passed,
                 redirected = state.redirected,
+                trimmed = state.trimmed,
                 forwarded = self.forwarded,
                 queued_since,
                 "spliced bytes disagree with the kernel's counts"
             );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "spliced bytes disagree with the kernel's counts",
+            ));
         }
         Ok(())
     }
@@ -249,9 +258,22 @@ impl Direction {
     }
 
     /// Waits until every byte meant for `dst` (redirected by the kernel or written by us) is
-    /// in its send queue.
+    /// in its send queue. Fails if the verdict has lost track of the byte stream: it passes
+    /// everything up from then on, and nothing it passed may reach the peer.
     async fn drain(&mut self, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
-        let redirected = self.state(maps)?.redirected;
+        let state = self.state(maps)?;
+        if state.flags & SPLICE_BROKEN != 0 {
+            AUDIT_MISMATCHES.fetch_add(1, Relaxed);
+            tracing::error!(
+                trimmed = state.trimmed,
+                "the splice verdict lost track of the byte stream; resetting"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the splice lost track of the byte stream",
+            ));
+        }
+        let redirected = state.redirected;
         if redirected == self.drained_redirected {
             return Ok(());
         }
@@ -281,67 +303,6 @@ impl Direction {
             pause = (pause * 2).min(Duration::from_millis(1));
         }
     }
-}
-
-/// Bytes ever written into a socket's send queue: sent (without retransmissions) plus not yet
-/// sent.
-fn handed(info: &libc::tcp_info) -> u64 {
-    info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans) + u64::from(info.tcpi_notsent_bytes)
-}
-
-/// Bytes ever queued on a socket's send side, exactly (unlike `handed`, retransmissions do
-/// not enter into it): acknowledged (`bytes_acked`) plus still queued (SIOCOUTQ, sent and
-/// unacknowledged or unsent). The two are read in separate calls, so an acknowledgement in
-/// between would skew the sum; it is read until `bytes_acked` holds still around SIOCOUTQ.
-/// `None` while acknowledgements keep arriving. Includes the SYN where the socket counts it:
-/// only differences are meaningful.
-fn queued(stream: &TcpStream) -> Option<u64> {
-    for _ in 0..8 {
-        let before = tcp_info(stream).ok()?.tcpi_bytes_acked;
-        let mut outq: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int.
-        if unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut outq) } != 0 {
-            return None;
-        }
-        if tcp_info(stream).ok()?.tcpi_bytes_acked == before {
-            return Some(before + u64::try_from(outq).ok()?);
-        }
-    }
-    None
-}
-
-/// Best effort: a failure leaves the kernel's default, which is slower but correct.
-fn set_int_option(stream: &TcpStream, level: libc::c_int, option: libc::c_int, value: libc::c_int) {
-    // SAFETY: an int option of the right size on a valid socket.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            level,
-            option,
-            std::ptr::from_ref(&value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-fn tcp_info(stream: &TcpStream) -> io::Result<libc::tcp_info> {
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a tcp_info-sized out buffer on a valid TCP socket.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getsockopt filled (a prefix of) the zeroed struct.
-    Ok(unsafe { info.assume_init() })
 }
 
 /// The map entries of one spliced connection; removed on drop. Closing the sockets takes
