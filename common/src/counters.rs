@@ -50,6 +50,7 @@ counters! {
     SplicePassedNoState = ("splice", "passed_no_state"),
     SplicePassedRedirectFailed = ("splice", "passed_redirect_failed"),
     SpliceDroppedEmpty = ("splice", "dropped_empty"),
+    SpliceTrimmedHandOff = ("splice", "trimmed_hand_off"),
     SpliceTrimmedOverlap = ("splice", "trimmed_overlap"),
     SpliceDroppedDuplicate = ("splice", "dropped_duplicate"),
     SpliceBrokenGap = ("splice", "broken_gap"),

@@ -31,9 +31,10 @@ use crate::{
 
 /// `bpf_skb_adjust_room` on an sk_skb removes at most this many bytes per call.
 const TRIM_STEP: u32 = 0xfff;
-/// Calls allowed for one skb: 24 × 4,095 bytes covers any overlap a retransmitted segment can
-/// carry (at most one MSS, 65,483 bytes on loopback).
-const TRIM_STEPS: u32 = 24;
+/// Calls allowed for one skb: 160 × 4,095 bytes covers the largest skb loopback's TSO limit
+/// allows (524,280 bytes). Retransmissions of two whole segments (130,966 bytes of overlap)
+/// have been seen. A larger overlap breaks the stream, and the proxy resets the connection.
+const TRIM_STEPS: u32 = 160;
 
 #[stream_verdict]
 pub fn nm_splice_verdict(ctx: SkBuffContext) -> u32 {
@@ -56,7 +57,7 @@ fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
     };
     match sequence(ctx, cookie, state) {
         Sequence::New => {}
-        Sequence::Trimmed => count(Counter::SpliceTrimmedOverlap),
+        Sequence::Trimmed(counter) => count(counter),
         Sequence::Duplicate => return (Counter::SpliceDroppedDuplicate, SK_DROP),
         Sequence::Broken(why) => count(why),
     }
@@ -100,8 +101,9 @@ fn decide(ctx: &SkBuffContext) -> (Counter, u32) {
 enum Sequence {
     /// Starts exactly where the last one ended.
     New,
-    /// Started with bytes already delivered; they have been cut off.
-    Trimmed,
+    /// Started with bytes already delivered; they have been cut off. The counter tells a
+    /// prefix the proxy read before the hand-off from a retransmitted overlap.
+    Trimmed(Counter),
     /// Holds nothing new: drop it (its bytes were delivered).
     Duplicate,
     /// The stream can no longer be kept exact; the state is marked broken.
@@ -128,7 +130,8 @@ fn sequence(ctx: &SkBuffContext, cookie: u64, state: *mut SpliceState) -> Sequen
     // SAFETY: `state` is a non-null map value pointer, valid for this program run.
     let (flags_ptr, next_ptr) = unsafe { (&raw mut (*state).flags, &raw mut (*state).next_seq) };
     let flags = load32(flags_ptr);
-    let next = if flags & SPLICE_SEQ_KNOWN != 0 {
+    let first = flags & SPLICE_SEQ_KNOWN == 0;
+    let next = if !first {
         load32(next_ptr)
     } else {
         let Some(copied) = copied_seq(cookie) else {
@@ -172,7 +175,7 @@ fn sequence(ctx: &SkBuffContext, cookie: u64, state: *mut SpliceState) -> Sequen
         store32(flags_ptr, load32(flags_ptr) | SPLICE_BROKEN);
         return Sequence::Broken(Counter::SpliceBrokenTrimFailed);
     }
-    Sequence::Trimmed
+    Sequence::Trimmed(if first { Counter::SpliceTrimmedHandOff } else { Counter::SpliceTrimmedOverlap })
 }
 
 /// Where `struct tcp_sock` keeps the fields read below, set by the agent at load time from

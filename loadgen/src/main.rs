@@ -4,6 +4,7 @@
 //! - `n` in 1..2^31: request/response; the server answers every `n`-byte request with `n` bytes.
 //! - `STREAM` (u32::MAX): the server discards everything until EOF, then answers the byte
 //!   count (u64, big endian).
+//! - `VERIFY` (u32::MAX - 1): checked bulk streams both ways (`verify.rs`).
 //!
 //! Commands print one JSON line:
 //! - `server --port P`
@@ -12,6 +13,8 @@
 //! - `crr --target A --size S --conns C --seconds D`: connect, one request, close, again.
 //!   `--count N` instead stops after N connections in all (however long they take).
 //! - `stream --target A --seconds D`: one connection sending as fast as it can.
+//! - `verify --target A --conns C --bytes B`: C connections each carrying B bytes both ways at
+//!   once, every byte checked (the splice stress test; see `verify.rs`).
 
 use std::{
     io::{self, Read, Write},
@@ -20,6 +23,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+mod verify;
 
 const STREAM: u32 = u32::MAX;
 const SERVER_THREADS: usize = 160;
@@ -32,7 +37,11 @@ fn main() {
         Some("rr") => rr(&args[1..], false),
         Some("crr") => rr(&args[1..], true),
         Some("stream") => stream(&args[1..]),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "usage: nm-loadgen server|rr|crr|stream ...")),
+        Some("verify") => verify::run(&args[1..]),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "usage: nm-loadgen server|rr|crr|stream|verify ...",
+        )),
     };
     if let Err(e) = result {
         eprintln!("nm-loadgen: {e}");
@@ -76,6 +85,9 @@ fn serve(mut conn: TcpStream) -> io::Result<()> {
     let mut head = [0u8; 4];
     conn.read_exact(&mut head)?;
     let size = u32::from_be_bytes(head);
+    if size == verify::VERIFY {
+        return verify::serve(conn);
+    }
     if size == STREAM {
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;

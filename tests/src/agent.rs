@@ -222,15 +222,25 @@ impl Agent {
             .with_context(|| format!("no counter {program}/{reason}"))
     }
 
-    /// Spliced directions whose byte counts disagreed with the kernel's at their end
+    /// Spliced directions whose byte counts disagreed with the kernel's
     /// (`nodemesh_splice_audit_mismatches_total`): zero whenever the splice is byte-exact.
     pub fn splice_audit_mismatches(&self) -> anyhow::Result<u64> {
+        self.metric("nodemesh_splice_audit_mismatches_total")
+    }
+
+    /// The same for copied directions (`nodemesh_copy_audit_mismatches_total`).
+    pub fn copy_audit_mismatches(&self) -> anyhow::Result<u64> {
+        self.metric("nodemesh_copy_audit_mismatches_total")
+    }
+
+    /// A label-less sample from `/metrics`.
+    pub fn metric(&self, name: &str) -> anyhow::Result<u64> {
         let text = self.http_get("http://127.0.0.1:15020/metrics")?;
         text.lines()
-            .find_map(|l| l.strip_prefix("nodemesh_splice_audit_mismatches_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
-            .context("no nodemesh_splice_audit_mismatches_total in /metrics")
+            .with_context(|| format!("no {name} in /metrics"))
     }
 
     /// SIGKILL, as the OOM killer or a node problem would.

@@ -178,6 +178,63 @@ pub fn loadgen_crr(host: IpAddr, port: u16, count: u64, conns: usize) -> Command
     cmd
 }
 
+/// `conns` connections at once, each carrying `bytes` checked bytes both ways
+/// (`nm-loadgen verify`); fails naming the first wrong byte's connection and offset.
+pub fn loadgen_verify(host: IpAddr, port: u16, conns: usize, bytes: u64) -> Command {
+    let mut cmd = loadgen();
+    cmd.args([
+        "verify",
+        "--target",
+        &std::net::SocketAddr::new(host, port).to_string(),
+        "--conns",
+        &conns.to_string(),
+        "--bytes",
+        &bytes.to_string(),
+    ]);
+    cmd
+}
+
+/// Busy loops, one per CPU, while this lives.
+pub struct CpuHogs(Vec<std::process::Child>);
+
+impl CpuHogs {
+    /// At normal priority: a contended machine, where the kernel's softirq work is deferred,
+    /// timers fire late and TCP retransmits spuriously.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::spawn(&[])
+    }
+
+    /// At SCHED_IDLE: they take no time from real work, but keep every vCPU awake (on these
+    /// VMs an idle vCPU halts, and waking it dominates latency at concurrency 1).
+    pub fn start_idle() -> anyhow::Result<Self> {
+        Self::spawn(&["chrt", "--idle", "0"])
+    }
+
+    fn spawn(prefix: &[&str]) -> anyhow::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut hogs = Vec::new();
+        for _ in 0..cpus {
+            let argv: Vec<&str> = prefix.iter().copied().chain(["sh", "-c", "while :; do :; done"]).collect();
+            let child = Command::new(argv[0])
+                .args(&argv[1..])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting a busy loop ({})", argv[0]))?;
+            hogs.push(child);
+        }
+        Ok(Self(hogs))
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Seconds since the Unix epoch (the clock the Python tools report in).
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

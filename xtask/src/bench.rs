@@ -4,6 +4,7 @@
 mod controlplane;
 mod measure;
 mod report;
+mod stress;
 mod topology;
 
 use std::{
@@ -18,6 +19,8 @@ pub use measure::Settings;
 
 /// The `--only` name of the control-plane benchmark.
 const CONTROL_PLANE: &str = "controlplane";
+/// The `--only` name of the splice stress run.
+const SPLICE_STRESS: &str = "splice_stress";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -43,8 +46,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub crr_conns: usize,
     /// Only these scenarios (comma-separated; for profiling; `controlplane` is the
-    /// control-plane benchmark). The report then covers only them, so docs/bench.md is left
-    /// alone.
+    /// control-plane benchmark, `splice_stress` the splice stress run). The report then
+    /// covers only them, so docs/bench.md is left alone.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Print both agents' `nodemesh status` (kernel counters included) at the end.
@@ -79,8 +82,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let wants = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut raw = report::Raw::new();
     let mut order: Vec<&str> = Vec::new();
-    if args.only.is_empty() || args.only.iter().any(|o| o != CONTROL_PLANE) {
-        order = data_path(args, &bin_dir, &settings, rounds, &mut raw)?;
+    let special = |o: &String| o == CONTROL_PLANE || o == SPLICE_STRESS;
+    let data_path_wanted = args.only.is_empty() || args.only.iter().any(|o| !special(o));
+    let mut splice_stress = None;
+    if data_path_wanted || wants(SPLICE_STRESS) {
+        let topo = topology::Topology::start(&bin_dir, &args.agent_config)
+            .context("building the benchmark cluster")?;
+        if data_path_wanted {
+            order = data_path(args, &topo, &settings, rounds, &mut raw, &bin_dir)?;
+        }
+        if wants(SPLICE_STRESS) {
+            let scale = if args.quick { &stress::Scale::QUICK } else { &stress::Scale::FULL };
+            let started = Instant::now();
+            let result = stress::run(&topo, &bin_dir, scale).context("the splice stress run")?;
+            println!("splice_stress: {result} ({:.0}s)", started.elapsed().as_secs_f64());
+            splice_stress = Some(result);
+        }
     }
     let control_plane = if wants(CONTROL_PLANE) {
         let scale = if args.quick { &controlplane::Scale::QUICK } else { &controlplane::Scale::FULL };
@@ -95,6 +112,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(cp) = control_plane {
         results["controlplane"] = cp;
     }
+    if let Some(stress) = splice_stress {
+        results[SPLICE_STRESS] = stress;
+    }
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let partial = !args.only.is_empty();
@@ -104,7 +124,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (false, false) => "results.json",
     });
     std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
-    check_schema(&results, &order, wants(CONTROL_PLANE))?;
+    check_schema(&results, &order, wants(CONTROL_PLANE), wants(SPLICE_STRESS))?;
     println!("wrote {}", file.display());
     if !args.quick && !partial {
         report::write_docs(&results, &order, &root.join("docs"), &today())?;
@@ -116,13 +136,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// The data-path scenarios, interleaved round by round; returns their order.
 fn data_path(
     args: &BenchArgs,
-    bin_dir: &Path,
+    topo: &topology::Topology,
     settings: &Settings,
     rounds: usize,
     raw: &mut report::Raw,
+    bin_dir: &Path,
 ) -> anyhow::Result<Vec<&'static str>> {
-    let topo =
-        topology::Topology::start(bin_dir, &args.agent_config).context("building the benchmark cluster")?;
     let scenarios: Vec<_> = topo
         .scenarios()
         .into_iter()
@@ -136,7 +155,7 @@ fn data_path(
         let mut line = format!("round {}/{rounds}:", round + 1);
         for i in 0..scenarios.len() {
             let scenario = &scenarios[(i + round) % scenarios.len()];
-            let sample = measure::run(&topo, scenario, settings, bin_dir).with_context(|| {
+            let sample = measure::run(topo, scenario, settings, bin_dir).with_context(|| {
                 // What the agents saw (a splice audit mismatch, a reset) goes with the error.
                 let logs = [("node1", &topo.agent1), ("node2", &topo.agent2)]
                     .map(|(node, agent)| format!("--- {node} agent log ---\n{}", agent.log_tail(30)));
@@ -162,7 +181,14 @@ fn data_path(
 }
 
 /// The schema docs/bench.md promises: every scenario with every metric, as numbers.
-fn check_schema(results: &Value, order: &[&str], control_plane: bool) -> anyhow::Result<()> {
+fn check_schema(results: &Value, order: &[&str], control_plane: bool, stress: bool) -> anyhow::Result<()> {
+    if stress {
+        for metric in stress::METRICS {
+            results[SPLICE_STRESS][metric]
+                .as_f64()
+                .with_context(|| format!("results.json lacks {SPLICE_STRESS}.{metric}"))?;
+        }
+    }
     if control_plane {
         for metric in controlplane::METRICS {
             results["controlplane"][metric]

@@ -1,12 +1,9 @@
 //! One scenario's measurements in one round, each a run of `nm-loadgen` in the client pod.
 
-use std::{
-    net::IpAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
-};
+use std::{net::IpAddr, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
+use nodemesh_testbed::tools::CpuHogs;
 use serde_json::{Value, json};
 
 use super::topology::{Scenario, Topology};
@@ -71,7 +68,7 @@ pub fn run(
         &["rr", "--target", &target, "--size", &rr_size, "--conns", "1", "--seconds", &secs],
     )?;
     let rr1_spin = {
-        let _spinners = Spinners::start(2)?;
+        let _spinners = CpuHogs::start_idle()?;
         load(
             topo,
             scenario,
@@ -154,32 +151,4 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("VmRSS of {pid}"))
-}
-
-/// SCHED_IDLE busy loops that keep every vCPU awake without taking time from real work:
-/// on these VMs an idle vCPU halts, and waking it dominates latency at concurrency 1.
-struct Spinners(Vec<Child>);
-
-impl Spinners {
-    fn start(n: usize) -> anyhow::Result<Self> {
-        let mut children = Vec::new();
-        for _ in 0..n {
-            let child = Command::new("chrt")
-                .args(["--idle", "0", "sh", "-c", "while :; do :; done"])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("chrt (util-linux)")?;
-            children.push(child);
-        }
-        Ok(Self(children))
-    }
-}
-
-impl Drop for Spinners {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

@@ -105,6 +105,9 @@ pub fn write_docs(results: &Value, order: &[&str], docs: &Path, date: &str) -> a
     if !results["controlplane"].is_null() {
         md.push_str(&super::controlplane::markdown(&results["controlplane"]));
     }
+    if !results["splice_stress"].is_null() {
+        md.push_str(&super::stress::markdown(&results["splice_stress"]));
+    }
     md.push_str(METHOD);
     md.push_str(super::controlplane::METHOD);
     std::fs::write(docs.join("bench.md"), md)?;

@@ -130,12 +130,23 @@ impl Topology {
         let s = |name, server, port, proxies, splice| Scenario { name, server, port, proxies, splice };
         vec![
             s("direct", local, DIRECT_PORT, Proxies::None, None),
-            s("mesh", local, MESH_PORT, Proxies::Agent1, Some(true)),
+            self.mesh_scenario(),
             s("mesh_nosockmap", local, MESH_PORT, Proxies::Agent1, Some(false)),
             s("sidecar", local, SIDECAR_PORT, Proxies::Sidecar, None),
             s("xnode_direct", remote, DIRECT_PORT, Proxies::None, None),
             s("xnode_mesh", remote, MESH_PORT, Proxies::BothAgents, Some(true)),
         ]
+    }
+
+    /// Same-node, through the agent, spliced.
+    pub fn mesh_scenario(&self) -> Scenario {
+        Scenario {
+            name: "mesh",
+            server: IpAddr::from(self.server.ipv4),
+            port: MESH_PORT,
+            proxies: Proxies::Agent1,
+            splice: Some(true),
+        }
     }
 
     /// Puts the pods' splice label where the scenario needs it and waits until the agents
