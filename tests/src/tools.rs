@@ -178,6 +178,24 @@ pub fn loadgen_crr(host: IpAddr, port: u16, count: u64, conns: usize) -> Command
     cmd
 }
 
+/// EOF-delimited transfers (tools/eof_transfer.py): the server streams `down` connections
+/// until they break and records how `up` connections ended, in `out_dir`.
+pub fn eof_server(port: u16, out_dir: &Path) -> Command {
+    let mut cmd = python("eof_transfer.py");
+    cmd.args(["server", "--port", &port.to_string(), "--out"]).arg(out_dir);
+    cmd
+}
+
+/// The client of [`eof_server`]: `down` reads until the end, `up` sends until it fails; both
+/// print how the stream ended (`eof` or `reset`) and keep a byte count in `progress_file`.
+pub fn eof_client(host: IpAddr, port: u16, mode: &str, progress_file: &Path) -> Command {
+    let mut cmd = python("eof_transfer.py");
+    cmd.args(["client", "--host", &host.to_string(), "--port", &port.to_string(), "--mode", mode])
+        .arg("--progress-file")
+        .arg(progress_file);
+    cmd
+}
+
 /// `conns` connections at once, each carrying `bytes` checked bytes both ways
 /// (`nm-loadgen verify`); fails naming the first wrong byte's connection and offset.
 pub fn loadgen_verify(host: IpAddr, port: u16, conns: usize, bytes: u64) -> Command {

@@ -208,8 +208,14 @@ async fn splice_or_copy(
             return Err(e);
         }
     };
+    // A crash from here on resets the upstream too (see `forward::reset`).
+    forward::reset(&upstream);
     flow.allow(kernel(&upstream));
     let result = forward_both_ways(client, &mut upstream, splice, proxy, flow).await;
+    if result.is_ok() {
+        forward::graceful(client);
+        forward::graceful(&upstream);
+    }
     stats.bytes_sent.fetch_add(flow.sent.load(Relaxed), Relaxed);
     stats.bytes_received.fetch_add(flow.received.load(Relaxed), Relaxed);
     if flow.spliced() {

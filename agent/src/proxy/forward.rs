@@ -229,8 +229,18 @@ where
 }
 
 /// Makes the next close send a RST instead of a FIN.
+///
+/// The proxy sets this on both of a connection's sockets as soon as it has them, and clears
+/// it ([`graceful`]) only once the connection has ended cleanly: if the agent dies (a crash,
+/// `kill -9`, the OOM killer), the kernel closes every socket it held with a reset, so no app
+/// takes a cut transfer for a complete one.
 pub fn reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Undoes [`reset`] for a connection that ended cleanly: its close lingers as usual.
+pub fn graceful(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(None);
 }
 
 #[cfg(test)]

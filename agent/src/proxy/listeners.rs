@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use socket2::Domain;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use super::{PodRuntime, Proxy, connection};
+use super::{PodRuntime, Proxy, connection, forward};
 
 /// After the hooks are detached, a connection whose connect4 ran just before may still be
 /// arriving; keep accepting that long before closing.
@@ -153,6 +153,8 @@ async fn accept_loop(
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Until it ends cleanly, the connection ends with a reset if the agent dies.
+                    forward::reset(&stream);
                     proxy.shared.runtime.spawn(connection::handle(kind, stream, peer, Arc::clone(&pod), proxy.clone()));
                 }
                 Err(e) => {
@@ -166,6 +168,7 @@ async fn accept_loop(
     }
     tokio::time::sleep(RETIRE_GRACE).await;
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        forward::reset(&stream);
         proxy.shared.runtime.spawn(connection::handle(kind, stream, peer, Arc::clone(&pod), proxy.clone()));
     }
 }
