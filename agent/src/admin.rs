@@ -168,7 +168,7 @@ pub fn report(s: &AdminState) -> StatusReport {
         (datapath.programs(), datapath.counters())
     };
     let view = s.view.lock().unwrap_or_else(|p| p.into_inner());
-    let mut totals = ProxyTotals::default();
+    let mut totals = ProxyTotals { refused: s.proxy.refusals(), ..Default::default() };
     let pods = view
         .pods
         .iter()

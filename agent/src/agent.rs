@@ -68,7 +68,10 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     // Before any thread exists: every thread returns to this namespace after stepping into a
     // pod's.
     netns::init().context("reading the agent's network namespace")?;
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
+    let max_connections =
+        crate::proxy::admission::node_limit_from_fds(config.max_connections, fd_limit, config.fd_reserve);
+    tracing::info!(fd_limit, max_connections, per_pod = config.max_connections_per_pod, "connection limits");
 
     let cgroup_root = match &config.cgroup_root {
         Some(root) => root.clone(),
@@ -134,6 +137,9 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             splice_inflight_cap: config.splice_inflight_bytes,
             splice_after_bytes: config.splice_after_bytes,
             splice_network_legs: config.splice_network_legs,
+            max_connections_per_pod: config.max_connections_per_pod,
+            max_connections,
+            idle_timeout: config.idle_timeout,
         },
         maps,
         FlowTable::new(config.flows_max_closed, drop_reasons),
@@ -262,14 +268,28 @@ fn check_privileges() -> anyhow::Result<()> {
 }
 
 /// A proxy holds two descriptors per connection; the default soft limit (1,024) would cap
-/// a node at a few hundred connections.
-fn raise_fd_limit() {
+/// a node at a few hundred connections. Raises the soft limit to the hard one (and the hard
+/// one to 1 Mi where the kernel allows it); returns the soft limit in force.
+fn raise_fd_limit() -> u64 {
+    const WANTED: libc::rlim_t = 1 << 20;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain getrlimit/setrlimit on a stack struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_max < WANTED {
+            let raised = libc::rlimit { rlim_cur: WANTED, rlim_max: WANTED };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return WANTED;
+            }
+        }
+        if limit.rlim_cur < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            }
         }
     }
+    limit.rlim_cur
 }

@@ -65,6 +65,19 @@ pub struct Config {
     /// Largest copy buffer per direction of a proxied connection (buffers start small and
     /// grow while reads fill them).
     pub max_buffer_bytes: usize,
+    /// Proxied connections at once, node-wide; past it new connections are reset and counted.
+    /// 0: as many as the descriptor limit allows while keeping `fd_reserve` descriptors.
+    pub max_connections: usize,
+    /// Proxied connections at once per pod (both directions); past it the pod's new
+    /// connections are reset and counted, so one pod cannot take the node's share.
+    pub max_connections_per_pod: usize,
+    /// Descriptors kept for everything but proxied connections (pod listeners, admin API,
+    /// xDS, maps): the proxy never lets its connections eat into them.
+    pub fd_reserve: usize,
+    /// A proxied connection that moves no byte either way for this long is reset. 0: never
+    /// (as Istio's default).
+    #[serde(with = "millis")]
+    pub idle_timeout: Duration,
     /// Log filter (tracing EnvFilter syntax).
     pub log: String,
 }
@@ -106,6 +119,10 @@ impl Default for Config {
             splice_after_bytes: 16 << 10,
             splice_network_legs: false,
             max_buffer_bytes: 256 * 1024,
+            max_connections: 0,
+            max_connections_per_pod: 10_000,
+            fd_reserve: 4096,
+            idle_timeout: Duration::ZERO,
             log: "info".into(),
         }
     }
@@ -243,6 +260,15 @@ impl Config {
         }
         if !(4096..=16 << 20).contains(&self.max_buffer_bytes) {
             return Err(invalid("max_buffer_bytes", "must be between 4096 and 16 MiB".into()));
+        }
+        if self.max_connections_per_pod == 0 {
+            return Err(invalid("max_connections_per_pod", "must be above 0".into()));
+        }
+        if !(256..=1 << 20).contains(&self.fd_reserve) {
+            return Err(invalid("fd_reserve", "must be between 256 and 1048576".into()));
+        }
+        if !self.idle_timeout.is_zero() && self.idle_timeout < Duration::from_secs(1) {
+            return Err(invalid("idle_timeout", "must be 0 (never) or at least 1000 ms".into()));
         }
         if self.flows_max_closed > 1_000_000 {
             return Err(invalid("flows_max_closed", "must be at most 1000000".into()));

@@ -49,6 +49,8 @@ impl DatapathError {
 /// Map handles the proxy uses concurrently, one syscall per operation.
 #[derive(Debug)]
 pub struct SharedMaps {
+    /// The agent's marks on its own outbound listeners (socket storage; key: the fd).
+    pub listener_marks: SharedMap,
     pub orig_dst: SharedMap,
     pub listeners: SharedMap,
     pub splice_socks: SharedMap,
@@ -69,16 +71,18 @@ pub struct ProgramStatus {
 pub struct Datapath {
     ebpf: Ebpf,
     pins: PinDir,
+    /// This agent owns the pin directory while it runs.
+    _lock: pins::PinLock,
     counters: PerCpuArray<MapData, u64>,
 }
 
 impl Datapath {
     /// Loads everything, adopting compatible maps an earlier agent pinned.
     pub fn load(pins: PinDir, settings: &DatapathSettings) -> Result<Self, DatapathError> {
-        let ebpf = loader::load(&pins, settings)?;
+        let (ebpf, lock) = loader::load(&pins, settings)?;
         let counters = open_pinned(&pins, names::COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).map_err(|e| DatapathError::Map(e.to_string())))?;
-        Ok(Self { ebpf, pins, counters })
+        Ok(Self { ebpf, pins, _lock: lock, counters })
     }
 
     pub fn pins(&self) -> &PinDir {
@@ -92,6 +96,7 @@ impl Datapath {
             SharedMap::new(fd).map_err(|e| DatapathError::io("duplicating a map fd", e))
         };
         Ok(SharedMaps {
+            listener_marks: open(names::LISTENER_MARK)?,
             orig_dst: open(names::ORIG_DST)?,
             listeners: open(names::LISTENERS)?,
             splice_socks: open(names::SPLICE_SOCKS)?,
@@ -157,10 +162,13 @@ impl Datapath {
 
     /// Removes every pin the agent owns. Links detach as their last reference goes.
     pub fn remove_all(self) -> io::Result<()> {
-        let Self { ebpf, pins, counters } = self;
+        // The lock goes last, with the directory it protects.
+        let Self { ebpf, pins, _lock: lock, counters } = self;
         drop(counters);
         drop(ebpf);
-        pins.remove_all()
+        let removed = pins.remove_all();
+        drop(lock);
+        removed
     }
 }
 

@@ -2,8 +2,10 @@
 //! namespace (DESIGN decision 4); which listener accepted a connection tells the proxy which
 //! pod is speaking.
 
+pub mod admission;
 mod connection;
 pub(crate) mod forward;
+mod idle;
 mod listeners;
 mod splice;
 pub mod stats;
@@ -51,6 +53,12 @@ pub struct ProxySettings {
     pub splice_after_bytes: u64,
     /// Whether connections with a leg that receives from the network are spliced too.
     pub splice_network_legs: bool,
+    /// Connections at once per pod, and node-wide (already resolved from the descriptor
+    /// limit).
+    pub max_connections_per_pod: usize,
+    pub max_connections: usize,
+    /// Reset connections idle this long (zero: never).
+    pub idle_timeout: Duration,
 }
 
 /// An enrolled pod as the proxy sees it.
@@ -80,6 +88,9 @@ pub struct ProxyTotals {
     pub inbound_accepted: u64,
     pub failed: u64,
     pub spliced: u64,
+    /// Connections refused before the proxy did anything with them, by reason.
+    #[serde(default)]
+    pub refused: admission::Refusals,
 }
 
 #[derive(Debug)]
@@ -93,6 +104,7 @@ struct Shared {
     /// Connections being proxied, node-wide (outlives any one pod's enrollment).
     active: AtomicU64,
     flows: FlowTable,
+    admission: admission::Admission,
     /// Names for addresses, from the spec's source; replaced whole.
     directory: RwLock<Arc<Directory>>,
 }
@@ -113,6 +125,10 @@ impl Proxy {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                admission: admission::Admission::new(
+                    settings.max_connections_per_pod,
+                    settings.max_connections,
+                ),
                 settings,
                 maps,
                 pods: RwLock::default(),
@@ -162,6 +178,10 @@ impl Proxy {
 
     pub fn active_connections(&self) -> u64 {
         self.shared.active.load(Relaxed)
+    }
+
+    pub fn refusals(&self) -> admission::Refusals {
+        self.shared.admission.refusals()
     }
 
     /// Opens the pod's listeners inside its namespace and starts accepting.

@@ -79,7 +79,9 @@ async fn handle(mut client: TcpStream, mark: u32, max_buffer: usize) -> io::Resu
     };
     client.set_nodelay(true)?;
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
-    forward::forward(&mut client, &mut upstream, max_buffer, &sent, &received, None).await.map(|_| ())
+    let settings =
+        forward::CopySettings { max_buffer, hand_off_after: None, idle_timeout: std::time::Duration::ZERO };
+    forward::forward(&mut client, &mut upstream, settings, &sent, &received).await.map(|_| ())
 }
 
 /// The destination before REDIRECT rewrote it (netfilter's conntrack remembers it).

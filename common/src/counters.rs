@@ -33,6 +33,7 @@ counters! {
     ConnectSkipLoopback = ("connect", "skip_loopback"),
     ConnectSkipExcludedPort = ("connect", "skip_excluded_port"),
     ConnectFailOpenNoListener = ("connect", "fail_open_no_listener"),
+    ConnectFailOpenForeignListener = ("connect", "fail_open_foreign_listener"),
     ConnectFailOpenNoStorage = ("connect", "fail_open_no_storage"),
     ConnectFailOpenNoConfig = ("connect", "fail_open_no_config"),
     SockOpsOrigDstPublished = ("sock_ops", "orig_dst_published"),

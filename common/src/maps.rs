@@ -12,6 +12,11 @@ pub const EXCLUDED_OUTBOUND: &str = "nm_excl_out";
 pub const EXCLUDED_INBOUND: &str = "nm_excl_in";
 /// Per-socket original destination, written by connect4/connect6 (socket local storage).
 pub const SOCKET_DST: &str = "nm_sk_dst";
+/// The agent's own outbound listeners (socket local storage the agent writes from user space,
+/// keyed by the listener's descriptor; the value is the pod's netns cookie). connect4/connect6
+/// rewrite a connect only to a listener marked here, never to another process's socket that
+/// happens to listen on the same port. Not pinned: marks die with the sockets they mark.
+pub const LISTENER_MARK: &str = "nm_listen_mark";
 /// Original destination by the client's address, for the proxy ([`crate::OrigDstKey`]).
 pub const ORIG_DST: &str = "nm_orig_dst";
 /// Inbound listeners by pod address ([`crate::ListenerKey`]), for sk_lookup.
@@ -59,8 +64,9 @@ mod tests {
 
     #[test]
     fn names_fit_the_kernel_limit_and_share_the_prefix() {
-        for name in
-            PINNED.iter().chain([SOCKET_DST, SPLICE_SOCKS, SPLICE_STATE, SPLICE_CTL, TCP_HEALTH].iter())
+        for name in PINNED
+            .iter()
+            .chain([SOCKET_DST, LISTENER_MARK, SPLICE_SOCKS, SPLICE_STATE, SPLICE_CTL, TCP_HEALTH].iter())
         {
             assert!(name.len() < 16, "{name} is too long for BPF_OBJ_NAME_LEN");
             assert!(name.starts_with("nm_"), "{name} lacks the nm_ prefix");

@@ -4,7 +4,9 @@
 //! outbound listener on loopback inside the pod's own network namespace, and the original
 //! destination is kept in the socket's local storage (sock_ops then publishes it for the
 //! proxy, getpeername restores it for the app). Before rewriting we look the listener up: if
-//! the agent is gone or not ready for this pod, the connect goes direct (fail-open).
+//! the agent is gone or not ready for this pod, the connect goes direct (fail-open). The
+//! listener must also carry the agent's mark (`nm_listen_mark`): any other process can listen
+//! on 127.0.0.1:15001 inside a pod, and must never receive the pod's outbound traffic.
 
 use core::{mem::size_of, ptr};
 
@@ -26,7 +28,7 @@ use nodemesh_common::{
 use crate::{
     counters::count,
     ctx,
-    maps::{CONFIG, EXCLUDED_OUTBOUND, SOCKET_DST},
+    maps::{CONFIG, EXCLUDED_OUTBOUND, LISTENER_MARK, SOCKET_DST},
     ports::is_excluded,
 };
 
@@ -139,7 +141,8 @@ fn outbound_port(port: u16) -> Result<u16, Counter> {
 }
 
 /// Fail-open check: is the agent's listener there, in this socket's network namespace? The
-/// listener dies with the agent, so a killed agent stops interception at once.
+/// listener dies with the agent, so a killed agent stops interception at once. A listener
+/// without the agent's mark belongs to some other process: the connect goes direct.
 #[inline(always)]
 fn listener_exists(ctx: &SockAddrContext, tuple: *mut bpf_sock_tuple, len: usize) -> Result<(), Counter> {
     // SAFETY: `tuple` points at a live tuple of `len` bytes on our stack.
@@ -148,8 +151,16 @@ fn listener_exists(ctx: &SockAddrContext, tuple: *mut bpf_sock_tuple, len: usize
     if sk.is_null() {
         return Err(Counter::ConnectFailOpenNoListener);
     }
+    // SAFETY: our own map; `sk` is a referenced socket; without the create flag the helper
+    // only looks up.
+    let mark = unsafe {
+        bpf_sk_storage_get(ptr::from_ref(&LISTENER_MARK).cast_mut().cast(), sk.cast(), ptr::null_mut(), 0)
+    };
     // SAFETY: `sk` is the non-null reference the lookup took; it must be released.
     unsafe { bpf_sk_release(sk.cast()) };
+    if mark.is_null() {
+        return Err(Counter::ConnectFailOpenForeignListener);
+    }
     Ok(())
 }
 

@@ -25,6 +25,10 @@ pub static EXCLUDED_INBOUND: Array<u64> = Array::pinned(names::PORT_BITMAP_WORDS
 #[btf_map(name = "nm_sk_dst")]
 pub static SOCKET_DST: SkStorage<SockAddr> = SkStorage::new();
 
+/// The agent's own outbound listeners, marked from user space (see `maps::LISTENER_MARK`).
+#[btf_map(name = "nm_listen_mark")]
+pub static LISTENER_MARK: SkStorage<u64> = SkStorage::new();
+
 #[map(name = "nm_orig_dst")]
 pub static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(names::ORIG_DST_ENTRIES, 0);
 

@@ -120,6 +120,23 @@ impl Agent {
         self.spawn(node)
     }
 
+    /// Runs a second agent with this one's config (same node, same bpffs directory) while
+    /// this one runs; returns its exit status and output (it is killed after `timeout`).
+    pub fn start_second(
+        &self,
+        node: &Node,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let out = self.inner.work.join(format!("{}-second-agent.log", node.name));
+        let mut cmd = node.daemon_command(&self.binary)?;
+        cmd.arg("agent").arg("--config").arg(&self.config_path);
+        let file = fs::File::create(&out)?;
+        let child = cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).spawn()?;
+        let pid = self.inner.track_child(child);
+        let status = self.inner.wait_child(pid, timeout)?;
+        Ok((status, fs::read_to_string(&out)?))
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }

@@ -178,6 +178,23 @@ pub fn loadgen_crr(host: IpAddr, port: u16, count: u64, conns: usize) -> Command
     cmd
 }
 
+/// A process listening on 127.0.0.1:`port` that records every connection it gets in `out`.
+pub fn squatter(port: u16, out: &Path) -> Command {
+    let mut cmd = python("squatter.py");
+    cmd.args(["--port", &port.to_string(), "--out"]).arg(out);
+    cmd
+}
+
+/// One connection to `host:port` (from `source` if given); prints how it ended.
+pub fn loop_client(host: IpAddr, port: u16, source: Option<IpAddr>) -> Command {
+    let mut cmd = python("loop_client.py");
+    cmd.args(["--host", &host.to_string(), "--port", &port.to_string()]);
+    if let Some(source) = source {
+        cmd.args(["--source", &source.to_string()]);
+    }
+    cmd
+}
+
 /// EOF-delimited transfers (tools/eof_transfer.py): the server streams `down` connections
 /// until they break and records how `up` connections ended, in `out_dir`.
 pub fn eof_server(port: u16, out_dir: &Path) -> Command {

@@ -147,6 +147,17 @@ pub fn render(s: &AdminState) -> String {
 
     e.family("nodemesh_proxy_active_connections", Kind::Gauge, "Connections the proxy is handling.")
         .sample(&[], s.proxy.active_connections() as f64);
+    let refused = s.proxy.refusals();
+    let mut family = e.family(
+        "nodemesh_proxy_refused_connections_total",
+        Kind::Counter,
+        "Connections reset before the proxy did anything with them: loop (reached the inbound listener from inside the pod), pod_limit, node_limit.",
+    );
+    for (reason, n) in
+        [("loop", refused.r#loop), ("pod_limit", refused.pod_limit), ("node_limit", refused.node_limit)]
+    {
+        family.sample(&[("reason", reason)], n as f64);
+    }
     e.family(
         "nodemesh_splice_audit_mismatches_total",
         Kind::Counter,

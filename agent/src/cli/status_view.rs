@@ -82,6 +82,14 @@ pub fn render(r: &StatusReport) -> String {
     if let Some(sync) = &r.sync {
         out.push_str(&sync_lines(sync));
     }
+    let refused = r.proxy.refused;
+    if refused.r#loop + refused.pod_limit + refused.node_limit > 0 {
+        let _ = writeln!(
+            out,
+            "Refused connections: {} loops (reached the inbound listener from inside a pod), {} over a pod's limit, {} over the node's",
+            refused.r#loop, refused.pod_limit, refused.node_limit
+        );
+    }
 
     let _ = writeln!(out, "\nPODS ({} enrolled, {} pending)", r.pods.len(), r.pending.len());
     let mut pods = Table::new(&[

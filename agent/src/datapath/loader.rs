@@ -13,7 +13,10 @@ use aya::{
 };
 use nodemesh_common::{DatapathConfig, SkBuffOffsets, TcpSockOffsets, maps as names};
 
-use super::{DatapathError, maps, pins::PinDir};
+use super::{
+    DatapathError, maps,
+    pins::{PinDir, PinLock},
+};
 
 /// The eBPF object built by build.rs from the `nodemesh-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodemesh"));
@@ -39,8 +42,9 @@ pub struct DatapathSettings {
     pub excluded_inbound_ports: Vec<u16>,
 }
 
-pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, DatapathError> {
-    pins.prepare().map_err(|e| DatapathError::io("preparing the pin directory", e))?;
+pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<(Ebpf, PinLock), DatapathError> {
+    // Before anything is swept: another agent may own the directory.
+    let lock = pins.prepare().map_err(|e| DatapathError::io("preparing the pin directory", e))?;
     sweep_map_pins(&pins.maps())?;
 
     let mut ebpf = EbpfLoader::new()
@@ -79,7 +83,7 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<Ebpf, Datapath
     write_settings(&mut ebpf, settings)?;
     attach_splice_verdict(&mut ebpf)?;
     attach_node_programs(&mut ebpf, settings)?;
-    Ok(ebpf)
+    Ok((ebpf, lock))
 }
 
 /// Programs that watch the whole node rather than one pod: the drop tracer, and sock_ops on

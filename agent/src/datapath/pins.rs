@@ -7,6 +7,7 @@
 
 use std::{
     fs, io,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -40,11 +41,36 @@ impl PinDir {
     }
 
     /// Creates the directories, mounting bpffs at its usual place first if nothing is
-    /// mounted there yet (a fresh machine has no bpffs).
-    pub fn prepare(&self) -> io::Result<()> {
+    /// mounted there yet (a fresh machine has no bpffs), and takes the directory for this
+    /// agent: a second agent on the same directory would remove the first one's pins (its
+    /// start-up sweeps pins it does not know), so it must not start. The lock is an exclusive
+    /// `flock` on the directory itself (bpffs holds no regular files), released when the
+    /// returned handle closes, also when the agent is killed.
+    pub fn prepare(&self) -> io::Result<PinLock> {
         ensure_bpffs(&self.root)?;
+        fs::create_dir_all(&self.root)?;
+        let dir = fs::File::open(&self.root)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+            let holder = dir.metadata().ok().and_then(|m| lock_holder(m.ino()));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another nodemesh agent{} owns {}; refusing to start (two agents on one pin \
+                     directory would remove each other's pins: stop it, or give this one its own \
+                     --bpffs-dir)",
+                    holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+                    self.root.display()
+                ),
+            ));
+        }
         fs::create_dir_all(self.maps())?;
-        fs::create_dir_all(self.pods())
+        fs::create_dir_all(self.pods())?;
+        Ok(PinLock { _dir: dir })
     }
 
     /// Uids of pods that have a pin directory (from this run or an earlier one).
@@ -70,6 +96,24 @@ impl PinDir {
             other => other,
         }
     }
+}
+
+/// Held for the agent's life: the pin directory is this agent's (see [`PinDir::prepare`]).
+#[derive(Debug)]
+pub struct PinLock {
+    _dir: fs::File,
+}
+
+/// The process holding an flock on the inode, from /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE <pid> <maj>:<min>:<inode> 0 EOF`).
+fn lock_holder(inode: u64) -> Option<u32> {
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, id) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        let ino = id.rsplit(':').next()?.parse::<u64>().ok()?;
+        (*kind == "FLOCK" && ino == inode).then(|| pid.parse().ok()).flatten()
+    })
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {

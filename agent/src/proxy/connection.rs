@@ -10,7 +10,9 @@ use nodemesh_common::{OrigDstKey, SockAddr, addr};
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
-use super::{ListenerKind, PodRuntime, Proxy, forward, ip_words, splice, stats::DirectionStats, upstream};
+use super::{
+    ListenerKind, PodRuntime, Proxy, admission, forward, ip_words, splice, stats::DirectionStats, upstream,
+};
 use crate::{
     authz::Source,
     directory::{Directory, Names, WorkloadRef},
@@ -31,6 +33,11 @@ pub(super) async fn handle(
 ) {
     let span = tracing::debug_span!("conn", pod = %pod.name, ?kind, %peer);
     async move {
+        if let Err(why) = admit(kind, &stream, peer, &pod, &proxy) {
+            tracing::debug!(reason = why.reason(), "connection refused");
+            forward::reset(&stream);
+            return;
+        }
         let stats = match kind {
             ListenerKind::Outbound => &pod.stats.outbound,
             ListenerKind::Inbound => &pod.stats.inbound,
@@ -47,6 +54,23 @@ pub(super) async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// The admission stage (see `admission.rs`): loops and caps.
+fn admit(
+    kind: ListenerKind,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    pod: &PodRuntime,
+    proxy: &Proxy,
+) -> Result<(), admission::Refusal> {
+    let admission = &proxy.shared.admission;
+    if kind == ListenerKind::Inbound {
+        let local = stream.local_addr().map_err(|_| admission::Refusal::Loop)?;
+        admission.admit_inbound(local, peer, &pod.ips)?;
+    }
+    let pod_active = pod.stats.outbound.active.load(Relaxed) + pod.stats.inbound.active.load(Relaxed);
+    admission.admit(pod_active, proxy.active_connections())
 }
 
 /// An app in `pod` connected somewhere; connect4 sent it here.
@@ -233,20 +257,26 @@ async fn forward_both_ways(
 ) -> io::Result<()> {
     client.set_nodelay(true)?;
     let settings = proxy.settings();
-    let (max, sent, received) = (settings.max_buffer_bytes, &flow.sent, &flow.received);
+    let (sent, received) = (&flow.sent, &flow.received);
     // Copy first; once the connection has moved `splice_after_bytes`, hand it to the kernel.
     // One-shot connections never pay for the hand-off; persistent and bulk ones get the splice.
-    let hand_off_after = splice.then_some(settings.splice_after_bytes);
-    if let forward::Outcome::Done(_) =
-        forward::forward(client, upstream, max, sent, received, hand_off_after).await?
-    {
+    let copy = forward::CopySettings {
+        max_buffer: settings.max_buffer_bytes,
+        hand_off_after: splice.then_some(settings.splice_after_bytes),
+        idle_timeout: settings.idle_timeout,
+    };
+    if let forward::Outcome::Done(_) = forward::forward(client, upstream, copy, sent, received).await? {
         return Ok(());
     }
     let copied = forward::Transfer {
         client_to_upstream: sent.load(Relaxed),
         upstream_to_client: received.load(Relaxed),
     };
-    match splice::splice(client, upstream, proxy.maps(), settings.splice_inflight_cap, copied).await {
+    let spliced = splice::SpliceSettings {
+        inflight_cap: settings.splice_inflight_cap,
+        idle_timeout: settings.idle_timeout,
+    };
+    match splice::splice(client, upstream, proxy.maps(), spliced, copied).await {
         Ok(result) => {
             flow.set_spliced();
             let transfer = result?;
@@ -256,7 +286,8 @@ async fn forward_both_ways(
         }
         Err(splice::NotSpliced(e)) => {
             tracing::debug!(error = %e, "not spliced; copying");
-            forward::forward(client, upstream, max, sent, received, None).await.map(|_| ())
+            let rest = forward::CopySettings { hand_off_after: None, ..copy };
+            forward::forward(client, upstream, rest, sent, received).await.map(|_| ())
         }
     }
 }

@@ -25,7 +25,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::tcp_counts;
+use super::{idle::IdleWatch, tcp_counts};
 
 /// Copied directions whose byte counts disagreed with the kernel's at their end; exported as
 /// `nodemesh_copy_audit_mismatches_total`.
@@ -57,20 +57,29 @@ enum HalfEnd {
     Paused(u64),
 }
 
+/// How to copy.
+#[derive(Clone, Copy, Debug)]
+pub struct CopySettings {
+    pub max_buffer: usize,
+    /// Pause once the connection has moved this many bytes both ways together.
+    pub hand_off_after: Option<u64>,
+    /// Fail when no byte moves either way for this long (zero: never).
+    pub idle_timeout: Duration,
+}
+
 /// Forwards until both directions have seen EOF, or one fails, or (with `hand_off_after`)
 /// the connection has moved that many bytes both ways together.
 pub async fn forward(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    max_buffer: usize,
+    settings: CopySettings,
     sent: &AtomicU64,
     received: &AtomicU64,
-    hand_off_after: Option<u64>,
 ) -> io::Result<Outcome> {
-    if hand_off_after == Some(0) {
+    if settings.hand_off_after == Some(0) {
         return Ok(Outcome::Paused(Transfer::default()));
     }
-    let result = forward_halves(client, upstream, max_buffer, sent, received, hand_off_after).await;
+    let result = forward_halves(client, upstream, settings, sent, received).await;
     if result.is_err() {
         reset(client);
         reset(upstream);
@@ -81,11 +90,13 @@ pub async fn forward(
 async fn forward_halves(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    max_buffer: usize,
+    settings: CopySettings,
     sent: &AtomicU64,
     received: &AtomicU64,
-    hand_off_after: Option<u64>,
 ) -> io::Result<Outcome> {
+    let CopySettings { max_buffer, hand_off_after, idle_timeout } = settings;
+    let mut idle = IdleWatch::new(idle_timeout);
+    let moved_total = || sent.load(Relaxed) + received.load(Relaxed);
     // What each destination had queued when this copy began: the audit's starting points.
     let up_audit = Audit { dst_base: tcp_counts::queued(&*upstream) };
     let down_audit = Audit { dst_base: tcp_counts::queued(&*client) };
@@ -94,10 +105,17 @@ async fn forward_halves(
     let moved = AtomicU64::new(0);
     let (pause, _) = watch::channel(false);
     let limit = Limit { after: hand_off_after, moved: &moved, pause: &pause };
-    let (up, down) = tokio::try_join!(
-        copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit, &up_audit),
-        copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit, &down_audit),
-    )?;
+    let (up, down) = watched(
+        async {
+            tokio::try_join!(
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit, &up_audit),
+                copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit, &down_audit),
+            )
+        },
+        &mut idle,
+        moved_total,
+    )
+    .await?;
     let unlimited = Limit { after: None, ..limit };
     Ok(match (up, down) {
         (HalfEnd::Eof(a), HalfEnd::Eof(b)) => {
@@ -120,12 +138,32 @@ async fn forward_halves(
             Outcome::Done(Transfer { client_to_upstream: a, upstream_to_client: b + rest.bytes() })
         }
         (HalfEnd::Paused(a), HalfEnd::Eof(b)) => {
-            let rest =
-                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited, &up_audit.after(a))
-                    .await?;
+            let rest = watched(
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited, &up_audit.after(a)),
+                &mut idle,
+                moved_total,
+            )
+            .await?;
             Outcome::Done(Transfer { client_to_upstream: a + rest.bytes(), upstream_to_client: b })
         }
     })
+}
+
+/// Runs `copy` until it ends, or until no byte has moved (per `moved`) for the idle timeout.
+async fn watched<T>(
+    copy: impl Future<Output = io::Result<T>>,
+    idle: &mut IdleWatch,
+    moved: impl Fn() -> u64,
+) -> io::Result<T> {
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            result = &mut copy => return result,
+            () = idle.tick() => if idle.expired(moved()) {
+                return Err(idle.error());
+            },
+        }
+    }
 }
 
 impl HalfEnd {
@@ -248,6 +286,10 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    fn copy(max_buffer: usize, hand_off_after: Option<u64>) -> CopySettings {
+        CopySettings { max_buffer, hand_off_after, idle_timeout: Duration::ZERO }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let c = TcpStream::connect(l.local_addr().expect("addr")).await.expect("connect");
@@ -262,7 +304,7 @@ mod tests {
         let (mut upstream_side, mut server) = pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let proxy = tokio::spawn(async move {
-            forward(&mut client_side, &mut upstream_side, 64 * 1024, &sent, &received, None).await
+            forward(&mut client_side, &mut upstream_side, copy(64 * 1024, None), &sent, &received).await
         });
 
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -290,11 +332,30 @@ mod tests {
         let (mut upstream_side, server) = pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let proxy = tokio::spawn(async move {
-            forward(&mut client_side, &mut upstream_side, 64 * 1024, &sent, &received, None).await
+            forward(&mut client_side, &mut upstream_side, copy(64 * 1024, None), &sent, &received).await
         });
         reset(&server);
         drop(server);
         assert!(proxy.await.expect("join").is_err());
+        let mut buf = [0u8; 1];
+        let err = app.read(&mut buf).await.expect_err("the app sees the reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_reset() {
+        let (mut app, mut client_side) = pair().await;
+        let (mut upstream_side, _server) = pair().await;
+        let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+        let settings = CopySettings { idle_timeout: Duration::from_secs(30), ..copy(4096, None) };
+        app.write_all(b"one request, then silence").await.expect("write");
+        let started = tokio::time::Instant::now();
+        let e = forward(&mut client_side, &mut upstream_side, settings, &sent, &received)
+            .await
+            .expect_err("idle connections end");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(30), "{:?}", started.elapsed());
+        drop(client_side);
         let mut buf = [0u8; 1];
         let err = app.read(&mut buf).await.expect_err("the app sees the reset");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
@@ -315,7 +376,7 @@ mod tests {
             answer
         });
         // Crosses 10 kB, pauses with nothing held, then carries on where it stopped.
-        let first = forward(&mut client_side, &mut upstream_side, 4096, &sent, &received, Some(10_000))
+        let first = forward(&mut client_side, &mut upstream_side, copy(4096, Some(10_000)), &sent, &received)
             .await
             .expect("forward");
         let Outcome::Paused(before) = first else { panic!("expected a pause, got {first:?}") };
@@ -327,8 +388,9 @@ mod tests {
             server.shutdown().await.expect("shutdown");
             got
         });
-        let rest =
-            forward(&mut client_side, &mut upstream_side, 4096, &sent, &received, None).await.expect("rest");
+        let rest = forward(&mut client_side, &mut upstream_side, copy(4096, None), &sent, &received)
+            .await
+            .expect("rest");
         let Outcome::Done(after) = rest else { panic!("expected the end, got {rest:?}") };
         assert_eq!(before.client_to_upstream + after.client_to_upstream, request.len() as u64);
         assert_eq!(server_task.await.expect("join"), request, "byte-exact across the pause");

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
     sync::Arc,
     time::Duration,
 };
@@ -107,10 +107,26 @@ pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListen
         let std_listener = match bind_in(&pod.netns, addr) {
             Ok(l) => l,
             Err(e) if !required && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{addr} in the pod is taken by another process; waiting for it to be released"),
+                ));
+            }
             Err(e) => return Err(io::Error::new(e.kind(), format!("listening on {addr} in the pod: {e}"))),
         };
-        if kind == ListenerKind::Inbound {
-            listeners.inbound.push((IpFamily::of(&addr.ip()), std_listener.as_fd().try_clone_to_owned()?));
+        match kind {
+            ListenerKind::Inbound => {
+                listeners
+                    .inbound
+                    .push((IpFamily::of(&addr.ip()), std_listener.as_fd().try_clone_to_owned()?));
+            }
+            // connect4 rewrites only to a listener carrying this mark (ebpf/src/connect.rs).
+            ListenerKind::Outbound => proxy
+                .maps()
+                .listener_marks
+                .update(&std_listener.as_raw_fd(), &pod.netns.cookie())
+                .map_err(|e| io::Error::new(e.kind(), format!("marking the listener on {addr}: {e}")))?,
         }
         let listener = {
             let _runtime = proxy.shared.runtime.enter();

@@ -26,6 +26,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use super::{
     forward::{Transfer, reset},
+    idle::IdleWatch,
     tcp_counts::{handed, queued, received_before_fin, set_int_option, tcp_info},
 };
 use crate::{datapath::SharedMaps, pods::netns::socket_cookie};
@@ -62,13 +63,23 @@ struct Direction {
     eof: bool,
 }
 
+/// How to splice.
+#[derive(Clone, Copy, Debug)]
+pub struct SpliceSettings {
+    /// See `SpliceCtl::inflight_cap`.
+    pub inflight_cap: u64,
+    /// Fail when no byte moves either way for this long (zero: never).
+    pub idle_timeout: Duration,
+}
+
 pub async fn splice(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     maps: &SharedMaps,
-    mut inflight_cap: u64,
+    settings: SpliceSettings,
     copied: Transfer,
 ) -> Result<io::Result<Transfer>, NotSpliced> {
+    let mut inflight_cap = settings.inflight_cap;
     let cookies = (socket_cookie(client).map_err(NotSpliced)?, socket_cookie(upstream).map_err(NotSpliced)?);
     let (client_info, upstream_info) =
         (tcp_info(client).map_err(NotSpliced)?, tcp_info(upstream).map_err(NotSpliced)?);
@@ -112,7 +123,8 @@ pub async fn splice(
         set_int_option(stream, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1);
     }
 
-    let result = supervise(client, upstream, &mut up, &mut down, maps, inflight_cap).await;
+    let mut idle = IdleWatch::new(settings.idle_timeout);
+    let result = supervise(client, upstream, &mut up, &mut down, &entries, inflight_cap, &mut idle).await;
     let transfer = Transfer {
         client_to_upstream: up.forwarded + entries.redirected(cookies.0),
         upstream_to_client: down.forwarded + entries.redirected(cookies.1),
@@ -133,15 +145,26 @@ async fn supervise(
     upstream: &mut TcpStream,
     up: &mut Direction,
     down: &mut Direction,
-    maps: &SharedMaps,
+    entries: &Entries<'_>,
     inflight_cap: u64,
+    idle: &mut IdleWatch,
 ) -> io::Result<()> {
+    let maps = entries.maps;
     let mut buf = vec![0u8; BUFFER];
     // Once one direction is done its socket is no longer watched, so a reset there would go
     // unnoticed (the kernel drops what it can no longer redirect); look at it now and then.
     let mut watchdog = tokio::time::interval(RESET_CHECK);
     while !(up.eof && down.eof) {
         tokio::select! {
+            () = idle.tick() => {
+                let moved = up.forwarded
+                    + down.forwarded
+                    + entries.redirected(entries.cookies.0)
+                    + entries.redirected(entries.cookies.1);
+                if idle.expired(moved) {
+                    return Err(idle.error());
+                }
+            }
             _ = watchdog.tick(), if up.eof || down.eof => {
                 // A reset leaves a pending socket error; a clean close does not (TCP_CLOSE alone
                 // is also what a socket shows once it has gone to TIME_WAIT).
