@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod flows_query;
+pub mod http;
 mod prometheus;
 
 use std::{
@@ -80,10 +81,11 @@ pub async fn serve(
     let readiness_app =
         Router::new().route("/healthz/ready", get(ready)).route("/ready", get(ready)).with_state(state);
     tracing::info!(admin = %admin.0, metrics = %metrics.0, readiness = %readiness.0, "admin, metrics and readiness listening");
+    let refused = &http::REFUSED;
     tokio::try_join!(
-        axum::serve(admin.1, admin_app).into_future(),
-        axum::serve(metrics.1, metrics_app).into_future(),
-        axum::serve(readiness.1, readiness_app).into_future(),
+        http::serve(admin.1, admin_app, http::ADMIN, &refused.admin),
+        http::serve(metrics.1, metrics_app, http::NETWORK, &refused.metrics),
+        http::serve(readiness.1, readiness_app, http::NETWORK, &refused.readiness),
     )?;
     Ok(())
 }
@@ -200,6 +202,7 @@ pub fn report(s: &AdminState) -> StatusReport {
         },
         pods,
         pending: view.pending.clone(),
+        held: view.held.clone(),
         programs,
         counters: counters
             .into_iter()

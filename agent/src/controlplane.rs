@@ -12,6 +12,7 @@ pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let settings = nodemesh_controlplane::Settings {
         config_dir: args.config_dir,

@@ -141,7 +141,7 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
             intercept,
         });
     }
-    Ok(NodeSpec { pods, directory: Arc::new(directory.build()) })
+    Ok(NodeSpec { authoritative: true, pods, directory: Arc::new(directory.build()) })
 }
 
 /// Kubernetes names (RFC 1123 labels, also the rule for namespaces).

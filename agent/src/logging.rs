@@ -1,7 +1,10 @@
 //! Logging, with a filter that `/logging` can change while the agent runs (an SRE turning on
 //! `debug` for one module during an incident, without a restart).
 
-use std::sync::{Mutex, OnceLock};
+use std::{
+    io::IsTerminal as _,
+    sync::{Mutex, OnceLock},
+};
 
 use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _,
@@ -16,9 +19,12 @@ static LEVEL: OnceLock<Level> = OnceLock::new();
 
 pub fn init(filter: &str) {
     let (layer, handle) = reload::Layer::new(EnvFilter::new(filter));
+    // Colour codes only for a person at a terminal: in a pod's log (a file or a pipe) they
+    // are noise that log collectors store and search through.
+    let ansi = std::io::stdout().is_terminal();
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi))
         .init();
     let _ = LEVEL.set(Level { handle, current: Mutex::new(filter.to_owned()) });
 }

@@ -19,6 +19,7 @@ mod reconcile;
 mod sidecar;
 mod spec;
 mod status;
+mod text;
 mod xds;
 
 use clap::Parser as _;

@@ -11,6 +11,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use nodemesh_common::ListenerKey;
@@ -80,7 +81,15 @@ pub struct PendingPod {
 pub struct View {
     pub pods: Vec<(EnrolledPod, Arc<PodRuntime>)>,
     pub pending: Vec<PendingPod>,
+    /// Pods whose hooks an earlier agent pinned and this one keeps, because it has no valid
+    /// state yet to tell whether they still belong in the mesh.
+    pub held: Vec<String>,
 }
+
+/// How long a valid spec must stand unchanged before pins of pods it does not name are
+/// removed: a control plane's first sync can arrive in several responses, and a pod in a
+/// later one must not lose its hooks in between.
+const SWEEP_SETTLE: Duration = Duration::from_secs(2);
 
 pub struct Reconciler {
     datapath: Arc<Mutex<Datapath>>,
@@ -90,6 +99,8 @@ pub struct Reconciler {
     pending: BTreeMap<String, PendingPod>,
     view: Arc<Mutex<View>>,
     swept: bool,
+    /// The valid spec in force and since when (for [`SWEEP_SETTLE`]).
+    settling: Option<(Arc<NodeSpec>, Instant)>,
 }
 
 impl Reconciler {
@@ -102,6 +113,7 @@ impl Reconciler {
             pending: BTreeMap::new(),
             view: Arc::default(),
             swept: false,
+            settling: None,
         }
     }
 
@@ -109,7 +121,13 @@ impl Reconciler {
         Arc::clone(&self.view)
     }
 
-    pub async fn reconcile(&mut self, spec: &NodeSpec) {
+    pub async fn reconcile(&mut self, spec: &Arc<NodeSpec>) {
+        if !spec.authoritative {
+            // No valid state yet (an unreadable source, a corrupt snapshot, a control plane
+            // not answered yet): enroll nothing, release nothing, sweep nothing.
+            self.hold();
+            return;
+        }
         if !Arc::ptr_eq(&self.proxy.directory(), &spec.directory) {
             self.proxy.publish_directory(Arc::clone(&spec.directory));
         }
@@ -156,13 +174,46 @@ impl Reconciler {
         }
         self.proxy.publish_pods(self.enrolled.values().map(|e| Arc::clone(&e.runtime)));
 
-        if !self.swept {
-            // Links an earlier agent pinned for pods that are gone.
-            let keep: HashSet<String> = self.enrolled.keys().cloned().collect();
-            self.lock_datapath().sweep_stale_pods(&keep);
-            self.swept = true;
-        }
+        self.sweep_once_settled(spec, &desired);
         self.publish_view();
+    }
+
+    /// Removes the links an earlier agent pinned for pods that are no longer in the mesh,
+    /// once a valid spec has stood for [`SWEEP_SETTLE`]. Pods the spec wants but that are not
+    /// enrolled yet keep theirs (enrolling replaces them).
+    fn sweep_once_settled(&mut self, spec: &Arc<NodeSpec>, desired: &HashMap<&str, &PodSpec>) {
+        if self.swept {
+            return;
+        }
+        let since = match &self.settling {
+            Some((settled, since)) if Arc::ptr_eq(settled, spec) => *since,
+            _ => {
+                self.settling = Some((Arc::clone(spec), Instant::now()));
+                return;
+            }
+        };
+        if since.elapsed() < SWEEP_SETTLE {
+            return;
+        }
+        let keep: HashSet<String> =
+            self.enrolled.keys().cloned().chain(desired.keys().map(|uid| (*uid).to_owned())).collect();
+        self.lock_datapath().sweep_stale_pods(&keep);
+        self.swept = true;
+        self.settling = None;
+    }
+
+    /// Without a valid state: says which pinned pods are being kept, and why.
+    fn hold(&mut self) {
+        let pinned = self.lock_datapath().pins().pinned_pods().unwrap_or_default();
+        let held: Vec<String> = pinned.into_iter().filter(|uid| !self.enrolled.contains_key(uid)).collect();
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        if view.held != held && !held.is_empty() {
+            tracing::warn!(
+                pods = held.len(),
+                "no valid state yet: keeping the hooks an earlier agent pinned"
+            );
+        }
+        view.held = held;
     }
 
     /// Releases every pod (shutdown).
@@ -252,9 +303,19 @@ impl Reconciler {
             })
             .collect();
         pods.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let held = if self.swept {
+            Vec::new()
+        } else {
+            let pinned = self.lock_datapath().pins().pinned_pods().unwrap_or_default();
+            pinned
+                .into_iter()
+                .filter(|uid| !self.enrolled.contains_key(uid) && !self.pending.contains_key(uid))
+                .collect()
+        };
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         view.pods = pods;
         view.pending = self.pending.values().cloned().collect();
+        view.held = held;
     }
 
     fn lock_datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {

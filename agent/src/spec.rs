@@ -34,6 +34,12 @@ pub struct PodSpec {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
+    /// Whether this spec comes from a state its source accepted (a valid file, a control
+    /// plane's response, a valid snapshot). Until the first one arrives the agent enrolls
+    /// nothing and, above all, removes nothing an earlier agent pinned: an empty spec from an
+    /// unreadable source must never look like "no pod is in the mesh".
+    #[serde(default)]
+    pub authoritative: bool,
     pub pods: Vec<PodSpec>,
     /// Every workload and service the source knows, to name the ends of flows.
     #[serde(skip)]

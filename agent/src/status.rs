@@ -22,6 +22,10 @@ pub struct StatusReport {
     pub sync: Option<crate::xds::SyncStatus>,
     pub pods: Vec<PodReport>,
     pub pending: Vec<PendingPod>,
+    /// Pods whose hooks an earlier agent pinned, kept until a valid state says whether they
+    /// still belong in the mesh.
+    #[serde(default)]
+    pub held: Vec<String>,
     pub programs: Vec<ProgramStatus>,
     pub counters: Vec<CounterReport>,
     pub proxy: ProxyTotals,

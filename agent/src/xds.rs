@@ -50,6 +50,11 @@ pub struct SyncStatus {
     /// The state in use was loaded from disk and not yet confirmed by a control plane.
     pub from_disk: bool,
     pub last_nack: Option<Nack>,
+    /// Why the snapshot on disk was not used at start (empty, truncated, corrupt, not a
+    /// snapshot, or resources that do not check): the agent then holds what earlier agents
+    /// pinned until the control plane answers.
+    #[serde(default)]
+    pub snapshot_error: Option<String>,
     pub acks: u64,
     pub nacks: u64,
     pub counts: state::Counts,
@@ -122,6 +127,11 @@ pub fn start(settings: XdsSettings) -> (Arc<Shared>, watch::Receiver<Arc<NodeSpe
 
 fn load_snapshot(shared: &Shared) {
     let path = &shared.settings.snapshot;
+    let refuse = |why: String| {
+        tracing::error!(path = %path.display(), error = %why,
+            "not serving the snapshot; holding the hooks earlier agents pinned until the control plane answers");
+        shared.status().snapshot_error = Some(why);
+    };
     match snapshot::load(path) {
         Ok(None) => {}
         Ok(Some(snap)) => match state::State::from_snapshot(&snap) {
@@ -135,11 +145,9 @@ fn load_snapshot(shared: &Shared) {
                 drop(status);
                 shared.publish();
             }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "ignoring a snapshot that does not check")
-            }
+            Err(e) => refuse(format!("{}: a resource does not check: {e}", path.display())),
         },
-        Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot read the snapshot"),
+        Err(e) => refuse(e.to_string()),
     }
 }
 
@@ -151,14 +159,18 @@ async fn run(shared: Arc<Shared>) {
             let mut status = shared.status();
             status.connected = false;
             status.connected_since_unix_s = None;
-            status.last_error = outcome.error.as_ref().map(ToString::to_string);
+            // The control plane's own words (a gRPC status message): bounded.
+            status.last_error =
+                outcome.error.as_ref().map(|e| crate::text::peer(&e.to_string()).into_owned());
         }
         if outcome.received {
             backoff.reset();
         }
         let wait = backoff.next();
         match &outcome.error {
-            Some(e) => tracing::warn!(error = %e, retry_in = ?wait, "control plane stream ended"),
+            Some(e) => {
+                tracing::warn!(error = %crate::text::peer(&e.to_string()), retry_in = ?wait, "control plane stream ended")
+            }
             None => tracing::info!(retry_in = ?wait, "control plane closed the stream"),
         }
         tokio::time::sleep(wait).await;

@@ -147,6 +147,19 @@ pub fn render(s: &AdminState) -> String {
 
     e.family("nodemesh_proxy_active_connections", Kind::Gauge, "Connections the proxy is handling.")
         .sample(&[], s.proxy.active_connections() as f64);
+    let admin_refused = &super::http::REFUSED;
+    let mut family = e.family(
+        "nodemesh_admin_refused_connections_total",
+        Kind::Counter,
+        "Connections to the admin, metrics or readiness port closed at once because the port was at its cap.",
+    );
+    for (port, n) in [
+        ("admin", &admin_refused.admin),
+        ("metrics", &admin_refused.metrics),
+        ("readiness", &admin_refused.readiness),
+    ] {
+        family.sample(&[("port", port)], n.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    }
     let refused = s.proxy.refusals();
     let mut family = e.family(
         "nodemesh_proxy_refused_connections_total",

@@ -38,6 +38,9 @@ fn sync_lines(s: &SyncStatus) -> String {
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "  last error: {e}");
     }
+    if let Some(e) = &s.snapshot_error {
+        let _ = writeln!(out, "  snapshot on disk NOT USED: {e}");
+    }
     if !s.counts.pending_without_pod_uid.is_empty() {
         let _ = writeln!(
             out,
@@ -91,6 +94,13 @@ pub fn render(r: &StatusReport) -> String {
         );
     }
 
+    if !r.held.is_empty() {
+        let _ = writeln!(
+            out,
+            "HOLDING the hooks of {} pod(s) an earlier agent pinned: no valid state yet to tell whether they still belong in the mesh",
+            r.held.len()
+        );
+    }
     let _ = writeln!(out, "\nPODS ({} enrolled, {} pending)", r.pods.len(), r.pending.len());
     let mut pods = Table::new(&[
         ("POD", 24),

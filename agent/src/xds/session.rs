@@ -94,7 +94,8 @@ fn handle(shared: &Shared, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryR
     let checked = match State::check(response) {
         Ok(checked) => checked,
         Err(invalid) => {
-            let reason = invalid.to_string();
+            // It names resources the control plane chose: bounded before it is kept or sent.
+            let reason = crate::text::peer(&invalid.to_string()).into_owned();
             tracing::warn!(nonce = %response.nonce, %reason, "NACK: the response is rejected, the last good state stays");
             let mut status = shared.status();
             status.nacks += 1;

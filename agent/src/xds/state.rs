@@ -145,7 +145,7 @@ impl State {
                 })
             })
             .collect();
-        NodeSpec { pods, directory: std::sync::Arc::new(self.directory()) }
+        NodeSpec { authoritative: true, pods, directory: std::sync::Arc::new(self.directory()) }
     }
 
     /// Every workload and service held, by address, and the policies that guard them.
