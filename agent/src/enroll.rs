@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
+    claims::{self, Claim, Claims},
     directory::{DEFAULT_TRUST_DOMAIN, DirectoryBuilder, Names},
     spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec},
 };
@@ -74,6 +75,12 @@ fn error(path: impl Into<String>, message: impl Into<String>) -> SpecError {
 
 /// Parses and validates an enrollment document.
 pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
+    parse_after(text, &NodeSpec::default())
+}
+
+/// Parses and validates an enrollment document that replaces `previous` (the version in
+/// force): pods already serving keep their addresses and names against newcomers.
+pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, SpecError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let file: EnrollmentFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -97,28 +104,35 @@ pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
 
     let mut pods = Vec::with_capacity(file.pods.len());
     let mut directory = DirectoryBuilder::default();
-    let (mut uids, mut addresses) = (HashSet::new(), HashSet::new());
-    for (i, pod) in file.pods.into_iter().enumerate() {
+    // Incumbents (pods of the version in force) claim first, newcomers in file order.
+    let serving: HashSet<&str> = previous.pods.iter().map(|p| p.uid.as_str()).collect();
+    let mut order: Vec<usize> = (0..file.pods.len()).collect();
+    order.sort_by_key(|&i| !serving.contains(file.pods[i].uid.as_str()));
+    let mut claims = Claims::default();
+    for &i in &order {
+        let pod = &file.pods[i];
         let at = |field: &str| format!("pods[{i}].{field}");
         validate_uid(&at("uid"), &pod.uid)?;
-        if !uids.insert(pod.uid.clone()) {
-            return Err(error(at("uid"), format!("duplicate pod uid {:?}", pod.uid)));
-        }
         validate_name(&at("namespace"), &pod.namespace)?;
         validate_name(&at("name"), &pod.name)?;
-        let mut ips = Vec::with_capacity(pod.ips.len());
+        let who = format!("pods[{i}] ({}/{})", pod.namespace, pod.name);
+        let mut claim = |field: String, what: Claim| {
+            claims.claim_all(&who, [what]).map_err(|clash| error(field, clash.to_string()))
+        };
+        claim(at("uid"), Claim::PodUid(pod.uid.clone()))?;
+        claim(at("name"), Claim::PodName(format!("{}/{}", pod.namespace, pod.name)))?;
         for (j, ip) in pod.ips.iter().enumerate() {
-            let parsed: IpAddr = ip
-                .parse()
-                .map_err(|_| error(at(&format!("ips[{j}]")), format!("{ip:?} is not an IP address")))?;
-            if parsed.is_loopback() || parsed.is_unspecified() {
-                return Err(error(at(&format!("ips[{j}]")), format!("{ip} cannot be a pod address")));
+            let field = at(&format!("ips[{j}]"));
+            let parsed: IpAddr =
+                ip.parse().map_err(|_| error(&field, format!("{ip:?} is not an IP address")))?;
+            if let Some(why) = claims::not_a_pod_address(parsed) {
+                return Err(error(field, format!("{ip} is {why}, never a pod's")));
             }
-            if !addresses.insert(parsed) {
-                return Err(error(at(&format!("ips[{j}]")), format!("{ip} is used by another pod")));
-            }
-            ips.push(parsed);
+            claim(field, Claim::Address(parsed))?;
         }
+    }
+    for pod in file.pods {
+        let ips: Vec<IpAddr> = pod.ips.iter().filter_map(|ip| ip.parse().ok()).collect();
         let intercept = intercepts(&pod);
         let workload = naming::workload_name(&pod.name, &pod.labels, &pod.owner_references);
         let names = Names {

@@ -3,6 +3,7 @@
 mod admin;
 mod agent;
 mod authz;
+mod claims;
 mod cli;
 mod config;
 mod controlplane;

@@ -1,6 +1,7 @@
 //! Where an enrolled pod lives on this node: its cgroup (found from its UID) and its network
 //! namespace (found from a process in that cgroup).
 
+pub mod addresses;
 pub mod cgroup;
 pub mod netns;
 pub mod veth;

@@ -18,6 +18,7 @@ use nodemesh_common::ListenerKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    claims::canonical,
     datapath::{Datapath, PodLinks, SharedMap},
     pods::{self, PodError},
     proxy::{IpFamily, ListenerInfo, PodListeners, PodRuntime, PodStats, Proxy},
@@ -30,6 +31,10 @@ pub enum EnrollError {
     Locate(#[from] PodError),
     #[error("opening listeners: {0}")]
     Listen(std::io::Error),
+    #[error("{0}")]
+    Address(String),
+    #[error("{ip} is already steered to {holder}, enrolled first; refusing to take it over")]
+    Claimed { ip: IpAddr, holder: String },
     #[error("registering the inbound listener for {ip}: {source}")]
     Steer {
         ip: IpAddr,
@@ -98,6 +103,9 @@ pub struct Reconciler {
     enrolled: HashMap<String, Enrolled>,
     pending: BTreeMap<String, PendingPod>,
     view: Arc<Mutex<View>>,
+    /// Which enrolled pod (uid) each steered address belongs to: the first to enroll with it.
+    /// Releasing a pod removes only the steering it owns.
+    steering: HashMap<IpAddr, String>,
     swept: bool,
     /// The valid spec in force and since when (for [`SWEEP_SETTLE`]).
     settling: Option<(Arc<NodeSpec>, Instant)>,
@@ -112,6 +120,7 @@ impl Reconciler {
             enrolled: HashMap::new(),
             pending: BTreeMap::new(),
             view: Arc::default(),
+            steering: HashMap::new(),
             swept: false,
             settling: None,
         }
@@ -160,6 +169,9 @@ impl Reconciler {
             match self.enroll(pod) {
                 Ok(e) => {
                     tracing::info!(pod = %pod.display_name(), uid, cgroup = %e.cgroup.display(), "enrolled");
+                    for ip in &pod.ips {
+                        self.steering.insert(canonical(*ip), (*uid).to_owned());
+                    }
                     self.enrolled.insert((*uid).to_owned(), e);
                 }
                 Err(err) => {
@@ -227,7 +239,16 @@ impl Reconciler {
     }
 
     fn enroll(&self, pod: &PodSpec) -> Result<Enrolled, EnrollError> {
+        for ip in &pod.ips {
+            if let Some(holder) = self.steering.get(&canonical(*ip)).filter(|h| *h != &pod.uid) {
+                let holder =
+                    self.enrolled.get(holder).map_or_else(|| holder.clone(), |e| e.spec.display_name());
+                return Err(EnrollError::Claimed { ip: *ip, holder });
+            }
+        }
         let place = pods::locate(&self.cgroup_root, &pod.uid)?;
+        // Only addresses the pod really has are steered to it.
+        pods::addresses::verify(&place.netns, &pod.ips).map_err(EnrollError::Address)?;
         let runtime = Arc::new(PodRuntime {
             name: pod.display_name().into(),
             ips: pod.ips.clone(),
@@ -269,7 +290,17 @@ impl Reconciler {
             let datapath = self.lock_datapath();
             e.links.detach(datapath.pins());
         }
-        remove_steering(&self.proxy.maps().listeners, &e.spec.ips);
+        let owned: Vec<IpAddr> = e
+            .spec
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| self.steering.get(&canonical(*ip)) == Some(&e.spec.uid))
+            .collect();
+        for ip in &owned {
+            self.steering.remove(&canonical(*ip));
+        }
+        remove_steering(&self.proxy.maps().listeners, &owned);
         e.listeners.retire().await;
         tracing::info!(pod = %e.runtime.name, uid, "released");
     }

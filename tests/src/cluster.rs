@@ -538,9 +538,14 @@ impl Node {
     /// Writes the enrollment file from the node's pods and namespace labels (atomically, as
     /// a ConfigMap update would land).
     pub fn write_enrollment(&self) -> anyhow::Result<()> {
+        self.write_enrollment_text(&serde_yaml::to_string(&self.enrollment_doc())?)
+    }
+
+    /// The enrollment document [`Node::write_enrollment`] writes, to alter before writing.
+    pub fn enrollment_doc(&self) -> serde_json::Value {
         let namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let doc = serde_json::json!({
+        serde_json::json!({
             "namespaces": namespaces.iter().map(|(name, labels)| serde_json::json!({"name": name, "labels": labels})).collect::<Vec<_>>(),
             "pods": pods.iter().map(|p| serde_json::json!({
                 "uid": p.uid, "namespace": p.namespace, "name": p.name,
@@ -548,8 +553,7 @@ impl Node {
                 "labels": p.labels,
                 "ownerReferences": p.owner_references(),
             })).collect::<Vec<_>>(),
-        });
-        self.write_enrollment_text(&serde_yaml::to_string(&doc)?)
+        })
     }
 
     /// Replaces the enrollment file with arbitrary text (to test rejection of bad input).

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::translate::{self, Address, Authorization, Invalid};
 use crate::{
+    claims::{Claim, Claims, Clash},
     directory::{Directory, DirectoryBuilder, Names},
     spec::{NodeSpec, PodSpec},
 };
@@ -26,12 +27,15 @@ struct Held<T> {
     version: Box<str>,
     body: Box<[u8]>,
     value: T,
+    /// When the name first arrived (a counter): who keeps a claim when two clash.
+    arrival: u64,
 }
 
 impl<T> Held<T> {
     fn new(resource: &Resource, value: T) -> (String, Self) {
         let body = resource.resource.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
-        (resource.name.clone(), Held { version: resource.version.as_str().into(), body: body.into(), value })
+        let held = Held { version: resource.version.as_str().into(), body: body.into(), value, arrival: 0 };
+        (resource.name.clone(), held)
     }
 
     fn to_resource(&self, name: &str, type_url: &str) -> Resource {
@@ -49,6 +53,8 @@ pub struct State {
     addresses: BTreeMap<String, Held<Address>>,
     authorizations: BTreeMap<String, Held<Authorization>>,
     system_versions: BTreeMap<String, String>,
+    /// The next arrival number.
+    arrivals: u64,
 }
 
 /// A response that passed every check, ready to apply.
@@ -68,7 +74,14 @@ pub struct Counts {
     pub local_workloads: usize,
     /// Captured workloads on this node the agent cannot enroll (no pod UID sent).
     pub pending_without_pod_uid: Vec<String>,
+    /// Resources refused because another one claimed their address, pod UID or name first
+    /// (the first [`MAX_REFUSED_SHOWN`]).
+    #[serde(default)]
+    pub refused: Vec<Clash>,
 }
+
+/// How many refused resources status lists.
+pub const MAX_REFUSED_SHOWN: usize = 32;
 
 impl State {
     pub fn check(response: &DeltaDiscoveryResponse) -> Result<Checked, Invalid> {
@@ -108,7 +121,17 @@ impl State {
                 self.authorizations.remove(name);
             }
         }
-        self.addresses.extend(addresses);
+        for (name, mut held) in addresses {
+            // An update keeps its place: a claim is the name's, not the version's.
+            held.arrival = match self.addresses.get(&name) {
+                Some(old) => old.arrival,
+                None => {
+                    self.arrivals += 1;
+                    self.arrivals
+                }
+            };
+            self.addresses.insert(name, held);
+        }
         self.authorizations.extend(authorizations);
         self.system_versions.insert(type_url, system_version);
     }
@@ -130,10 +153,42 @@ impl State {
         self.system_versions.get(type_url).map(String::as_str)
     }
 
+    /// The addresses that hold their claims, in arrival order, and the ones refused: a
+    /// workload or service whose address (or a workload whose pod UID or name) another one
+    /// claimed first takes no effect until that one is gone (see `claims`).
+    fn admitted(&self) -> (Vec<(&String, &Held<Address>)>, Vec<Clash>) {
+        let mut by_arrival: Vec<(&String, &Held<Address>)> = self.addresses.iter().collect();
+        by_arrival.sort_by_key(|(_, h)| h.arrival);
+        let mut claims = Claims::default();
+        let (mut admitted, mut refused) = (Vec::with_capacity(by_arrival.len()), Vec::new());
+        for (name, held) in by_arrival {
+            let wanted: Vec<Claim> = match &held.value {
+                Address::Workload(w) => w
+                    .ips
+                    .iter()
+                    .map(|ip| Claim::Address(*ip))
+                    .chain(w.pod_uid.iter().map(|uid| Claim::PodUid(uid.clone())))
+                    .chain([Claim::PodName(format!("{}/{}", w.namespace, w.name))])
+                    .collect(),
+                Address::Service(s) => s.vips.iter().map(|ip| Claim::Address(*ip)).collect(),
+            };
+            match claims.claim_all(name, wanted) {
+                Ok(()) => admitted.push((name, held)),
+                Err(clash) => refused.push(clash),
+            }
+        }
+        (admitted, refused)
+    }
+
     /// The node's pods: every workload on `node`, intercepted when it is in the mesh.
     pub fn node_spec(&self, node: &str) -> NodeSpec {
-        let pods = self
-            .local_workloads(node)
+        let (admitted, _) = self.admitted();
+        let pods = admitted
+            .iter()
+            .filter_map(|(_, h)| match &h.value {
+                Address::Workload(w) if w.node == node => Some(w),
+                _ => None,
+            })
             .filter_map(|w| {
                 Some(PodSpec {
                     uid: w.pod_uid.clone()?,
@@ -148,10 +203,11 @@ impl State {
         NodeSpec { authoritative: true, pods, directory: std::sync::Arc::new(self.directory()) }
     }
 
-    /// Every workload and service held, by address, and the policies that guard them.
+    /// Every workload and service held (that holds its claims), by address, and the policies
+    /// that guard them.
     fn directory(&self) -> Directory {
         let mut directory = DirectoryBuilder::default();
-        for held in self.addresses.values() {
+        for (_, held) in self.admitted().0 {
             match &held.value {
                 Address::Workload(w) => {
                     let names = Names {
@@ -179,7 +235,13 @@ impl State {
     }
 
     pub fn counts(&self, node: &str) -> Counts {
+        let refused = self.admitted().1;
+        if let Some(first) = refused.first() {
+            tracing::warn!(refused = refused.len(), %first,
+                "address resources clash with ones that arrived first; they take no effect");
+        }
         Counts {
+            refused: refused.into_iter().take(MAX_REFUSED_SHOWN).collect(),
             addresses: self.addresses.len(),
             authorizations: self.authorizations.len(),
             local_workloads: self.local_workloads(node).count(),
@@ -246,5 +308,75 @@ impl State {
             state.apply(State::check(&response)?);
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nodemesh_proto::{istio::workload as wl, prost::Message as _};
+
+    use super::*;
+
+    fn workload(name: &str, ip: [u8; 4], pod_uid: &str) -> Resource {
+        let w = wl::Workload {
+            uid: format!("Kubernetes//Pod/shop/{name}"),
+            name: name.into(),
+            namespace: "shop".into(),
+            addresses: vec![ip.to_vec()],
+            tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+            node: "n1".into(),
+            extensions: vec![wl::Extension {
+                name: translate::POD_UID_EXTENSION.into(),
+                config: Some(Any {
+                    type_url: type_urls::STRING_VALUE.into(),
+                    value: pod_uid.to_owned().encode_to_vec(),
+                }),
+            }],
+            ..Default::default()
+        };
+        let value = wl::Address { r#type: Some(wl::address::Type::Workload(w)) }.encode_to_vec();
+        Resource {
+            name: name.into(),
+            version: "1".into(),
+            resource: Some(Any { type_url: type_urls::ADDRESS.into(), value }),
+            ..Default::default()
+        }
+    }
+
+    fn apply(state: &mut State, resources: Vec<Resource>, removed: &[&str]) {
+        let response = DeltaDiscoveryResponse {
+            type_url: type_urls::ADDRESS.into(),
+            resources,
+            removed_resources: removed.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        };
+        state.apply(State::check(&response).expect("valid"));
+    }
+
+    fn pods(state: &State) -> Vec<String> {
+        state.node_spec("n1").pods.into_iter().map(|p| p.name).collect()
+    }
+
+    #[test]
+    fn the_first_to_claim_an_address_keeps_it() {
+        let mut state = State::default();
+        apply(&mut state, vec![workload("zeta", [10, 0, 0, 5], "aa")], &[]);
+        // A newcomer with the same address (sorting before it by name): refused.
+        apply(&mut state, vec![workload("alpha", [10, 0, 0, 5], "bb")], &[]);
+        assert_eq!(pods(&state), ["zeta"]);
+        let refused = state.counts("n1").refused;
+        assert_eq!((refused[0].newcomer.as_str(), refused[0].holder.as_str()), ("alpha", "zeta"));
+        // An update of the holder keeps its claim.
+        apply(&mut state, vec![workload("zeta", [10, 0, 0, 5], "aa")], &[]);
+        assert_eq!(pods(&state), ["zeta"]);
+        // Removing the newcomer leaves the holder as it was.
+        apply(&mut state, vec![], &["alpha"]);
+        assert_eq!(pods(&state), ["zeta"]);
+        assert!(state.counts("n1").refused.is_empty());
+        // A pod UID or a name are claims too; and once the holder goes, the claim is free.
+        apply(&mut state, vec![workload("beta", [10, 0, 0, 6], "aa")], &[]);
+        assert_eq!(pods(&state), ["zeta"]);
+        apply(&mut state, vec![], &["zeta"]);
+        assert_eq!(pods(&state), ["beta"]);
     }
 }

@@ -190,7 +190,14 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         .addresses
         .iter()
         .enumerate()
-        .map(|(i, a)| ctx.ip(format!("workload.addresses[{i}]"), a))
+        .map(|(i, a)| {
+            let field = format!("workload.addresses[{i}]");
+            let ip = ctx.ip(field.clone(), a)?;
+            match crate::claims::not_a_pod_address(ip) {
+                Some(why) => Err(ctx.err(field, format!("{ip} is {why}, never a pod's"))),
+                None => Ok(ip),
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let tunnel = wl::TunnelProtocol::try_from(w.tunnel_protocol)
         .map_err(|_| ctx.err("workload.tunnel_protocol", format!("unknown value {}", w.tunnel_protocol)))?;
@@ -249,7 +256,14 @@ fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
         .addresses
         .iter()
         .enumerate()
-        .map(|(i, a)| ctx.ip(format!("service.addresses[{i}].address"), &a.address))
+        .map(|(i, a)| {
+            let field = format!("service.addresses[{i}].address");
+            let ip = ctx.ip(field.clone(), &a.address)?;
+            match crate::claims::not_a_pod_address(ip) {
+                Some(why) => Err(ctx.err(field, format!("{ip} is {why}, never a service's"))),
+                None => Ok(ip),
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Service {
         name: ctx.nonempty("service.name", &s.name)?,
