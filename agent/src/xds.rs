@@ -13,7 +13,7 @@
 mod backoff;
 mod persist;
 mod session;
-mod snapshot;
+pub mod snapshot;
 pub mod state;
 pub mod translate;
 

@@ -673,6 +673,11 @@ impl External {
         enter(Command::new(program), &self.netns_path(), None)
     }
 
+    /// Waits for a process started with [`External::spawn`] to exit.
+    pub fn wait(&self, pid: u32, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.inner.wait_child(pid, timeout)
+    }
+
     pub fn spawn(&self, cmd: Command) -> anyhow::Result<u32> {
         let mut cmd = enter(cmd, &self.netns_path(), None)?;
         let child = cmd.stdin(Stdio::null()).spawn().context("spawning on the external host")?;

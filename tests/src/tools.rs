@@ -178,6 +178,18 @@ pub fn loadgen_crr(host: IpAddr, port: u16, count: u64, conns: usize) -> Command
     cmd
 }
 
+/// `count` connections that send nothing, checked after `seconds` (tools/conns.py); with
+/// `greeting`, each first waits for the server's first line.
+pub fn conns(host: IpAddr, port: u16, count: usize, seconds: f64, greeting: bool) -> Command {
+    let mut cmd = python("conns.py");
+    cmd.args(["--host", &host.to_string(), "--port", &port.to_string(), "--count", &count.to_string()])
+        .args(["--seconds", &seconds.to_string()]);
+    if greeting {
+        cmd.arg("--greeting");
+    }
+    cmd
+}
+
 /// A process listening on 127.0.0.1:`port` that records every connection it gets in `out`.
 pub fn squatter(port: u16, out: &Path) -> Command {
     let mut cmd = python("squatter.py");

@@ -3,10 +3,12 @@
 //!   `nodemesh status`, tear down.
 //! - `test`: set up, build, run every test (unit, then root tests on the real kernel).
 //! - `bench`: measure the mesh against the direct path and a sidecar (docs/bench.md).
+//! - `fuzz`: run every fuzz target for a bounded time (docs/security.md).
 //! - `setup`: only install and check prerequisites.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -39,6 +41,8 @@ enum Cmd {
     },
     /// Setup, build release binaries, measure every scenario (docs/bench.md).
     Bench(bench::BenchArgs),
+    /// Run every fuzz target (fuzz/) for a bounded time; crashes are saved for the tests.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +55,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => {
             setup::run()?;
             bench::run(&args)
+        }
+        Cmd::Fuzz(args) => {
+            setup::run()?;
+            fuzz::run(&args)
         }
         Cmd::Demo { no_splice } => {
             setup::run()?;
@@ -65,6 +73,14 @@ fn main() -> anyhow::Result<()> {
 /// the load generator that shares no code with the proxy.
 pub fn build() -> anyhow::Result<()> {
     sh("cargo", &["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen"])
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use nodemesh_proto::{
     tonic::{self, transport::Endpoint},
     type_urls,
 };
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -39,13 +39,13 @@ pub struct Outcome {
     pub error: Option<SessionError>,
 }
 
-pub async fn run(shared: &Shared) -> Outcome {
+pub async fn run(shared: &Arc<Shared>) -> Outcome {
     let mut received = false;
     let error = stream(shared, &mut received).await.err();
     Outcome { received, error }
 }
 
-async fn stream(shared: &Shared, received: &mut bool) -> Result<(), SessionError> {
+async fn stream(shared: &Arc<Shared>, received: &mut bool) -> Result<(), SessionError> {
     let address = shared.settings.address.clone();
     let channel = Endpoint::from_shared(address.clone())
         .map_err(|source| SessionError::Connect { address: address.clone(), source })?
@@ -79,7 +79,13 @@ async fn stream(shared: &Shared, received: &mut bool) -> Result<(), SessionError
     tracing::info!(%address, "connected to the control plane");
     while let Some(response) = inbound.message().await? {
         *received = true;
-        let reply = handle(shared, &response);
+        // Checking and translating a large response, and rebuilding the node's spec, is CPU
+        // work: off the control runtime's one thread, which also serves the admin API and
+        // readiness.
+        let worker = Arc::clone(shared);
+        let reply = tokio::task::spawn_blocking(move || handle(&worker, &response))
+            .await
+            .map_err(|_| SessionError::Closed)?;
         tx.send(reply).await.map_err(|_| SessionError::Closed)?;
     }
     Ok(())

@@ -47,7 +47,8 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn encode(snapshot: &Snapshot) -> Vec<u8> {
+/// The bytes of a snapshot file.
+pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let payload = snapshot.encode_to_vec();
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&MAGIC);
@@ -72,7 +73,8 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, SnapshotError> {
     decode(&bytes).map(Some).map_err(|why| SnapshotError::NotASnapshot { path: display(), why })
 }
 
-fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+/// Decodes a snapshot file's bytes (also what the fuzz target drives).
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }

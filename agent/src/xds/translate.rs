@@ -152,19 +152,50 @@ impl Ctx<'_> {
     }
 
     fn nonempty(&self, field: &str, value: &str) -> Result<String, Invalid> {
-        if value.is_empty() { Err(self.err(field, "required")) } else { Ok(value.to_owned()) }
+        if value.is_empty() {
+            return Err(self.err(field, "required"));
+        }
+        self.bounded(field, value)
+    }
+
+    /// Names and strings peers send are bounded: far above anything real (Kubernetes names
+    /// stop at 253 bytes), low enough that no resource can make the agent hold much.
+    fn bounded(&self, field: &str, value: &str) -> Result<String, Invalid> {
+        if value.len() > MAX_STRING {
+            return Err(self.err(field, format!("{} bytes, more than {MAX_STRING}", value.len())));
+        }
+        Ok(value.to_owned())
+    }
+
+    /// The body of one resource, bounded before it is decoded.
+    fn body<'r>(&self, resource: &'r Resource, type_url: &str) -> Result<&'r [u8], Invalid> {
+        let any = resource.resource.as_ref().ok_or_else(|| self.err("resource", "missing"))?;
+        if any.type_url != type_url {
+            return Err(self.err("resource.type_url", format!("{:?} is not {type_url}", any.type_url)));
+        }
+        if any.value.len() > MAX_RESOURCE_BYTES {
+            return Err(self.err(
+                "resource.value",
+                format!("{} bytes, more than {MAX_RESOURCE_BYTES}", any.value.len()),
+            ));
+        }
+        Ok(&any.value)
     }
 }
+
+/// The longest string a resource may carry in any field.
+const MAX_STRING: usize = 1024;
+/// The largest resource body: Istio's Address and Authorization resources are a few KB.
+const MAX_RESOURCE_BYTES: usize = 256 << 10;
 
 /// Decodes and checks one Address resource.
 pub fn address(resource: &Resource) -> Result<Address, Invalid> {
     let ctx = Ctx { resource: &resource.name };
-    let any = resource.resource.as_ref().ok_or_else(|| ctx.err("resource", "missing"))?;
-    if any.type_url != type_urls::ADDRESS {
-        return Err(ctx.err("resource.type_url", format!("{:?} is not {}", any.type_url, type_urls::ADDRESS)));
+    if resource.name.len() > MAX_STRING {
+        return Err(ctx.err("name", format!("{} bytes, more than {MAX_STRING}", resource.name.len())));
     }
-    let address =
-        wl::Address::decode(any.value.as_slice()).map_err(|e| ctx.err("resource.value", e.to_string()))?;
+    let body = ctx.body(resource, type_urls::ADDRESS)?;
+    let address = wl::Address::decode(body).map_err(|e| ctx.err("resource.value", e.to_string()))?;
     match address.r#type {
         Some(wl::address::Type::Workload(w)) => workload(&ctx, w).map(Address::Workload),
         Some(wl::address::Type::Service(s)) => service(&ctx, s).map(Address::Service),
@@ -228,10 +259,10 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         name: ctx.nonempty("workload.name", &w.name)?,
         namespace: ctx.nonempty("workload.namespace", &w.namespace)?,
         ips,
-        node: w.node,
+        node: ctx.bounded("workload.node", &w.node)?,
         captured: tunnel == wl::TunnelProtocol::Hbone,
-        trust_domain: w.trust_domain,
-        service_account: w.service_account,
+        trust_domain: ctx.bounded("workload.trust_domain", &w.trust_domain)?,
+        service_account: ctx.bounded("workload.service_account", &w.service_account)?,
         canonical_name: unless_default(w.canonical_name, or_default(&w.workload_name, &w.name)),
         workload_name: unless_default(w.workload_name, &w.name),
         canonical_revision: unless_default(w.canonical_revision, "latest"),
@@ -277,14 +308,11 @@ fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
 /// Decodes and checks one Authorization resource.
 pub fn authorization(resource: &Resource) -> Result<Authorization, Invalid> {
     let ctx = Ctx { resource: &resource.name };
-    let any = resource.resource.as_ref().ok_or_else(|| ctx.err("resource", "missing"))?;
-    if any.type_url != type_urls::AUTHORIZATION {
-        return Err(
-            ctx.err("resource.type_url", format!("{:?} is not {}", any.type_url, type_urls::AUTHORIZATION))
-        );
+    if resource.name.len() > MAX_STRING {
+        return Err(ctx.err("name", format!("{} bytes, more than {MAX_STRING}", resource.name.len())));
     }
-    let a = sec::Authorization::decode(any.value.as_slice())
-        .map_err(|e| ctx.err("resource.value", e.to_string()))?;
+    let body = ctx.body(resource, type_urls::AUTHORIZATION)?;
+    let a = sec::Authorization::decode(body).map_err(|e| ctx.err("resource.value", e.to_string()))?;
     let scope = match sec::Scope::try_from(a.scope) {
         Ok(sec::Scope::Global) => Scope::Global,
         Ok(sec::Scope::Namespace) => Scope::Namespace,
@@ -325,9 +353,15 @@ fn match_spec(ctx: &Ctx<'_>, at: &str, m: &sec::Match) -> Result<MatchSpec, Inva
             .map(|(i, s)| {
                 use sec::string_match::MatchType;
                 match &s.match_type {
-                    Some(MatchType::Exact(v)) => Ok(StrMatch::Exact(v.clone())),
-                    Some(MatchType::Prefix(v)) => Ok(StrMatch::Prefix(v.clone())),
-                    Some(MatchType::Suffix(v)) => Ok(StrMatch::Suffix(v.clone())),
+                    Some(MatchType::Exact(v)) => {
+                        Ok(StrMatch::Exact(ctx.bounded(&format!("{at}.{name}[{i}]"), v)?))
+                    }
+                    Some(MatchType::Prefix(v)) => {
+                        Ok(StrMatch::Prefix(ctx.bounded(&format!("{at}.{name}[{i}]"), v)?))
+                    }
+                    Some(MatchType::Suffix(v)) => {
+                        Ok(StrMatch::Suffix(ctx.bounded(&format!("{at}.{name}[{i}]"), v)?))
+                    }
                     Some(MatchType::Presence(())) => Ok(StrMatch::Present),
                     None => Err(ctx.err(format!("{at}.{name}[{i}]"), "empty string match")),
                 }

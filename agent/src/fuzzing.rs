@@ -1,0 +1,112 @@
+//! What the fuzz targets (`fuzz/fuzz_targets/`) run, one function per parser of outside input.
+//! Every function must return for any input, quickly and without panicking; the checks
+//! inside are the properties each parser promises. The test suite replays the committed
+//! corpus and every crashing input ever found through the same functions
+//! (`agent/tests/fuzz_corpus.rs`), so a fix stays fixed without cargo-fuzz.
+
+use nodemesh_proto::{
+    envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
+    prost::Message as _,
+    prost_types::Any,
+    type_urls,
+};
+
+use crate::{
+    admin::flows_query::FlowQuery,
+    claims,
+    config::Config,
+    enroll,
+    xds::{snapshot, state::State, translate},
+};
+
+/// A target: the name of its corpus directory, and what it runs on one input.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [Target; 7] = [
+    ("enrollment", enrollment),
+    ("agent_config", agent_config),
+    ("xds_address", xds_address),
+    ("xds_authorization", xds_authorization),
+    ("xds_response", xds_response),
+    ("snapshot", snapshot_file),
+    ("flows_query", flows_query),
+];
+
+/// The enrollment file: a spec it accepts never names an address no pod can have, nor the
+/// same address, UID or name twice.
+pub fn enrollment(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(spec) = enroll::parse(text) else { return };
+    let mut claims = claims::Claims::default();
+    for pod in &spec.pods {
+        let who = format!("{}/{}", pod.namespace, pod.name);
+        let wanted = pod
+            .ips
+            .iter()
+            .map(|ip| claims::Claim::Address(*ip))
+            .chain([claims::Claim::PodUid(pod.uid.clone()), claims::Claim::PodName(who.clone())]);
+        assert!(claims.claim_all(&who, wanted).is_ok(), "an accepted spec has a clash: {who}");
+        assert!(pod.ips.iter().all(|ip| claims::not_a_pod_address(*ip).is_none()), "{who}: {:?}", pod.ips);
+    }
+}
+
+/// The agent's own configuration file.
+pub fn agent_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = Config::parse(text, "fuzz.yaml");
+}
+
+fn resource(type_url: &str, data: &[u8]) -> Resource {
+    Resource {
+        name: "fuzz".into(),
+        version: "1".into(),
+        resource: Some(Any { type_url: type_url.into(), value: data.to_vec() }),
+        ..Default::default()
+    }
+}
+
+/// One `istio.workload.Address` body, as a control plane would send it.
+pub fn xds_address(data: &[u8]) {
+    if let Ok(translate::Address::Workload(w)) = translate::address(&resource(type_urls::ADDRESS, data)) {
+        assert!(w.ips.iter().all(|ip| claims::not_a_pod_address(*ip).is_none()), "{:?}", w.ips);
+    }
+}
+
+/// One `istio.security.Authorization` body.
+pub fn xds_authorization(data: &[u8]) {
+    let _ = translate::authorization(&resource(type_urls::AUTHORIZATION, data));
+}
+
+/// A whole delta response, applied to a state that already holds it once (updates and
+/// clashes with itself), then turned into the node's spec.
+pub fn xds_response(data: &[u8]) {
+    let Ok(response) = DeltaDiscoveryResponse::decode(data) else { return };
+    let mut state = State::default();
+    for _ in 0..2 {
+        let Ok(checked) = State::check(&response) else { return };
+        state.apply(checked);
+    }
+    let spec = state.node_spec("node1");
+    let _ = state.counts("node1");
+    let mut seen = std::collections::HashSet::new();
+    for ip in spec.pods.iter().flat_map(|p| &p.ips) {
+        assert!(seen.insert(claims::canonical(*ip)), "two pods of one spec share {ip}");
+    }
+}
+
+/// The snapshot file, and the state it rebuilds.
+pub fn snapshot_file(data: &[u8]) {
+    if let Ok(snap) = snapshot::decode(data) {
+        let _ = State::from_snapshot(&snap);
+        assert_eq!(snapshot::decode(&snapshot::encode(&snap)).ok(), Some(snap), "a snapshot round-trips");
+    }
+}
+
+/// `/flows` query strings.
+pub fn flows_query(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(query) = serde_urlencoded::from_str::<FlowQuery>(text) {
+        let _ = query.apply(Vec::new());
+    }
+}

@@ -1,0 +1,26 @@
+//! The Nodemesh node agent as a library: the `nodemesh` binary's code, and what the fuzz
+//! targets (`fuzz/`) drive: the parsers of everything that comes from outside.
+
+pub mod admin;
+pub mod agent;
+pub mod authz;
+pub mod claims;
+pub mod cli;
+pub mod config;
+pub mod controlplane;
+pub mod datapath;
+pub mod directory;
+pub mod enroll;
+pub mod flows;
+pub mod fuzzing;
+pub mod logging;
+pub mod memory;
+pub mod metrics;
+pub mod pods;
+pub mod proxy;
+pub mod reconcile;
+pub mod sidecar;
+pub mod spec;
+pub mod status;
+pub mod text;
+pub mod xds;

@@ -1,0 +1,187 @@
+//! Replays the fuzz corpus (`fuzz/corpus/<target>/`) and every crashing input ever found
+//! (`fuzz/regressions/<target>/`) through the same functions the fuzz targets run, so the
+//! test suite keeps them fixed without cargo-fuzz. `cargo xtask fuzz` runs the fuzzers.
+//!
+//! `cargo test -p nodemesh --test fuzz_corpus -- --ignored write_seeds` writes the hand-made
+//! seed inputs again (valid examples of each input, for the fuzzers to start from).
+
+use std::{fs, path::PathBuf};
+
+use nodemesh::fuzzing::TARGETS;
+use nodemesh_proto::{
+    envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
+    istio::{security as sec, workload as wl},
+    nodemesh::v1::{Snapshot, snapshot::TypeState},
+    prost::Message as _,
+    prost_types::Any,
+    type_urls,
+};
+
+fn fuzz_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = fuzz_dir().join(kind).join(target);
+    let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+    let mut out: Vec<(PathBuf, Vec<u8>)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_corpus_and_every_crash_found_replay_cleanly() {
+    for (target, run) in TARGETS {
+        let corpus = inputs("corpus", target);
+        assert!(!corpus.is_empty(), "fuzz/corpus/{target} is empty: the replay would prove nothing");
+        for (path, bytes) in corpus.iter().chain(&inputs("regressions", target)) {
+            let outcome = std::panic::catch_unwind(|| run(bytes));
+            assert!(outcome.is_ok(), "{target}: {} makes the parser panic", path.display());
+        }
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpus; run by hand"]
+fn write_seeds() {
+    let seeds: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("enrollment", "docs-example", docs_example("enrollment.md").into_bytes()),
+        (
+            "enrollment",
+            "two-pods",
+            b"namespaces:\n  - {name: shop, labels: {nodemesh.io/intercept: enabled}}\npods:\n  - {uid: 0a1b, namespace: shop, name: cart-0, ips: [10.244.1.5, \"fd00::5\"], labels: {app: cart}}\n  - {uid: 0a1c, namespace: shop, name: cart-1, ips: [10.244.1.6], serviceAccount: cart, ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: cart-7d9f, controller: true}]}\n".to_vec(),
+        ),
+        (
+            "agent_config",
+            "full",
+            b"node_name: n1\nbpffs_dir: /sys/fs/bpf/nodemesh\nenrollment_file: /etc/nodemesh/pods.yaml\nports: {outbound: 15001, inbound: 15006, hbone: 15008}\nexcluded_outbound_ports: [22]\nconnect_timeout: 5000\nsplice: true\nidle_timeout: 0\nlog: info\n".to_vec(),
+        ),
+        ("xds_address", "workload", workload().encode_to_vec()),
+        ("xds_address", "service", service().encode_to_vec()),
+        ("xds_authorization", "allow", authorization().encode_to_vec()),
+        ("xds_response", "sync", response().encode_to_vec()),
+        ("snapshot", "state", nodemesh::xds::snapshot::encode(&snapshot())),
+        ("flows_query", "top", b"namespace=shop&top=5&by=bytes".to_vec()),
+        ("flows_query", "verdict", b"verdict=denied&state=closed&limit=10&pod=shop/cart-0".to_vec()),
+    ];
+    for (target, name, bytes) in seeds {
+        let dir = fuzz_dir().join("corpus").join(target);
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(format!("seed-{name}")), bytes).expect("write");
+    }
+}
+
+fn docs_example(doc: &str) -> String {
+    let text =
+        fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs").join(doc)).expect("doc");
+    text.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block").to_owned()
+}
+
+fn workload() -> wl::Address {
+    let w = wl::Workload {
+        uid: "Kubernetes//Pod/shop/cart-0".into(),
+        name: "cart-0".into(),
+        namespace: "shop".into(),
+        addresses: vec![vec![10, 244, 1, 5]],
+        tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+        node: "node1".into(),
+        service_account: "cart".into(),
+        trust_domain: "cluster.local".into(),
+        extensions: vec![wl::Extension {
+            name: "nodemesh.io/pod-uid".into(),
+            config: Some(Any {
+                type_url: type_urls::STRING_VALUE.into(),
+                value: "0a1b".to_owned().encode_to_vec(),
+            }),
+        }],
+        ..Default::default()
+    };
+    wl::Address { r#type: Some(wl::address::Type::Workload(w)) }
+}
+
+fn service() -> wl::Address {
+    let s = wl::Service {
+        name: "cart".into(),
+        namespace: "shop".into(),
+        hostname: "cart.shop.svc.cluster.local".into(),
+        addresses: vec![wl::NetworkAddress { address: vec![10, 96, 0, 10], ..Default::default() }],
+        ports: vec![wl::Port { service_port: 80, target_port: 8080, ..Default::default() }],
+        ..Default::default()
+    };
+    wl::Address { r#type: Some(wl::address::Type::Service(s)) }
+}
+
+fn authorization() -> sec::Authorization {
+    let exact =
+        |s: &str| sec::StringMatch { match_type: Some(sec::string_match::MatchType::Exact(s.into())) };
+    sec::Authorization {
+        name: "allow-web".into(),
+        namespace: "shop".into(),
+        scope: sec::Scope::Namespace as i32,
+        action: sec::Action::Allow as i32,
+        rules: vec![sec::Rule {
+            clauses: vec![sec::Clause {
+                matches: vec![sec::Match {
+                    namespaces: vec![exact("web")],
+                    principals: vec![exact("cluster.local/ns/web/sa/frontend")],
+                    destination_ports: vec![8080],
+                    ..Default::default()
+                }],
+            }],
+        }],
+        ..Default::default()
+    }
+}
+
+fn any_resource(name: &str, type_url: &str, value: Vec<u8>) -> Resource {
+    Resource {
+        name: name.into(),
+        version: "1".into(),
+        resource: Some(Any { type_url: type_url.into(), value }),
+        ..Default::default()
+    }
+}
+
+fn response() -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: type_urls::ADDRESS.into(),
+        system_version_info: "1".into(),
+        resources: vec![
+            any_resource("shop/cart-0", type_urls::ADDRESS, workload().encode_to_vec()),
+            any_resource("shop/cart", type_urls::ADDRESS, service().encode_to_vec()),
+        ],
+        removed_resources: vec!["shop/gone".into()],
+        nonce: "n1".into(),
+    }
+}
+
+fn snapshot() -> Snapshot {
+    Snapshot {
+        types: vec![
+            TypeState {
+                type_url: type_urls::ADDRESS.into(),
+                system_version_info: "1".into(),
+                resources: response().resources,
+            },
+            TypeState {
+                type_url: type_urls::AUTHORIZATION.into(),
+                system_version_info: "1".into(),
+                resources: vec![any_resource(
+                    "shop/allow-web",
+                    type_urls::AUTHORIZATION,
+                    authorization().encode_to_vec(),
+                )],
+            },
+        ],
+        accepted_unix_seconds: 1_700_000_000,
+        control_plane: "http://cp:15010".into(),
+    }
+}
