@@ -25,6 +25,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use world::MeshSettings;
 
+/// How long the start waits for files that are still being written.
+const STARTUP_SETTLE: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The directory of YAML inputs.
@@ -80,13 +83,25 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
+    let watch = inputs::Watch::start(&settings.config_dir, settings.poll);
     let mut store = store::Store::new(&settings.config_dir);
-    store.scan().map_err(input_error)?;
+    // Files written just before the start are given a moment to settle (there is no inotify
+    // word yet that their writers are done), so the first state is whole; a file still
+    // changing after that is picked up by the input loop once it settles.
+    let started = tokio::time::Instant::now();
+    let again_in = loop {
+        let scanned = store.scan(&store::Hints::none()).map_err(input_error)?;
+        match scanned.again_in {
+            Some(wait) if started.elapsed() < STARTUP_SETTLE => tokio::time::sleep(wait).await,
+            again_in => break again_in,
+        }
+    };
     let first = world::World::build(&store.inputs(), &settings.mesh, 1, None);
     let served = Arc::new(Mutex::new(admin::Served::default()));
     inputs::record(&served, &first, store.errors());
     let (world_tx, world_rx) = watch::channel(Arc::new(first));
     inputs::InputLoop {
+        watch,
         store,
         dir: settings.config_dir.clone(),
         mesh: settings.mesh.clone(),
@@ -94,6 +109,7 @@ pub async fn serve(
         served: Arc::clone(&served),
         world: world_tx,
         generation: 1,
+        again_in,
     }
     .spawn()
     .map_err(input_error)?;
