@@ -163,3 +163,45 @@ pub fn record(served: &Mutex<Served>, world: &World, errors: Vec<crate::store::I
         input_errors: errors,
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, RemoveKind};
+
+    use super::*;
+
+    fn complete(kind: EventKind, paths: &[&str]) -> (usize, Vec<PathBuf>) {
+        let event = paths.iter().fold(notify::Event::new(kind), |e, p| e.add_path(PathBuf::from(p)));
+        let wakes = wakes(event);
+        let done = wakes
+            .iter()
+            .filter_map(|w| match w {
+                Wake::Complete(p) => Some(p.clone()),
+                Wake::Changed => None,
+            })
+            .collect();
+        (wakes.len(), done)
+    }
+
+    #[test]
+    fn only_a_close_after_writing_or_a_rename_into_place_says_a_file_is_complete() {
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(complete(close, &["/d/a.yaml"]), (2, vec![PathBuf::from("/d/a.yaml")]));
+        let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(complete(to, &["/d/a.yaml"]), (2, vec![PathBuf::from("/d/a.yaml")]));
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert_eq!(complete(both, &["/d/.a.tmp", "/d/a.yaml"]), (2, vec![PathBuf::from("/d/a.yaml")]));
+        // A writer creates a file before writing it, and is still writing while it modifies it.
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert_eq!(complete(kind, &["/d/a.yaml"]), (1, vec![]), "{kind:?}");
+        }
+        // Reading wakes nothing (our own scans read).
+        let open = EventKind::Access(AccessKind::Open(notify::event::AccessMode::Read));
+        assert_eq!(complete(open, &["/d/a.yaml"]), (0, vec![]));
+    }
+}

@@ -385,3 +385,28 @@ fn host_network_pods_on_one_node_share_its_address() {
     assert_eq!(d.pods(), ["a", "b"], "another node's pod cannot have n1's address");
     refused(&d.store.errors(), "c.yaml", "status.podIP");
 }
+
+/// Tools that keep times (`cp -p`, `rsync -t`, `tar`) can give a new version the size and
+/// mtime of the one before; the change time still tells them apart.
+#[test]
+fn a_fix_with_the_same_size_and_mtime_is_still_read() {
+    let mut d = Dir::new();
+    let good = pod("a", "0a", "10.0.0.1");
+    let bad = good.replace("name: a,", "name: A,");
+    d.write("pods.yaml", &good);
+    d.scan();
+    d.write("pods.yaml", &bad);
+    d.scan();
+    assert_eq!(d.errors().len(), 1);
+    let mtime = fs::metadata(d.path("pods.yaml")).expect("stat").modified().expect("mtime");
+    std::thread::sleep(Duration::from_millis(20));
+    d.write("pods.yaml", &good);
+    fs::File::options()
+        .write(true)
+        .open(d.path("pods.yaml"))
+        .expect("open")
+        .set_modified(mtime)
+        .expect("mtime");
+    assert!(d.scan().changed);
+    assert_eq!(d.errors(), []);
+}
