@@ -86,7 +86,9 @@ fn wakes(event: notify::Event) -> Vec<Wake> {
         | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
         EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => None,
-        _ => return Vec::new(),
+        // Events were lost (the inotify queue overflowed): look at everything.
+        EventKind::Other | EventKind::Any => None,
+        EventKind::Access(_) => return Vec::new(),
     };
     let mut wakes = vec![Wake::Changed];
     wakes.extend(complete.cloned().map(Wake::Complete));
@@ -200,6 +202,7 @@ mod tests {
         ] {
             assert_eq!(complete(kind, &["/d/a.yaml"]), (1, vec![]), "{kind:?}");
         }
+        assert_eq!(complete(EventKind::Other, &[]), (1, vec![]), "an overflow wakes a scan");
         // Reading wakes nothing (our own scans read).
         let open = EventKind::Access(AccessKind::Open(notify::event::AccessMode::Read));
         assert_eq!(complete(open, &["/d/a.yaml"]), (0, vec![]));

@@ -85,7 +85,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
-    let watch = inputs::Watch::start(&settings.config_dir, settings.poll);
+    // Watching before the first scan: no change made after that scan goes unnoticed.
+    let directory = inputs::Watch::start(&settings.config_dir, settings.poll);
     let mut store = store::Store::new(&settings.config_dir);
     // Files written just before the start are given a moment to settle (there is no inotify
     // word yet that their writers are done), so the first state is whole; a file still
@@ -103,7 +104,7 @@ pub async fn serve(
     inputs::record(&served, &first, store.errors());
     let (world_tx, world_rx) = watch::channel(Arc::new(first));
     inputs::InputLoop {
-        watch,
+        watch: directory,
         store,
         dir: settings.config_dir.clone(),
         mesh: settings.mesh.clone(),

@@ -160,7 +160,7 @@ pub fn resolve<'a>(files: impl Iterator<Item = (&'a Path, &'a [Held])>) -> (Inpu
                 continue;
             }
             let lost = c.held.claims.iter().filter(|cl| layer(&cl.identity) == current).find_map(|claim| {
-                let (w, _) = first[&claim.identity];
+                let (w, _) = *first.get(&claim.identity)?;
                 (w != i && !shares_address(&all[w].held.object, &c.held.object)).then_some((claim, w))
             });
             if let Some((claim, w)) = lost {
