@@ -143,6 +143,11 @@ pub enum Problem {
     #[error("line {line}: a line or value longer than {max} bytes, more than any Kubernetes field holds")]
     TooLong { line: usize, max: usize },
     #[error(
+        "line {line}: a byte order mark (U+FEFF) starts the line; only the file may start with \
+         one; remove it"
+    )]
+    ByteOrderMark { line: usize },
+    #[error(
         "line {line}, column {column}: YAML {what} `{text}`: anchors and aliases are not accepted \
          (Kubernetes manifests never need them, and expanding aliases is how a small file \
          becomes a huge one); write the values out"
@@ -158,7 +163,7 @@ impl From<io::Error> for Problem {
 
 /// Reads `path` whole, if it is a regular file within `limits.max_bytes` that nobody changed
 /// while it was read, holds UTF-8, and (unless empty) ends with a newline. Returns the
-/// fingerprint of the version read.
+/// fingerprint of the version read, and the text without any leading byte order mark.
 pub fn read(path: &Path, limits: &Limits) -> Result<(Fingerprint, String), Problem> {
     let before = fs::metadata(path)?;
     if !before.is_file() {
@@ -188,6 +193,12 @@ pub fn read(path: &Path, limits: &Limits) -> Result<(Fingerprint, String), Probl
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(Problem::NoFinalNewline);
     }
+    // A leading byte order mark is dropped here, so that the parser (libyaml would count it
+    // as a column) and `precheck` see the same text.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    };
     Ok((fingerprint, text))
 }
 
@@ -227,6 +238,17 @@ mod tests {
         assert_eq!(fingerprint.len, 36);
         let age = SystemTime::now().duration_since(fingerprint.changed_at()).expect("in the past");
         assert!(age < Duration::from_secs(60), "{age:?}");
+    }
+
+    /// libyaml counts a byte order mark as a column: the file's own is dropped, and one
+    /// starting any other line is refused.
+    #[test]
+    fn byte_order_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), "bom.yaml", "\u{feff}a: b\n".as_bytes());
+        assert_eq!(both(&path).expect("a leading BOM").1, "a: b\n");
+        let e = precheck("a: b\n\u{feff}*q: c\n", &Limits::CONTROL_PLANE).expect_err("a BOM on line 2");
+        assert!(matches!(e, Problem::ByteOrderMark { line: 2 }), "{e:?}");
     }
 
     #[test]

@@ -1,23 +1,25 @@
-//! The lexical pass of [`super::precheck`]: one walk over the bytes, line by line, that knows
-//! just enough YAML to tell where a node may start (and so where `&`/`*` would be an anchor or
-//! an alias rather than text), which lines belong to quoted, block or multi-line plain scalars
-//! (whose text is not YAML and is not looked into), how deep the nesting is, and how many
-//! documents there are.
+//! The lexical pass of [`super::precheck`]: one walk over the text, line by line, that knows
+//! just enough YAML to tell where a token may start (and so where `&`/`*` would be an anchor
+//! or an alias rather than text), which lines belong to quoted, block or multi-line plain
+//! scalars (whose text is not YAML and is not looked into), how deep the nesting is, and how
+//! many documents there are.
 //!
-//! Where it cannot be exact it errs towards looking at more text, never less: a line it wrongly
-//! takes for structure can at worst be refused for an anchor it does not hold (a false alarm on
-//! a strange file), while a line it wrongly skipped could hide an alias from us. The block
-//! scalar and plain scalar rules below follow libyaml's (serde_yaml's parser) for that reason.
-//! All the indicators it looks for are ASCII, which never occurs inside a multi-byte UTF-8
+//! It follows libyaml's scanner (serde_yaml's parser) rule for rule where that decides what is
+//! text: libyaml's stack of block indentations (a plain scalar goes on over lines deeper than
+//! the innermost block collection; a block scalar's text is deeper still), its line breaks
+//! (`\r`, NEL, LS and PS as well as `\n`), and its token starts (a comment may follow any token
+//! directly; in a flow collection `:` and `?` always are indicators). A line taken for text by
+//! mistake could hide an alias; a line taken for structure by mistake can at worst be refused
+//! for an anchor it does not hold. A differential test against serde_yaml holds it to that
+//! (`lexer/tests.rs`). All indicators are ASCII, which never occurs inside a multi-byte UTF-8
 //! character, so walking bytes is safe.
 
 use super::{Limits, Problem};
 
 pub fn check(text: &str, limits: &Limits) -> Result<(), Problem> {
     let mut lexer = Lexer::new(limits);
-    // The piece after the final newline is empty, so it changes nothing.
-    for (i, line) in text.split('\n').enumerate() {
-        lexer.line(i + 1, line.strip_suffix('\r').unwrap_or(line))?;
+    for (i, line) in lines(text).enumerate() {
+        lexer.line(i + 1, line)?;
     }
     if lexer.content_documents == 0 {
         return Err(Problem::NoDocuments { how_to_empty: limits.how_to_empty });
@@ -25,15 +27,44 @@ pub fn check(text: &str, limits: &Limits) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The text's lines, split at every line break libyaml knows: `\r\n`, `\n`, `\r`, and the
+/// Unicode NEL, LS and PS.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let b = text.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            let len = match (b[i], b.get(i + 1), b.get(i + 2)) {
+                (b'\r', Some(b'\n'), _) => 2,
+                (b'\n' | b'\r', _, _) => 1,
+                (0xc2, Some(0x85), _) => 2,
+                (0xe2, Some(0x80), Some(0xa8 | 0xa9)) => 3,
+                _ => 0,
+            };
+            if len > 0 {
+                let line = &text[start..i];
+                i += len;
+                start = i;
+                return Some(line);
+            }
+            i += 1;
+        }
+        (start <= b.len()).then(|| {
+            let line = &text[start..];
+            start = b.len() + 1;
+            line
+        })
+    })
+}
+
 /// Where a line's walk begins.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Start {
-    /// Where a node may start.
-    Node,
+    /// Where a token may start.
+    Token,
     /// Inside a plain scalar that goes on from the line before.
     Plain,
-    /// Inside a quoted scalar, or after a node.
-    Inside,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,10 +75,21 @@ enum Quote {
 
 /// A block scalar (`|` or `>`) whose lines are being skipped.
 struct Block {
-    /// The indentation of the collection holding it (-1 at the top): content is deeper.
-    parent: isize,
-    /// The content's indentation, once its first non-blank line has shown it.
+    /// Its text is indented at least this much (libyaml: one more than the collection
+    /// holding it, and at least 1).
+    min: usize,
+    /// The text's indentation, once known (an indentation indicator, or the first line).
     indent: Option<usize>,
+    /// The most spaces on the blank lines before the first line of text (libyaml counts them).
+    blank: usize,
+}
+
+/// A block collection (libyaml's indentation stack).
+struct Level {
+    column: usize,
+    sequence: bool,
+    /// A sequence at its key's own column (`key:\n- a`) is open in it: one level more.
+    indentless: bool,
 }
 
 struct Lexer<'l> {
@@ -60,18 +102,15 @@ struct Lexer<'l> {
     open: bool,
     /// The open document has content.
     has_content: bool,
-    /// Block collections as (column, is a sequence), innermost last.
-    indents: Vec<(usize, bool)>,
+    levels: Vec<Level>,
     /// Open `[`/`{`.
     flow: usize,
-    /// Inside a flow collection that continues onto the next line: whether a node may start
-    /// where the line begins.
-    flow_expect: bool,
+    /// Inside a flow collection that goes on over the next line: what that line begins in.
+    flow_start: Start,
     quote: Option<Quote>,
     block: Option<Block>,
-    /// The line before ended inside a plain scalar held by a collection at this indentation:
-    /// deeper lines continue it.
-    plain: Option<isize>,
+    /// The line before ended inside a plain scalar (block context): deeper lines go on with it.
+    plain: bool,
     /// Length of the quoted, block or plain scalar running over several lines.
     scalar_len: usize,
 }
@@ -97,24 +136,34 @@ impl<'l> Lexer<'l> {
             content_documents: 0,
             open: false,
             has_content: false,
-            indents: Vec::new(),
+            levels: Vec::new(),
             flow: 0,
-            flow_expect: false,
+            flow_start: Start::Token,
             quote: None,
             block: None,
-            plain: None,
+            plain: false,
             scalar_len: 0,
         }
+    }
+
+    /// The column of the innermost block collection; -1 at the top.
+    fn indent(&self) -> isize {
+        self.levels.last().map_or(-1, |l| l.column as isize)
     }
 
     fn line(&mut self, no: usize, line: &str) -> Result<(), Problem> {
         if line.len() > self.limits.max_scalar_bytes {
             return Err(Problem::TooLong { line: no, max: self.limits.max_scalar_bytes });
         }
+        // libyaml skips a byte order mark at the start of any line, counting it as a column:
+        // rather than follow that, refuse it ([`super::read`] drops the file's own).
+        if line.starts_with('\u{feff}') {
+            return Err(Problem::ByteOrderMark { line: no });
+        }
         // Document markers end whatever was open, even a scalar (YAML says so).
         if marker(line, "---") || marker(line, "...") {
-            self.indents.clear();
-            (self.flow, self.quote, self.block, self.plain) = (0, None, None, None);
+            self.levels.clear();
+            (self.flow, self.quote, self.block, self.plain) = (0, None, None, false);
             if line.starts_with("...") {
                 self.open = false;
                 return Ok(());
@@ -124,82 +173,79 @@ impl<'l> Lexer<'l> {
                 return Err(Problem::TooManyDocuments { max: self.limits.max_documents });
             }
             (self.open, self.has_content) = (true, false);
-            return self.scan(no, line, 3, Start::Node, -1, false);
+            return self.scan(no, line, 3, Start::Token);
+        }
+        if self.quote.is_some() {
+            return self.scan(no, line, 0, Start::Token);
         }
         let indent = line.bytes().take_while(|b| *b == b' ').count();
-        let rest = line[indent..].trim_start_matches([' ', '\t']);
-        if self.quote.is_some() {
-            return self.scan(no, line, 0, Start::Inside, -1, false);
-        }
+        let first = indent + line[indent..].bytes().take_while(|b| blank(*b)).count();
+        let empty = first == line.len();
         if let Some(block) = &mut self.block {
-            let content = rest.is_empty()
-                || match block.indent {
-                    Some(m) => indent >= m,
-                    None if indent as isize > block.parent => {
-                        block.indent = Some(indent);
-                        true
-                    }
-                    None => false,
-                };
-            if content {
+            let text = match block.indent {
+                _ if empty => {
+                    block.blank = block.blank.max(indent);
+                    true
+                }
+                Some(m) => indent >= m,
+                None if indent >= block.min.max(block.blank) => {
+                    block.indent = Some(indent);
+                    true
+                }
+                None => false,
+            };
+            if text {
                 return self.grow_scalar(no, line.len() + 1);
             }
             self.block = None;
         }
-        if rest.is_empty() {
-            if self.plain.is_some() {
-                self.grow_scalar(no, 1)?;
-            }
-            return Ok(());
+        if empty {
+            return if self.plain { self.grow_scalar(no, 1) } else { Ok(()) };
         }
-        if rest.starts_with('#') {
-            // A comment line ends a plain scalar; in a flow collection a node may follow it.
-            self.plain = None;
-            self.flow_expect |= self.flow > 0;
+        if line.as_bytes()[first] == b'#' {
+            // A comment line ends a plain scalar; in a flow collection a token may follow it.
+            self.plain = false;
+            self.flow_start = Start::Token;
             return Ok(());
         }
         if self.flow > 0 {
             // Indentation means nothing inside a flow collection.
-            let start = if self.flow_expect { Start::Node } else { Start::Inside };
-            return self.scan(no, line, indent, start, indent as isize, false);
+            return self.scan(no, line, first, self.flow_start);
         }
-        if let Some(parent) = self.plain {
-            if indent as isize > parent {
-                return self.scan(no, line, indent, Start::Plain, parent, false);
+        if self.plain {
+            if first as isize > self.indent() {
+                return self.scan(no, line, first, Start::Plain);
             }
-            self.plain = None;
+            self.plain = false;
         }
         if line.starts_with('%') {
             // A directive (`%YAML 1.2`), before a document's `---`.
             return Ok(());
         }
-        self.scan(no, line, indent, Start::Node, indent as isize, true)
+        // A new line of block structure: the collections it is not inside of are closed.
+        while self.levels.last().is_some_and(|l| l.column > first) {
+            self.levels.pop();
+        }
+        let dash = line.as_bytes()[first] == b'-' && line.as_bytes().get(first + 1).is_none_or(|b| blank(*b));
+        if let Some(top) = self.levels.last_mut()
+            && top.column == first
+            && !dash
+        {
+            top.indentless = false;
+        }
+        self.scan(no, line, first, Start::Token)
     }
 
-    /// Walks `line` from `from`, which is at `start`. `n`: the indentation of the collection
-    /// the line's nodes belong to. `structure`: a block-context line whose first token opens
-    /// or continues a collection at its indentation.
-    fn scan(
-        &mut self,
-        no: usize,
-        line: &str,
-        from: usize,
-        start: Start,
-        mut n: isize,
-        structure: bool,
-    ) -> Result<(), Problem> {
+    /// Walks `line` from `from`, which is at `start`. Outside scalars every non-blank byte
+    /// starts a token, as in libyaml's scanner: an alias there is an alias token, whatever the
+    /// parser would make of it, so it is refused.
+    fn scan(&mut self, no: usize, line: &str, from: usize, start: Start) -> Result<(), Problem> {
         let b = line.as_bytes();
         let mut i = from;
-        // A node may start here (so `&`/`*` would be an anchor or an alias).
-        let mut expect = start == Start::Node;
-        // The line so far ends inside a plain scalar.
         let mut in_plain = start == Start::Plain;
-        // Where the last scalar began (a key's column, once a `:` follows it).
-        let mut token = from;
-        // Just after a quoted scalar or a closed flow collection (JSON-like: `"a":b` is a pair).
-        let mut json = false;
-        let mut first = structure;
-        while i < b.len() {
+        // Where the current node began (a key's column, once a `:` follows it).
+        let mut node: Option<usize> = None;
+        loop {
             if let Some(quote) = self.quote {
                 let began = i;
                 while i < b.len() {
@@ -217,138 +263,140 @@ impl<'l> Lexer<'l> {
                     self.content()?;
                     return self.grow_scalar(no, 1);
                 }
-                (self.quote, expect, json) = (None, false, true);
+                self.quote = None;
                 i += 1;
                 continue;
             }
-            let c = b[i];
-            if blank(c) {
-                i += 1;
-                continue;
-            }
-            if c == b'#' && (i == 0 || blank(b[i - 1])) {
-                // A comment: ends a plain scalar; in a flow collection a node may follow it.
+            if in_plain {
+                // A plain scalar ends at " #", at ": " (or ':' at the end), and in a flow
+                // collection at ",[]{}" and at ':' before one of those or '?'.
+                let began = i;
+                while i < b.len() {
+                    let (c, next) = (b[i], b.get(i + 1).copied());
+                    let ends = match c {
+                        b' ' | b'\t' => next == Some(b'#'),
+                        b':' => {
+                            next.is_none_or(blank)
+                                || (self.flow > 0 && next.is_some_and(|x| flow_indicator(x) || x == b'?'))
+                        }
+                        _ => self.flow > 0 && flow_indicator(c),
+                    };
+                    if ends {
+                        break;
+                    }
+                    i += 1;
+                }
+                self.grow_scalar(no, i - began)?;
+                if i >= b.len() {
+                    break;
+                }
                 in_plain = false;
-                expect |= self.flow > 0;
+            }
+            while i < b.len() && blank(b[i]) {
+                i += 1;
+            }
+            let Some(&c) = b.get(i) else { break };
+            if c == b'#' {
                 break;
             }
             self.content()?;
             let next_blank = b.get(i + 1).is_none_or(|x| blank(*x));
-            if first {
-                first = false;
-                self.enter(no, i, c == b'-' && next_blank)?;
-            }
-            if expect {
-                match c {
-                    b'&' | b'*' => {
-                        let end = b[i..]
-                            .iter()
-                            .position(|x| blank(*x) || flow_indicator(*x))
-                            .map_or(b.len(), |p| i + p);
-                        return Err(Problem::AnchorOrAlias {
-                            line: no,
-                            column: i + 1,
-                            what: if c == b'&' { "anchor" } else { "alias" },
-                            text: String::from_utf8_lossy(&b[i..end.max(i + 1)]).into_owned(),
-                        });
-                    }
-                    b'!' => {
-                        // A tag: the node follows it.
-                        while i < b.len() && !blank(b[i]) && !(self.flow > 0 && flow_indicator(b[i])) {
+            match c {
+                b'&' | b'*' => {
+                    let end = b[i..]
+                        .iter()
+                        .position(|x| blank(*x) || flow_indicator(*x))
+                        .map_or(b.len(), |p| i + p);
+                    return Err(Problem::AnchorOrAlias {
+                        line: no,
+                        column: i + 1,
+                        what: if c == b'&' { "anchor" } else { "alias" },
+                        text: String::from_utf8_lossy(&b[i..end.max(i + 1)]).into_owned(),
+                    });
+                }
+                b'!' => {
+                    // A tag (libyaml's characters for one); the node goes on after it.
+                    node.get_or_insert(i);
+                    i += 1;
+                    if b.get(i) == Some(&b'<') {
+                        i = b[i..].iter().position(|x| *x == b'>').map_or(b.len(), |p| i + p + 1);
+                    } else {
+                        while i < b.len()
+                            && (b[i].is_ascii_alphanumeric() || b"_-;/?:@&=+$.%!~*'()".contains(&b[i]))
+                        {
                             i += 1;
                         }
-                        continue;
-                    }
-                    b'"' | b'\'' => {
-                        self.quote = Some(if c == b'"' { Quote::Double } else { Quote::Single });
-                        self.scalar_len = 0;
-                        (token, in_plain) = (i, false);
-                        i += 1;
-                        continue;
-                    }
-                    b'[' | b'{' => {
-                        self.flow += 1;
-                        self.check_depth(no)?;
-                        i += 1;
-                        continue;
-                    }
-                    b'|' | b'>' if self.flow == 0 => {
-                        // A block scalar: the rest of the line is its header (and a comment);
-                        // the lines deeper than the collection holding it are its text.
-                        self.block = Some(Block { parent: n, indent: None });
-                        self.scalar_len = 0;
-                        self.plain = None;
-                        return Ok(());
-                    }
-                    b'-' if self.flow == 0 && next_blank => {
-                        n = i as isize;
-                        if i != from || !structure {
-                            self.enter(no, i, true)?;
-                        }
-                        i += 1;
-                        continue;
-                    }
-                    b'?' | b':'
-                        if next_blank
-                            || (self.flow > 0 && b.get(i + 1).is_some_and(|x| flow_indicator(*x))) =>
-                    {
-                        if c == b'?' && self.flow == 0 {
-                            n = i as isize;
-                        }
-                        i += 1;
-                        continue;
-                    }
-                    _ => {
-                        // A plain scalar begins.
-                        (expect, token, in_plain) = (false, i, true);
-                        self.scalar_len = 0;
                     }
                 }
-            }
-            match c {
-                b',' | b']' | b'}' if self.flow > 0 => {
-                    if c != b',' {
-                        self.flow -= 1;
-                    }
-                    (expect, json, in_plain) = (c == b',', c != b',', false);
+                b'"' | b'\'' => {
+                    node.get_or_insert(i);
+                    self.quote = Some(if c == b'"' { Quote::Double } else { Quote::Single });
+                    self.scalar_len = 0;
                     i += 1;
                 }
-                b'[' | b'{' if self.flow > 0 => {
-                    // Not valid inside a plain scalar; counted anyway.
+                b'[' | b'{' => {
+                    if self.flow == 0 {
+                        node.get_or_insert(i);
+                    }
                     self.flow += 1;
                     self.check_depth(no)?;
-                    (expect, in_plain) = (true, false);
                     i += 1;
                 }
-                b':' if next_blank
-                    || (self.flow > 0 && (json || b.get(i + 1).is_some_and(|x| flow_indicator(*x)))) =>
-                {
-                    // A value indicator: what came before was a key.
-                    if self.flow == 0 {
-                        n = token as isize;
-                        if token > from {
-                            self.enter(no, token, false)?;
-                        }
-                    }
-                    (expect, json, in_plain) = (true, false, false);
+                b']' | b'}' => {
+                    self.flow = self.flow.saturating_sub(1);
                     i += 1;
+                }
+                b',' => {
+                    node = None;
+                    i += 1;
+                }
+                b'-' if next_blank => {
+                    if self.flow == 0 {
+                        self.roll(no, i, true)?;
+                    }
+                    (node, i) = (None, i + 1);
+                }
+                // In a flow collection these always are indicators.
+                b'?' | b':' if next_blank || self.flow > 0 => {
+                    if self.flow == 0 {
+                        // A `:` ends a key: a mapping at the key's column (a key empty but for
+                        // a tag starts at the tag).
+                        let at = if c == b':' { node.unwrap_or(i) } else { i };
+                        self.roll(no, at, false)?;
+                    }
+                    (node, i) = (None, i + 1);
+                }
+                b'|' | b'>' if self.flow == 0 => {
+                    // A block scalar: the rest of the line is its header (and a comment);
+                    // its text is the lines deeper than the collection holding it.
+                    let n = self.indent();
+                    let digit = b[i + 1..].iter().take(2).find(|d| d.is_ascii_digit());
+                    let indent = digit.map(|d| {
+                        let d = usize::from(d - b'0');
+                        if n >= 0 { n as usize + d } else { d }
+                    });
+                    self.block = Some(Block { min: (n + 1).max(1) as usize, indent, blank: 0 });
+                    self.scalar_len = 0;
+                    self.plain = false;
+                    return Ok(());
                 }
                 _ => {
-                    json = false;
+                    // A plain scalar begins.
+                    node.get_or_insert(i);
+                    self.scalar_len = 0;
+                    in_plain = true;
                     i += 1;
                 }
             }
         }
         if self.flow > 0 {
-            self.flow_expect = expect;
-        } else if in_plain {
-            self.plain = Some(n);
+            self.flow_start = if in_plain { Start::Plain } else { Start::Token };
         } else {
-            self.plain = None;
+            self.plain = in_plain;
         }
         if in_plain {
-            // Its text on this line, and the line break folded into it.
-            self.grow_scalar(no, b.len().saturating_sub(token) + 1)?;
+            // The line break folded into it.
+            self.grow_scalar(no, 1)?;
         }
         Ok(())
     }
@@ -369,28 +417,25 @@ impl<'l> Lexer<'l> {
         Ok(())
     }
 
-    /// A block node at `column`: closes the collections it is outside of, opens one if it
-    /// starts a deeper one (a sequence at a mapping's own column is one level deeper too).
-    fn enter(&mut self, no: usize, column: usize, sequence: bool) -> Result<(), Problem> {
-        while self.indents.last().is_some_and(|(c, _)| *c > column) {
-            self.indents.pop();
-        }
-        match self.indents.last().copied() {
-            Some((c, s)) if c == column && s == sequence => {}
-            Some((c, true)) if c == column => {
-                // A key where a sequence held by that key's mapping was: the sequence ended.
-                self.indents.pop();
-                if self.indents.last() != Some(&(column, false)) {
-                    self.indents.push((column, false));
+    /// A block collection's entry or key at `column` (libyaml's `roll_indent`): deeper than
+    /// the innermost collection, it opens one; a sequence at a mapping's own column is an
+    /// indentless sequence, one level more for the depth.
+    fn roll(&mut self, no: usize, column: usize, sequence: bool) -> Result<(), Problem> {
+        match self.levels.last_mut() {
+            Some(top) if top.column > column => {}
+            Some(top) if top.column == column => {
+                if sequence && !top.sequence {
+                    top.indentless = true;
                 }
             }
-            _ => self.indents.push((column, sequence)),
+            _ => self.levels.push(Level { column, sequence, indentless: false }),
         }
         self.check_depth(no)
     }
 
     fn check_depth(&self, no: usize) -> Result<(), Problem> {
-        if self.indents.len() + self.flow > self.limits.max_depth {
+        let indentless = self.levels.iter().filter(|l| l.indentless).count();
+        if self.levels.len() + indentless + self.flow > self.limits.max_depth {
             return Err(Problem::TooDeep { line: no, max: self.limits.max_depth });
         }
         Ok(())
