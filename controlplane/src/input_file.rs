@@ -19,6 +19,7 @@
 //! caller says which file it was.
 
 mod lexer;
+mod lines;
 
 use std::{
     fs,

@@ -14,7 +14,7 @@
 //! (`lexer/tests.rs`). All indicators are ASCII, which never occurs inside a multi-byte UTF-8
 //! character, so walking bytes is safe.
 
-use super::{Limits, Problem};
+use super::{Limits, Problem, lines::lines};
 
 pub fn check(text: &str, limits: &Limits) -> Result<(), Problem> {
     let mut lexer = Lexer::new(limits);
@@ -25,37 +25,6 @@ pub fn check(text: &str, limits: &Limits) -> Result<(), Problem> {
         return Err(Problem::NoDocuments { how_to_empty: limits.how_to_empty });
     }
     Ok(())
-}
-
-/// The text's lines, split at every line break libyaml knows: `\r\n`, `\n`, `\r`, and the
-/// Unicode NEL, LS and PS.
-fn lines(text: &str) -> impl Iterator<Item = &str> {
-    let b = text.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i < b.len() {
-            let len = match (b[i], b.get(i + 1), b.get(i + 2)) {
-                (b'\r', Some(b'\n'), _) => 2,
-                (b'\n' | b'\r', _, _) => 1,
-                (0xc2, Some(0x85), _) => 2,
-                (0xe2, Some(0x80), Some(0xa8 | 0xa9)) => 3,
-                _ => 0,
-            };
-            if len > 0 {
-                let line = &text[start..i];
-                i += len;
-                start = i;
-                return Some(line);
-            }
-            i += 1;
-        }
-        (start <= b.len()).then(|| {
-            let line = &text[start..];
-            start = b.len() + 1;
-            line
-        })
-    })
 }
 
 /// Where a line's walk begins.
