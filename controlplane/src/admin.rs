@@ -23,11 +23,16 @@ pub struct AdminState {
     pub registry: Registry,
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<()> {
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app =
         Router::new().route("/status", get(status)).route("/ready", get(|| async { "ok" })).with_state(state);
     tracing::info!(addr = %listener.local_addr()?, "control plane admin API listening");
-    axum::serve(listener, app).await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {

@@ -4,6 +4,7 @@
 //! Run as `nodemesh controlplane`.
 
 pub mod admin;
+pub mod input_file;
 mod inputs;
 pub mod model;
 pub mod naming;
@@ -23,6 +24,11 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use world::MeshSettings;
+
+/// How long the start waits for files that are still being written.
+const STARTUP_SETTLE: Duration = Duration::from_secs(1);
+/// How long shutdown lets connections close on their own once their streams have ended.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -79,13 +85,26 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
+    // Watching before the first scan: no change made after that scan goes unnoticed.
+    let directory = inputs::Watch::start(&settings.config_dir, settings.poll);
     let mut store = store::Store::new(&settings.config_dir);
-    store.scan().map_err(input_error)?;
+    // Files written just before the start are given a moment to settle (there is no inotify
+    // word yet that their writers are done), so the first state is whole; a file still
+    // changing after that is picked up by the input loop once it settles.
+    let started = tokio::time::Instant::now();
+    let again_in = loop {
+        let scanned = store.scan(&store::Hints::none()).map_err(input_error)?;
+        match scanned.again_in {
+            Some(wait) if started.elapsed() < STARTUP_SETTLE => tokio::time::sleep(wait).await,
+            again_in => break again_in,
+        }
+    };
     let first = world::World::build(&store.inputs(), &settings.mesh, 1, None);
     let served = Arc::new(Mutex::new(admin::Served::default()));
     inputs::record(&served, &first, store.errors());
     let (world_tx, world_rx) = watch::channel(Arc::new(first));
     inputs::InputLoop {
+        watch: directory,
         store,
         dir: settings.config_dir.clone(),
         mesh: settings.mesh.clone(),
@@ -93,26 +112,52 @@ pub async fn serve(
         served: Arc::clone(&served),
         world: world_tx,
         generation: 1,
+        again_in,
     }
     .spawn()
     .map_err(input_error)?;
 
     let registry = server::Registry::default();
+    let (stop, stopping) = watch::channel(false);
     let admin_state = admin::AdminState { served, registry: Arc::clone(&registry) };
+    let admin_stopping = stopping.clone();
     tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin, admin_state).await {
+        if let Err(e) = admin::serve(admin, admin_state, stopped(admin_stopping)).await {
             tracing::error!(error = %e, "admin API failed");
         }
     });
 
-    let ads = AggregatedDiscoveryServiceServer::new(server::Ads::new(world_rx, registry))
+    let ads = AggregatedDiscoveryServiceServer::new(server::Ads::new(world_rx, registry, stopping.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: settings.listen, source })?;
     tracing::info!(%addr, dir = %settings.config_dir.display(), "serving delta xDS");
-    nodemesh_proto::tonic::transport::Server::builder()
+    let serving = nodemesh_proto::tonic::transport::Server::builder()
         .add_service(ads)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|source| Error::Serve { addr, source })
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stopping));
+    tokio::pin!(serving, shutdown);
+    let served = |result: Result<(), nodemesh_proto::tonic::transport::Error>| {
+        result.map_err(|source| Error::Serve { addr, source })
+    };
+    tokio::select! {
+        result = &mut serving => return served(result),
+        () = &mut shutdown => {}
+    }
+    // Streams end on the signal (UNAVAILABLE: agents keep their state and reconnect); the
+    // connections then close as their streams are done. Whatever is still open after the
+    // grace period (a client that never reads) is dropped.
+    tracing::info!(%addr, "shutting down: ending the agents' streams");
+    let _ = stop.send(true);
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await {
+        Ok(result) => served(result),
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }

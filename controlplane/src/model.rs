@@ -3,6 +3,9 @@
 //! read; others (status details, managed fields) are ignored, as Kubernetes clients do.
 //! Every error names the field at fault.
 
+mod rules;
+mod validate;
+
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
@@ -296,6 +299,7 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
         .ok_or_else(|| err("kind", "required"))?
         .to_owned();
     let api = doc.get("apiVersion").and_then(serde_yaml::Value::as_str).unwrap_or_default().to_owned();
+    validate::string_maps(&doc, &kind)?;
     let object = match (kind.as_str(), api.as_str()) {
         ("Namespace", "v1") => Object::Namespace(Arc::new(typed(doc)?)),
         ("Pod", "v1") => Object::Pod(Arc::new(typed(doc)?)),
@@ -312,139 +316,12 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
         (other, _) => return Err(err("kind", format!("{other:?} is not a kind this control plane reads"))),
     };
     let mut object = object;
-    validate(&mut object)?;
+    validate::validate(&mut object)?;
     Ok(Some(object))
 }
 
 fn typed<T: serde::de::DeserializeOwned>(doc: serde_yaml::Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(doc).map_err(|e| err(e.path().to_string(), e.into_inner().to_string()))
-}
-
-/// Kubernetes names: RFC 1123 (DNS labels and subdomains).
-fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.']);
-    if ok { Ok(()) } else { Err(err(field, format!("{name:?} is not a valid Kubernetes name"))) }
-}
-
-fn check_ip(field: &str, ip: &str) -> Result<IpAddr, FieldError> {
-    ip.parse().map_err(|_| err(field, format!("{ip:?} is not an IP address")))
-}
-
-/// Fills defaults (namespace "default") and checks what the control plane relies on.
-fn validate(object: &mut Object) -> Result<(), FieldError> {
-    let namespaced = !matches!(object, Object::Namespace(_));
-    let meta = object.meta_mut();
-    check_name("metadata.name", &meta.name)?;
-    if namespaced {
-        let ns = meta.namespace.get_or_insert_with(|| "default".into());
-        check_name("metadata.namespace", ns)?;
-    }
-    match object {
-        Object::Namespace(_) => Ok(()),
-        Object::Pod(pod) => validate_pod(pod),
-        Object::Service(svc) => validate_service(svc),
-        Object::AuthorizationPolicy(policy) => validate_policy(policy),
-    }
-}
-
-fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
-    let uid = pod
-        .metadata
-        .uid
-        .as_deref()
-        .ok_or_else(|| err("metadata.uid", "required (the agent finds the pod's cgroup by it)"))?;
-    if uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Err(err("metadata.uid", format!("{uid:?} is not a pod UID (hex digits and dashes)")));
-    }
-    if let Some(node) = &pod.spec.node_name {
-        check_name("spec.nodeName", node)?;
-    }
-    if let Some(ip) = &pod.status.pod_ip {
-        check_ip("status.podIP", ip)?;
-    }
-    for (i, ip) in pod.status.pod_ips.iter().enumerate() {
-        check_ip(&format!("status.podIPs[{i}].ip"), &ip.ip)?;
-    }
-    for (c, container) in pod.spec.containers.iter().enumerate() {
-        for (p, port) in container.ports.iter().enumerate() {
-            if port.container_port == 0 {
-                return Err(err(format!("spec.containers[{c}].ports[{p}].containerPort"), "must be 1-65535"));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn validate_service(svc: &Service) -> Result<(), FieldError> {
-    if let Some(ip) = svc.spec.cluster_ip.as_deref().filter(|ip| *ip != "None") {
-        check_ip("spec.clusterIP", ip)?;
-    }
-    for (i, ip) in svc.spec.cluster_ips.iter().enumerate() {
-        if ip != "None" {
-            check_ip(&format!("spec.clusterIPs[{i}]"), ip)?;
-        }
-    }
-    for (i, port) in svc.spec.ports.iter().enumerate() {
-        if port.port == 0 {
-            return Err(err(format!("spec.ports[{i}].port"), "must be 1-65535"));
-        }
-        if let Some(p) = &port.protocol
-            && p != "TCP"
-        {
-            return Err(err(
-                format!("spec.ports[{i}].protocol"),
-                format!("{p} is not served: the mesh carries TCP"),
-            ));
-        }
-        if let Some(TargetPort::Number(0)) = port.target_port {
-            return Err(err(format!("spec.ports[{i}].targetPort"), "must be 1-65535"));
-        }
-    }
-    Ok(())
-}
-
-fn validate_policy(policy: &AuthorizationPolicy) -> Result<(), FieldError> {
-    if let Some(action) = &policy.spec.action
-        && action != "ALLOW"
-        && action != "DENY"
-    {
-        return Err(err("spec.action", format!("{action:?}: a node proxy enforces ALLOW and DENY")));
-    }
-    for (r, rule) in policy.spec.rules.iter().enumerate() {
-        if !rule.when.is_empty() {
-            return Err(err(format!("spec.rules[{r}].when"), "conditions need a waypoint; not supported"));
-        }
-        for (f, from) in rule.from.iter().enumerate() {
-            for (b, block) in from.source.ip_blocks.iter().chain(&from.source.not_ip_blocks).enumerate() {
-                parse_cidr(block)
-                    .map_err(|m| err(format!("spec.rules[{r}].from[{f}].source.ipBlocks[{b}]"), m))?;
-            }
-        }
-        for (t, to) in rule.to.iter().enumerate() {
-            let op = &to.operation;
-            for (name, list) in [("hosts", &op.hosts), ("methods", &op.methods), ("paths", &op.paths)] {
-                if !list.is_empty() {
-                    return Err(err(
-                        format!("spec.rules[{r}].to[{t}].operation.{name}"),
-                        "an L7 field needs a waypoint; a node proxy enforces L4 only",
-                    ));
-                }
-            }
-            for (p, port) in op.ports.iter().chain(&op.not_ports).enumerate() {
-                port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                    err(
-                        format!("spec.rules[{r}].to[{t}].operation.ports[{p}]"),
-                        format!("{port:?} is not a port"),
-                    )
-                })?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// `a.b.c.d/len`, `x::/len`, or a bare address (a host).
@@ -467,51 +344,4 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Option<Object>, FieldError> {
-        parse_document(serde_yaml::from_str(text).expect("yaml"))
-    }
-
-    #[test]
-    fn reads_a_pod() {
-        let pod = parse(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop, uid: 6b1f-0d2e, labels: {app: cart},\n\
-             ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: cart, controller: true}]}\n\
-             spec: {nodeName: node1, serviceAccountName: cart}\nstatus: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}]}\n",
-        )
-        .expect("valid")
-        .expect("object");
-        let Object::Pod(pod) = pod else { panic!("not a pod") };
-        assert_eq!(pod.spec.node_name.as_deref(), Some("node1"));
-        assert_eq!(pod.metadata.owner_references[0].kind, "StatefulSet");
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let e = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: p, uid: a1}\nstatus: {podIP: 10.0.0.x}\n")
-            .expect_err("ip");
-        assert_eq!(e.field, "status.podIP");
-        let e = parse("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 99999}]}\n")
-            .expect_err("port");
-        assert_eq!(e.field, "spec.ports[0].port");
-        let e = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").expect_err("uid");
-        assert_eq!(e.field, "metadata.uid");
-        let e = parse(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n\
-             spec: {rules: [{to: [{operation: {paths: [/admin]}}]}]}\n",
-        )
-        .expect_err("l7");
-        assert_eq!(e.field, "spec.rules[0].to[0].operation.paths");
-        let e = parse("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n").expect_err("kind");
-        assert_eq!(e.field, "kind");
-    }
-
-    #[test]
-    fn cidrs() {
-        assert_eq!(parse_cidr("10.0.0.0/8"), Ok(("10.0.0.0".parse().expect("ip"), 8)));
-        assert_eq!(parse_cidr("fd00::1"), Ok(("fd00::1".parse().expect("ip"), 128)));
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-    }
-}
+mod tests;

@@ -64,11 +64,19 @@ pub struct Ads {
     world: watch::Receiver<Arc<World>>,
     registry: Registry,
     next_stream: Arc<std::sync::atomic::AtomicU64>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Ads {
-    pub fn new(world: watch::Receiver<Arc<World>>, registry: Registry) -> Self {
-        Self { world, registry, next_stream: Arc::default() }
+    /// Streams end (UNAVAILABLE, so agents reconnect elsewhere or later) once `stopping` turns
+    /// true or its sender goes: a graceful shutdown that waited for agents to hang up would
+    /// wait forever.
+    pub fn new(
+        world: watch::Receiver<Arc<World>>,
+        registry: Registry,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self { world, registry, next_stream: Arc::default(), stopping }
     }
 }
 
@@ -103,6 +111,7 @@ impl AggregatedDiscoveryService for Ads {
             world: self.world.clone(),
             registry: Arc::clone(&self.registry),
             tx,
+            stopping: self.stopping.clone(),
         };
         tokio::spawn(stream.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -138,14 +147,25 @@ struct DeltaStream {
     world: watch::Receiver<Arc<World>>,
     registry: Registry,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl DeltaStream {
     async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let result = self.serve(&mut inbound).await;
+        let mut stopping = self.stopping.clone();
+        // Also while a push waits for a slow client: shutdown does not wait for anyone.
+        let result = tokio::select! {
+            result = self.serve(&mut inbound) => result,
+            _ = stopping.wait_for(|stop| *stop) => Err(Status::unavailable("control plane shutting down")),
+        };
         if let Err(status) = &result {
             tracing::info!(node = ?self.node, peer = %self.peer, status = %status.message(), "stream ended");
-            let _ = self.tx.send(Err(status.clone())).await;
+            if *stopping.borrow() {
+                // Queued if there is room; either way the stream ends when `tx` goes.
+                let _ = self.tx.try_send(Err(status.clone()));
+            } else {
+                let _ = self.tx.send(Err(status.clone())).await;
+            }
         }
         self.registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }

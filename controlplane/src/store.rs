@@ -1,35 +1,66 @@
 //! The input directory: YAML files (several documents each), re-read when they change.
 //!
-//! A file that does not parse or validate is rejected whole and reported with its file,
-//! document, object and field; the objects it last held keep serving, so one bad edit never
-//! takes anything away. The same object defined in two files is reported in the second and
-//! kept from the first.
+//! Each file goes through [`input_file`] (bounded read, lexical precheck) and then the parser.
+//! A file that fails anywhere is rejected whole and reported with its file, document, object
+//! and field; the objects it last held keep serving, and the other files are read as usual,
+//! so one bad edit never takes anything away. Deleting a file is how its objects are removed.
+//! Identity clashes between objects are refused in favour of the one that arrived first
+//! ([`clashes`]).
+//!
+//! A file is read only once its writer is done: when inotify said so (closed after writing,
+//! or renamed into place, which is how controllers write), or when it has not changed for
+//! [`SETTLE`]. Until then the scan leaves it alone and asks to be run again.
+
+mod clashes;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs,
-    os::unix::fs::MetadataExt as _,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt, fs, io,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AuthorizationPolicy, Namespace, Object, ObjectKey, Pod, Service, parse_document};
+use crate::{
+    input_file::{self, Fingerprint, Limits, Problem},
+    model::{AuthorizationPolicy, Namespace, Object, ObjectKey, Pod, Service, parse_document},
+};
+use clashes::Held;
 
-/// A rejected file: why, and where.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{file}: document {document}{}: {field}: {message}", object.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+/// How long a file must stay unchanged before it is read without word that its writer is
+/// done. A writer caught mid-write almost always writes again within this; waiting longer
+/// only delays files written in place by tools that do not close them promptly.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// A rejected file or object: why, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputError {
     pub file: String,
-    /// 1-based.
+    /// 1-based; 0 for a problem with the file as a whole.
     pub document: usize,
     pub object: Option<String>,
     pub field: String,
     pub message: String,
 }
 
-/// Everything the store holds, merged across files.
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.document > 0 {
+            write!(f, ": document {}", self.document)?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, " ({object})")?;
+        }
+        write!(f, ": {}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Everything the store serves, merged across files.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
@@ -38,45 +69,161 @@ pub struct Inputs {
     pub policies: Vec<Arc<AuthorizationPolicy>>,
 }
 
+/// What the caller knows that the files cannot tell: which writers are done, and the time.
+#[derive(Clone, Debug)]
+pub struct Hints {
+    /// Files closed after writing or renamed into place since the last scan.
+    pub complete: HashSet<PathBuf>,
+    pub now: SystemTime,
+}
+
+impl Hints {
+    /// No word from inotify; the time is now.
+    pub fn none() -> Self {
+        Self { complete: HashSet::new(), now: SystemTime::now() }
+    }
+}
+
+/// What a scan did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// The served objects or errors may have changed.
+    pub changed: bool,
+    /// Some files changed too recently to read: scan again after this long.
+    pub again_in: Option<Duration>,
+}
+
 struct FileState {
-    fingerprint: (u64, i64, i64, u64),
+    /// Of the version last read; None when even its metadata could not be read.
+    fingerprint: Option<Fingerprint>,
     /// The last version of the file that was accepted.
-    objects: Vec<Object>,
+    objects: Vec<Held>,
     error: Option<InputError>,
 }
 
 pub struct Store {
     dir: PathBuf,
+    settle: Duration,
     files: BTreeMap<PathBuf, FileState>,
-    duplicates: Vec<InputError>,
+    /// Scans so far: objects are dated by the scan that first read them.
+    generation: u64,
+    /// Files seen changed but not read yet, with when this store first saw that version.
+    unsettled: HashMap<PathBuf, (Fingerprint, Instant)>,
+    clashes: Vec<InputError>,
 }
+
+/// How one changed file turned out.
+type Outcome = Result<Vec<(usize, Object)>, InputError>;
 
 impl Store {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_owned(), files: BTreeMap::new(), duplicates: Vec::new() }
+        Self::with_settle(dir, SETTLE)
     }
 
-    /// Re-reads what changed; returns whether the accepted objects may have changed.
-    pub fn scan(&mut self) -> std::io::Result<bool> {
-        let mut seen = BTreeSet::new();
-        let mut changed = false;
+    pub fn with_settle(dir: &Path, settle: Duration) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            settle,
+            files: BTreeMap::new(),
+            generation: 0,
+            unsettled: HashMap::new(),
+            clashes: Vec::new(),
+        }
+    }
+
+    /// Re-reads the files that changed and are complete. Fails only when the directory
+    /// itself cannot be listed; a file's problem is that file's error.
+    pub fn scan(&mut self, hints: &Hints) -> io::Result<Scanned> {
+        self.generation += 1;
+        let mut present = BTreeSet::new();
+        let mut read: Vec<(PathBuf, Option<Fingerprint>, Outcome)> = Vec::new();
+        let mut again_in: Option<Duration> = None;
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
-            if !yaml || !path.is_file() {
+            if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 continue;
             }
-            seen.insert(path.clone());
-            let meta = fs::metadata(&path)?;
-            let fingerprint = (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino());
-            if self.files.get(&path).is_some_and(|f| f.fingerprint == fingerprint) {
+            let fingerprint = match Fingerprint::stat(&path) {
+                Ok((_, meta)) if meta.is_dir() => continue,
+                Ok((fingerprint, _)) => fingerprint,
+                // Removed meanwhile, or a dangling symlink: not an input.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    present.insert(path.clone());
+                    let error = file_error(&path, &Problem::from(e));
+                    if self.files.get(&path).is_none_or(|f| f.error.as_ref() != Some(&error)) {
+                        read.push((path, None, Err(error)));
+                    }
+                    continue;
+                }
+            };
+            present.insert(path.clone());
+            if self.files.get(&path).is_some_and(|f| f.fingerprint == Some(fingerprint)) {
+                self.unsettled.remove(&path);
                 continue;
             }
-            let text = fs::read_to_string(&path)?;
+            if !hints.complete.contains(&path)
+                && let Some(wait) = self.unsettled_for(&path, fingerprint, hints.now)
+            {
+                again_in = Some(again_in.map_or(wait, |w| w.min(wait)));
+                continue;
+            }
+            let limits = &Limits::CONTROL_PLANE;
+            let outcome = match input_file::read(&path, limits)
+                .and_then(|(_, text)| input_file::precheck(&text, limits).map(|()| text))
+            {
+                // Not done after all: look again once it settles.
+                Err(Problem::ChangedWhileReading) => {
+                    again_in = Some(again_in.map_or(self.settle, |w| w.min(self.settle)));
+                    continue;
+                }
+                Err(problem) => Err(file_error(&path, &problem)),
+                Ok(text) => parse_file(&path, &text),
+            };
+            self.unsettled.remove(&path);
+            read.push((path, Some(fingerprint), outcome));
+        }
+        self.unsettled.retain(|p, _| present.contains(p));
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
+        let changed = !gone.is_empty() || !read.is_empty();
+
+        // Objects leaving a file in this scan keep their place if they turn up in another one
+        // (a file renamed, an object moved): otherwise a newcomer refused for clashing with
+        // them would win once they moved.
+        let mut leaving: HashMap<ObjectKey, Held> = HashMap::new();
+        for path in gone {
+            tracing::info!(file = %path.display(), "input removed");
+            if let Some(state) = self.files.remove(&path) {
+                state.objects.into_iter().for_each(|h| keep_earliest(&mut leaving, h));
+            }
+        }
+        for (path, _, outcome) in &read {
+            if let (Ok(objects), Some(state)) = (outcome, self.files.get(path)) {
+                let staying: HashSet<ObjectKey> = objects.iter().map(|(_, o)| o.key()).collect();
+                for held in state.objects.iter().filter(|h| !staying.contains(&h.object.key())) {
+                    keep_earliest(&mut leaving, held.clone());
+                }
+            }
+        }
+        for (path, fingerprint, outcome) in read {
             let previous = self.files.remove(&path);
-            let state = match parse_file(&path, &text) {
+            let state = match outcome {
                 Ok(objects) => {
                     tracing::info!(file = %path.display(), objects = objects.len(), "input accepted");
+                    let before: HashMap<ObjectKey, &Held> = previous
+                        .iter()
+                        .flat_map(|p| &p.objects)
+                        .rev() // the first of duplicates wins
+                        .map(|h| (h.object.key(), h))
+                        .collect();
+                    let objects = objects
+                        .into_iter()
+                        .map(|(document, object)| {
+                            let key = object.key();
+                            let earlier = before.get(&key).copied().or_else(|| leaving.get(&key));
+                            Held::new(object, document, earlier, self.generation)
+                        })
+                        .collect();
                     FileState { fingerprint, objects, error: None }
                 }
                 Err(error) => {
@@ -89,56 +236,70 @@ impl Store {
                 }
             };
             self.files.insert(path, state);
-            changed = true;
         }
-        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !seen.contains(*p)).cloned().collect();
-        for path in gone {
-            tracing::info!(file = %path.display(), "input removed");
-            self.files.remove(&path);
-            changed = true;
-        }
-        Ok(changed)
+        Ok(Scanned { changed, again_in })
     }
 
-    /// The accepted objects of every file, merged (first definition wins).
+    /// None when the version `fingerprint` of `path` may be read now; else how much longer
+    /// it must stay unchanged.
+    fn unsettled_for(&mut self, path: &Path, fingerprint: Fingerprint, now: SystemTime) -> Option<Duration> {
+        let age = now.duration_since(fingerprint.changed_at()).ok();
+        if age.is_some_and(|a| a >= self.settle) {
+            return None;
+        }
+        // Changed just now, or dated in the future (the clock went back): settled once this
+        // store has seen it unchanged for as long.
+        let seen = self.unsettled.entry(path.to_owned()).or_insert((fingerprint, Instant::now()));
+        if seen.0 != fingerprint {
+            *seen = (fingerprint, Instant::now());
+        }
+        let waited = age.into_iter().chain([seen.1.elapsed()]).max().unwrap_or_default();
+        // At least a millisecond: the change time is coarser than the clock.
+        self.settle.checked_sub(waited).map(|w| w.max(Duration::from_millis(1)))
+    }
+
+    /// The objects served: every file's accepted objects, clashes refused.
     pub fn inputs(&mut self) -> Inputs {
-        let mut inputs = Inputs::default();
-        let mut defined: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
-        self.duplicates.clear();
-        for (path, file) in &self.files {
-            for object in &file.objects {
-                let key = object.key();
-                if let Some(first) = defined.get(&key) {
-                    self.duplicates.push(InputError {
-                        file: path.display().to_string(),
-                        document: 0,
-                        object: Some(key.to_string()),
-                        field: "metadata.name".into(),
-                        message: format!("already defined in {}; this one is ignored", first.display()),
-                    });
-                    continue;
-                }
-                defined.insert(key, path.clone());
-                match object.clone() {
-                    Object::Namespace(ns) => {
-                        inputs.namespaces.insert(ns.metadata.name.clone(), ns);
-                    }
-                    Object::Pod(pod) => inputs.pods.push(pod),
-                    Object::Service(svc) => inputs.services.push(svc),
-                    Object::AuthorizationPolicy(p) => inputs.policies.push(p),
-                }
+        let (inputs, clashes) =
+            clashes::resolve(self.files.iter().map(|(path, f)| (path.as_path(), f.objects.as_slice())));
+        for clash in &clashes {
+            if !self.clashes.contains(clash) {
+                tracing::error!(error = %clash, "object refused");
             }
         }
+        self.clashes = clashes;
         inputs
     }
 
-    /// Every current problem with the input.
+    /// Every current problem with the input (clashes as of the last [`Store::inputs`]).
     pub fn errors(&self) -> Vec<InputError> {
-        self.files.values().filter_map(|f| f.error.clone()).chain(self.duplicates.iter().cloned()).collect()
+        self.files.values().filter_map(|f| f.error.clone()).chain(self.clashes.iter().cloned()).collect()
     }
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<Vec<Object>, InputError> {
+/// Of two leaving definitions of one object, the one that arrived first.
+fn keep_earliest(leaving: &mut HashMap<ObjectKey, Held>, held: Held) {
+    let key = held.object.key();
+    match leaving.get(&key) {
+        Some(other) if other.key_since() <= held.key_since() => {}
+        _ => {
+            leaving.insert(key, held);
+        }
+    }
+}
+
+fn file_error(path: &Path, problem: &Problem) -> InputError {
+    InputError {
+        file: path.display().to_string(),
+        document: 0,
+        object: None,
+        field: "(file)".into(),
+        message: problem.to_string(),
+    }
+}
+
+/// The objects of a file, with their (1-based) document numbers.
+fn parse_file(path: &Path, text: &str) -> Outcome {
     let file = path.display().to_string();
     let mut objects = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -153,7 +314,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Vec<Object>, InputError> {
             .map_err(|e| at(None, "(document)".into(), e.to_string()))?;
         let name = describe(&value);
         if let Some(object) = parse_document(value).map_err(|e| at(name, e.field, e.message))? {
-            objects.push(object);
+            objects.push((i + 1, object));
         }
     }
     Ok(objects)
@@ -171,60 +332,4 @@ fn describe(doc: &serde_yaml::Value) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POD: &str =
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, uid: 0a1b}\nspec: {nodeName: n1}\n";
-
-    #[test]
-    fn a_bad_file_keeps_its_last_good_objects() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("pods.yaml");
-        fs::write(&file, format!("{POD}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n"))
-            .expect("write");
-        let mut store = Store::new(dir.path());
-        assert!(store.scan().expect("scan"));
-        assert_eq!(store.inputs().pods.len(), 1);
-
-        // A broken second document: the file is rejected, the pod stays.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        fs::write(&file, format!("{POD}---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: shop}}\nspec: {{ports: [{{port: 0}}]}}\n")).expect("write");
-        assert!(store.scan().expect("scan"));
-        let errors = store.errors();
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].document, 2);
-        assert_eq!(errors[0].field, "spec.ports[0].port");
-        assert_eq!(errors[0].object.as_deref(), Some("Service shop/s"));
-        assert!(errors[0].to_string().contains("pods.yaml: document 2 (Service shop/s): spec.ports[0].port"));
-        let inputs = store.inputs();
-        assert_eq!(inputs.pods.len(), 1);
-        assert_eq!(inputs.namespaces.len(), 1, "the namespace from the last good version stays");
-        assert!(inputs.services.is_empty());
-    }
-
-    #[test]
-    fn duplicates_are_reported_and_the_first_wins() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join("a.yaml"), POD).expect("write");
-        fs::write(dir.path().join("b.yaml"), POD.replace("nodeName: n1", "nodeName: n2")).expect("write");
-        let mut store = Store::new(dir.path());
-        store.scan().expect("scan");
-        let inputs = store.inputs();
-        assert_eq!(inputs.pods.len(), 1);
-        assert_eq!(inputs.pods[0].spec.node_name.as_deref(), Some("n1"));
-        assert!(store.errors()[0].file.ends_with("b.yaml"));
-    }
-
-    #[test]
-    fn yaml_syntax_errors_are_located() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join("bad.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n")
-            .expect("write");
-        let mut store = Store::new(dir.path());
-        store.scan().expect("scan");
-        let e = &store.errors()[0];
-        assert_eq!((e.document, e.field.as_str()), (1, "(document)"));
-        assert!(e.message.contains("line"), "{e}");
-    }
-}
+mod tests;

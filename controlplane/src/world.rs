@@ -373,12 +373,20 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// An address as served: IPv4-mapped IPv6 as the IPv4 address it is (as the store compares
+/// them for clashes), so an agent looks a pod up by the address its packets carry.
+fn canonical(ip: &str) -> Option<IpAddr> {
+    ip.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
 fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = pod.status.pod_ips.iter().filter_map(|p| p.ip.parse().ok()).collect();
-    if let Some(ip) = pod.status.pod_ip.as_ref().and_then(|i| i.parse().ok())
-        && !ips.contains(&ip)
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for ip in
+        pod.status.pod_ip.iter().chain(pod.status.pod_ips.iter().map(|p| &p.ip)).filter_map(|i| canonical(i))
     {
-        ips.insert(0, ip);
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
     }
     ips
 }
@@ -411,7 +419,7 @@ fn service_entry(svc: &Service, mesh: &MeshSettings) -> Entry {
         .cluster_ips
         .iter()
         .chain(svc.spec.cluster_ip.iter())
-        .filter_map(|ip| ip.parse().ok())
+        .filter_map(|ip| canonical(ip))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -695,6 +703,18 @@ mod tests {
         let w = decode(&world.addresses["Kubernetes//Pod/shop/debug"]);
         assert_eq!((w.workload_name.as_str(), w.canonical_name.as_str()), ("debug", "debug"));
         assert_eq!(w.canonical_revision, "latest");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_served_as_ipv4() {
+        let mut inputs = Inputs::default();
+        let mut mapped = (*pod("a", "x", "n1", &[])).clone();
+        mapped.status.pod_ip = Some("::ffff:10.0.0.7".into());
+        mapped.status.pod_ips = vec![crate::model::PodIp { ip: "10.0.0.7".into() }];
+        inputs.pods.push(Arc::new(mapped));
+        let world = World::build(&inputs, &MeshSettings::default(), 1, None);
+        let w = decode(&world.addresses["Kubernetes//Pod/x/a"]);
+        assert_eq!(w.addresses, [vec![10, 0, 0, 7]]);
     }
 
     #[test]
