@@ -23,7 +23,7 @@ use crate::{
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     ("enrollment", enrollment),
     ("agent_config", agent_config),
     ("xds_address", xds_address),
@@ -31,12 +31,15 @@ pub const TARGETS: [Target; 7] = [
     ("xds_response", xds_response),
     ("snapshot", snapshot_file),
     ("flows_query", flows_query),
+    ("controlplane_yaml", nodemesh_controlplane::fuzzing::yaml_directory),
 ];
 
 /// The enrollment file: a spec it accepts never names an address no pod can have, nor the
 /// same address, UID or name twice.
 pub fn enrollment(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    // The agent prechecks before it parses; both are fuzzed on every input.
+    let _ = nodemesh_controlplane::input_file::precheck(text, &enroll::LIMITS);
     let Ok(spec) = enroll::parse(text) else { return };
     let mut claims = claims::Claims::default();
     for pod in &spec.pods {
@@ -95,8 +98,18 @@ pub fn xds_response(data: &[u8]) {
     }
 }
 
-/// The snapshot file, and the state it rebuilds.
+/// The snapshot file, and the state it rebuilds. Inputs starting with 0xff are taken as a
+/// payload and wrapped in a valid envelope first: the checksum would otherwise keep almost
+/// every mutation away from the protobuf decoder and the state rebuilt from it.
 pub fn snapshot_file(data: &[u8]) {
+    let wrapped;
+    let data = match data.split_first() {
+        Some((0xff, payload)) => {
+            wrapped = snapshot::envelope(payload);
+            &wrapped[..]
+        }
+        _ => data,
+    };
     if let Ok(snap) = snapshot::decode(data) {
         let _ = State::from_snapshot(&snap);
         assert_eq!(snapshot::decode(&snapshot::encode(&snap)).ok(), Some(snap), "a snapshot round-trips");

@@ -69,7 +69,13 @@ fn write_seeds() {
         ("xds_authorization", "allow", authorization().encode_to_vec()),
         ("xds_response", "sync", response().encode_to_vec()),
         ("snapshot", "state", nodemesh::xds::snapshot::encode(&snapshot())),
+        ("snapshot", "payload", [&[0xff][..], &snapshot().encode_to_vec()].concat()),
         ("flows_query", "top", b"namespace=shop&top=5&by=bytes".to_vec()),
+        (
+            "controlplane_yaml",
+            "two-files",
+            b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {nodemesh.io/intercept: enabled}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop, uid: 0a1b, labels: {app: cart}}\nspec: {nodeName: node1, serviceAccountName: cart}\nstatus: {podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}], phase: Running}\n\0apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.10, selector: {app: cart}, ports: [{port: 80, targetPort: 8080}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-web, namespace: shop}\nspec: {action: ALLOW, rules: [{from: [{source: {namespaces: [web]}}], to: [{operation: {ports: [\"8080\"]}}]}]}\n".to_vec(),
+        ),
         ("flows_query", "verdict", b"verdict=denied&state=closed&limit=10&pod=shop/cart-0".to_vec()),
     ];
     for (target, name, bytes) in seeds {
@@ -184,4 +190,22 @@ fn snapshot() -> Snapshot {
         accepted_unix_seconds: 1_700_000_000,
         control_plane: "http://cp:15010".into(),
     }
+}
+
+/// The hand-made seeds are valid inputs, so the fuzzers start from the accepting paths.
+#[test]
+fn the_seeds_are_accepted() {
+    let seed = |target: &str, name: &str| {
+        fs::read(fuzz_dir().join("corpus").join(target).join(format!("seed-{name}"))).expect("seed")
+    };
+    for name in ["docs-example", "two-pods"] {
+        let text = String::from_utf8(seed("enrollment", name)).expect("utf-8");
+        nodemesh::enroll::parse(&text).unwrap_or_else(|e| panic!("enrollment {name}: {e}"));
+    }
+    nodemesh::config::Config::parse(&String::from_utf8(seed("agent_config", "full")).expect("utf-8"), "seed")
+        .expect("config");
+    let snap = nodemesh::xds::snapshot::decode(&seed("snapshot", "state")).expect("snapshot");
+    nodemesh::xds::state::State::from_snapshot(&snap).expect("its resources check");
+    let response = DeltaDiscoveryResponse::decode(seed("xds_response", "sync").as_slice()).expect("response");
+    nodemesh::xds::state::State::check(&response).unwrap_or_else(|e| panic!("response: {e}"));
 }

@@ -4,6 +4,7 @@
 //! Run as `nodemesh controlplane`.
 
 pub mod admin;
+pub mod fuzzing;
 pub mod input_file;
 mod inputs;
 pub mod model;

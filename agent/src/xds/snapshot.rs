@@ -49,12 +49,16 @@ pub fn save(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
 
 /// The bytes of a snapshot file.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
-    let payload = snapshot.encode_to_vec();
+    envelope(&snapshot.encode_to_vec())
+}
+
+/// A snapshot file around an encoded `Snapshot`.
+pub fn envelope(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
     out
 }
 
