@@ -97,3 +97,75 @@ fn a_pod_claiming_an_address_it_does_not_have_is_refused() {
     s.agent.wait_enrolled(&["mesh/client", "mesh/server"], Duration::from_secs(10)).expect("enrolled");
     inbound_to_server_is_steered(&s, "after the claim went away");
 }
+
+/// The server admits only callers from namespace `trusted`, so the external host is denied.
+const ONLY_TRUSTED: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+    metadata: {name: server-callers, namespace: mesh}\n\
+    spec: {selector: {matchLabels: {app: server}}, action: ALLOW, rules: [{from: [{source: {namespaces: [trusted]}}]}]}\n";
+
+/// Through the control plane: a newcomer pod claiming the server's address is refused (both
+/// named in the control plane's status), and the server's policy holds while it is there and
+/// after it is removed.
+#[test]
+fn a_pod_claiming_another_pods_address_cannot_switch_its_policy_off() {
+    use nodemesh_testbed::{Cluster, PodOptions};
+    let cluster = Cluster::new("claimpolicy").expect("cluster");
+    let node = cluster.add_node("node1", 1).expect("node");
+    let ext = cluster.add_external("ext").expect("ext");
+    let mut cp = cluster.add_control_plane().expect("cp");
+    let server = node
+        .add_pod(
+            "mesh",
+            "server",
+            PodOptions { labels: [("app".into(), "server".into())].into(), ..Default::default() },
+        )
+        .expect("server");
+    cp.write_namespace("mesh", true).expect("ns");
+    cp.write_pods(&[&node]).expect("pods");
+    cp.write("policy.yaml", ONLY_TRUSTED).expect("policy");
+    cp.start().expect("cp");
+    server.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("bulk");
+    tools::wait_listening(&server.netns_path(), BULK_PORT).expect("listening");
+    let agent = node
+        .start_agent(&AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() })
+        .expect("agent");
+    agent.wait_enrolled(&["mesh/server"], Duration::from_secs(10)).expect("enrolled");
+    wait_for("the policy", Duration::from_secs(10), || {
+        agent.status().is_ok_and(|s| s["sync"]["counts"]["authorizations"].as_u64() == Some(1))
+    })
+    .expect("policy");
+    let ext_is_denied = |when: &str| {
+        let out = ext
+            .output(tools::bulk_client(IpAddr::from(server.ipv4), BULK_PORT, 10_000, 10_000))
+            .expect("run");
+        assert!(!out.status.success(), "{when}: the external host got through the server's policy");
+    };
+    ext_is_denied("before");
+
+    // A newcomer in a file that sorts first, claiming the server's address.
+    let impostor = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: impostor, namespace: mesh, uid: 0000aaaa-0000-4000-8000-00000000beef, labels: {{app: other}}}}\n\
+         spec: {{nodeName: node1, serviceAccountName: default}}\n\
+         status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}\n",
+        ip = server.ipv4
+    );
+    cp.write("a-impostor.yaml", &impostor).expect("write");
+    let mut errors = String::new();
+    wait_for("the impostor refused", Duration::from_secs(10), || {
+        errors = cp.status().map(|s| s["served"]["input_errors"].to_string()).unwrap_or_default();
+        errors.contains("impostor")
+    })
+    .expect("refused");
+    assert!(errors.contains("server"), "both pods named: {errors}");
+    std::thread::sleep(Duration::from_millis(500));
+    ext_is_denied("with the impostor written");
+
+    std::fs::remove_file(cp.config_dir.join("a-impostor.yaml")).expect("rm");
+    wait_for("the error to clear", Duration::from_secs(10), || {
+        cp.status().is_ok_and(|s| !s["served"]["input_errors"].to_string().contains("impostor"))
+    })
+    .expect("cleared");
+    std::thread::sleep(Duration::from_millis(500));
+    ext_is_denied("after the impostor is gone");
+    agent.wait_enrolled(&["mesh/server"], Duration::from_secs(1)).expect("still enrolled");
+}
