@@ -22,5 +22,4 @@ pub mod reconcile;
 pub mod sidecar;
 pub mod spec;
 pub mod status;
-pub mod text;
 pub mod xds;

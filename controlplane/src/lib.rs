@@ -11,6 +11,7 @@ pub mod model;
 pub mod naming;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod world;
 
 use std::{

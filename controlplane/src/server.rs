@@ -195,6 +195,16 @@ impl DeltaStream {
             let node = node_name(request.node.as_ref()).ok_or_else(|| {
                 Status::invalid_argument("the first request must identify the node (node.metadata.NODE_NAME)")
             })?;
+            if node.len() > 253
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            {
+                return Err(Status::invalid_argument(format!(
+                    "node name {:?} is not a Kubernetes node name",
+                    crate::text::peer(&node)
+                )));
+            }
             tracing::info!(%node, peer = %self.peer, "agent connected");
             let status = AgentStatus {
                 node: node.clone(),
@@ -207,7 +217,17 @@ impl DeltaStream {
         }
         let type_url = request.type_url.clone();
         if type_url != type_urls::ADDRESS && type_url != type_urls::AUTHORIZATION {
-            return Err(Status::invalid_argument(format!("type_url {type_url:?} is not served")));
+            return Err(Status::invalid_argument(format!(
+                "type_url {:?} is not served",
+                crate::text::peer(&type_url)
+            )));
+        }
+        let known = self.types.get(&type_url).map_or(0, |s| s.names.len() + s.held.len());
+        let asked = request.resource_names_subscribe.len() + request.initial_resource_versions.len();
+        if known + asked > MAX_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "more than {MAX_NAMES} resource names for {type_url} on one stream"
+            )));
         }
         let first = !self.types.contains_key(&type_url);
         let state = self.types.entry(type_url.clone()).or_default();
@@ -253,8 +273,11 @@ impl DeltaStream {
         let t = agent.types.entry(type_url.to_owned()).or_default();
         match &request.error_detail {
             Some(error) => {
-                tracing::warn!(node = %agent.node, %type_url, nonce = %request.response_nonce, reason = %error.message, "NACK");
-                t.last_nack = Some(format!("nonce {}: {}", request.response_nonce, error.message));
+                // The agent's words: bounded before the log and /status keep them.
+                let (nonce, reason) =
+                    (crate::text::peer(&request.response_nonce), crate::text::peer(&error.message));
+                tracing::warn!(node = %agent.node, %type_url, %nonce, %reason, "NACK");
+                t.last_nack = Some(format!("nonce {nonce}: {reason}"));
             }
             None => t.last_acked_nonce = request.response_nonce.clone(),
         }
@@ -371,6 +394,11 @@ impl DeltaStream {
         Ok(())
     }
 }
+
+/// Resource names one stream may name for one type (subscriptions plus the versions it says
+/// it holds): ten times the benchmark's mesh (11,000 addresses), so no agent can make the
+/// control plane hold unbounded state.
+const MAX_NAMES: usize = 200_000;
 
 /// The node an agent runs on: `metadata.NODE_NAME` (what ztunnel sends), else the id's
 /// "<kind>~<node>" form.

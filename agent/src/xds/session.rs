@@ -101,7 +101,7 @@ fn handle(shared: &Shared, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryR
         Ok(checked) => checked,
         Err(invalid) => {
             // It names resources the control plane chose: bounded before it is kept or sent.
-            let reason = crate::text::peer(&invalid.to_string()).into_owned();
+            let reason = nodemesh_controlplane::text::peer(&invalid.to_string()).into_owned();
             tracing::warn!(nonce = %response.nonce, %reason, "NACK: the response is rejected, the last good state stays");
             let mut status = shared.status();
             status.nacks += 1;
