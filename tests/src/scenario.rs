@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{Agent, AgentOptions, Cluster, External, Node, Pod, PodOptions, tools};
+use crate::{Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, tools};
 
 /// The byte-exact bulk server's port (tools/bulk_server.py), on every server.
 pub const BULK_PORT: u16 = 7000;
@@ -100,4 +100,38 @@ fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One node driven by the reference control plane: one pod in namespace `mesh` (intercepted),
+/// an external host running the bulk server, and the agent, synced and with the pod enrolled.
+pub struct ControlledNode {
+    pub cluster: Cluster,
+    pub node: Node,
+    pub ext: External,
+    pub cp: ControlPlane,
+    pub pod: Pod,
+    pub agent: Agent,
+}
+
+impl ControlledNode {
+    /// `files` are more control-plane inputs (name, YAML) written before it starts.
+    pub fn start(name: &str, pod: &str, options: PodOptions, files: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let cluster = Cluster::new(name)?;
+        let node = cluster.add_node("node1", 1)?;
+        let ext = cluster.add_external("ext")?;
+        let mut cp = cluster.add_control_plane()?;
+        let pod = node.add_pod("mesh", pod, options)?;
+        cp.write_namespace("mesh", true)?;
+        cp.write_pods(&[&node])?;
+        for (file, text) in files {
+            cp.write(file, text)?;
+        }
+        cp.start()?;
+        ext.spawn(tools::bulk_server("0.0.0.0".parse()?, BULK_PORT))?;
+        tools::wait_listening(&ext.netns_path(), BULK_PORT)?;
+        let agent =
+            node.start_agent(&AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() })?;
+        agent.wait_enrolled(&[&format!("mesh/{}", pod.name)], Duration::from_secs(10))?;
+        Ok(Self { cluster, node, ext, cp, pod, agent })
+    }
 }

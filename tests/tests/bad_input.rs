@@ -9,8 +9,8 @@ use std::{
 };
 
 use nodemesh_testbed::{
-    Agent, AgentOptions, Cluster, PodOptions,
-    scenario::{BULK_PORT, SingleNode},
+    Agent, AgentOptions, PodOptions,
+    scenario::{BULK_PORT, ControlledNode, SingleNode},
     tools, wait_for,
 };
 use serde_json::Value;
@@ -70,20 +70,8 @@ fn bad_enrollment_files_keep_the_last_good_state() {
 
 #[test]
 fn bad_control_plane_files_keep_the_last_good_state() {
-    let cluster = Cluster::new("badcp").expect("cluster");
-    let node = cluster.add_node("node1", 1).expect("node");
-    let ext = cluster.add_external("ext").expect("ext");
-    let mut cp = cluster.add_control_plane().expect("cp");
-    let pod = node.add_pod("mesh", "a", PodOptions::default()).expect("pod");
-    cp.write_namespace("mesh", true).expect("namespace");
-    cp.write_pods(&[&node]).expect("pods");
-    cp.start().expect("cp");
-    ext.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
-    tools::wait_listening(&ext.netns_path(), BULK_PORT).expect("listening");
-    let agent = node
-        .start_agent(&AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() })
-        .expect("agent");
-    agent.wait_enrolled(&["mesh/a"], Duration::from_secs(10)).expect("enrolled");
+    let ControlledNode { cluster: _cluster, node: _node, ext, cp, pod, agent } =
+        ControlledNode::start("badcp", "a", PodOptions::default(), &[]).expect("cluster");
     let good = std::fs::read_to_string(cp.config_dir.join("pods.yaml")).expect("pods.yaml");
 
     for (what, bytes, says) in bad_versions(&good) {

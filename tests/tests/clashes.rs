@@ -5,8 +5,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use nodemesh_testbed::{
-    AgentOptions,
-    scenario::{BULK_PORT, SingleNode},
+    AgentOptions, PodOptions,
+    scenario::{BULK_PORT, ControlledNode, SingleNode},
     tools, wait_for,
 };
 use serde_json::Value;
@@ -108,28 +108,12 @@ const ONLY_TRUSTED: &str = "apiVersion: security.istio.io/v1\nkind: Authorizatio
 /// after it is removed.
 #[test]
 fn a_pod_claiming_another_pods_address_cannot_switch_its_policy_off() {
-    use nodemesh_testbed::{Cluster, PodOptions};
-    let cluster = Cluster::new("claimpolicy").expect("cluster");
-    let node = cluster.add_node("node1", 1).expect("node");
-    let ext = cluster.add_external("ext").expect("ext");
-    let mut cp = cluster.add_control_plane().expect("cp");
-    let server = node
-        .add_pod(
-            "mesh",
-            "server",
-            PodOptions { labels: [("app".into(), "server".into())].into(), ..Default::default() },
-        )
-        .expect("server");
-    cp.write_namespace("mesh", true).expect("ns");
-    cp.write_pods(&[&node]).expect("pods");
-    cp.write("policy.yaml", ONLY_TRUSTED).expect("policy");
-    cp.start().expect("cp");
+    let server_labels = PodOptions { labels: [("app".into(), "server".into())].into(), ..Default::default() };
+    let ControlledNode { cluster: _cluster, node: _node, ext, cp, pod: server, agent } =
+        ControlledNode::start("claimpolicy", "server", server_labels, &[("policy.yaml", ONLY_TRUSTED)])
+            .expect("cluster");
     server.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("bulk");
     tools::wait_listening(&server.netns_path(), BULK_PORT).expect("listening");
-    let agent = node
-        .start_agent(&AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() })
-        .expect("agent");
-    agent.wait_enrolled(&["mesh/server"], Duration::from_secs(10)).expect("enrolled");
     wait_for("the policy", Duration::from_secs(10), || {
         agent.status().is_ok_and(|s| s["sync"]["counts"]["authorizations"].as_u64() == Some(1))
     })

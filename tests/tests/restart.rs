@@ -6,9 +6,9 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use nodemesh_testbed::{
-    Agent, AgentOptions, Cluster, Pod, PodOptions,
+    Agent, AgentOptions, Pod, PodOptions,
     kernel::cgroup_programs,
-    scenario::{BULK_PORT, SingleNode},
+    scenario::{BULK_PORT, ControlledNode, SingleNode},
     tools,
 };
 use serde_json::Value;
@@ -58,18 +58,8 @@ fn an_invalid_enrollment_file_at_start_keeps_the_hooks() {
 
 #[test]
 fn a_bad_snapshot_at_start_keeps_the_hooks() {
-    let cluster = Cluster::new("restartsnap").expect("cluster");
-    let node = cluster.add_node("node1", 1).expect("node");
-    let ext = cluster.add_external("ext").expect("ext");
-    let mut cp = cluster.add_control_plane().expect("cp");
-    let pod = node.add_pod("mesh", "a", PodOptions::default()).expect("pod");
-    cp.write_namespace("mesh", true).expect("namespace");
-    cp.write_pods(&[&node]).expect("pods");
-    cp.start().expect("cp");
-    ext.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
-    let options = AgentOptions { xds_address: Some(cp.xds_address()), ..Default::default() };
-    let mut agent = node.start_agent(&options).expect("agent");
-    agent.wait_enrolled(&["mesh/a"], Duration::from_secs(10)).expect("enrolled");
+    let ControlledNode { cluster, node, ext, mut cp, pod, mut agent } =
+        ControlledNode::start("restartsnap", "a", PodOptions::default(), &[]).expect("cluster");
     let snapshot = cluster.work_dir().join("node1-xds-snapshot.pb");
     nodemesh_testbed::wait_for("the snapshot on disk", Duration::from_secs(5), || snapshot.exists())
         .expect("snapshot written");
