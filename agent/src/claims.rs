@@ -12,24 +12,13 @@ use std::{collections::HashMap, net::IpAddr};
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) as the IPv4 address they are: the same
 /// address for steering, so also for clashes.
 pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+    ip.to_canonical()
 }
 
-/// Why `ip` can never be a pod's address, if it cannot.
-pub fn not_a_pod_address(ip: IpAddr) -> Option<&'static str> {
-    let ip = canonical(ip);
-    match ip {
-        _ if ip.is_unspecified() => Some("the unspecified address"),
-        _ if ip.is_loopback() => Some("a loopback address"),
-        _ if ip.is_multicast() => Some("a multicast address"),
-        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
-        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
-        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
-        _ => None,
-    }
+/// Why `ip` can never be a pod's address, if it cannot: the control plane's rule
+/// (`model::rules::unicast`), so both sides refuse the same addresses.
+pub fn not_a_pod_address(ip: IpAddr) -> Option<String> {
+    nodemesh_controlplane::model::rules::unicast(ip).err()
 }
 
 /// What can be claimed.

@@ -151,7 +151,7 @@ pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, SpecErro
             let parsed: IpAddr =
                 ip.parse().map_err(|_| error(&field, format!("{ip:?} is not an IP address")))?;
             if let Some(why) = claims::not_a_pod_address(parsed) {
-                return Err(error(field, format!("{ip} is {why}, never a pod's")));
+                return Err(error(field, why));
             }
             claim(field, Claim::Address(parsed))?;
         }

@@ -3,7 +3,7 @@
 //! read; others (status details, managed fields) are ignored, as Kubernetes clients do.
 //! Every error names the field at fault.
 
-mod rules;
+pub mod rules;
 mod validate;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};

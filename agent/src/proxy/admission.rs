@@ -18,6 +18,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::claims::canonical;
+
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -80,7 +82,7 @@ impl Admission {
         pod_ips: &[IpAddr],
     ) -> Result<(), Refusal> {
         let local_ip = canonical(local.ip());
-        if is_loopback(peer.ip()) || !pod_ips.iter().any(|ip| canonical(*ip) == local_ip) {
+        if canonical(peer.ip()).is_loopback() || !pod_ips.iter().any(|ip| canonical(*ip) == local_ip) {
             return Err(self.refuse(Refusal::Loop));
         }
         Ok(())
@@ -108,18 +110,6 @@ pub fn node_limit_from_fds(configured: usize, fd_limit: u64, reserve: usize) -> 
         return configured;
     }
     (fd_limit.saturating_sub(reserve as u64) / 2).max(1) as usize
-}
-
-/// IPv4-mapped IPv6 addresses as the IPv4 address they are.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    canonical(ip).is_loopback()
 }
 
 #[cfg(test)]

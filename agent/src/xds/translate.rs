@@ -225,7 +225,7 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
             let field = format!("workload.addresses[{i}]");
             let ip = ctx.ip(field.clone(), a)?;
             match crate::claims::not_a_pod_address(ip) {
-                Some(why) => Err(ctx.err(field, format!("{ip} is {why}, never a pod's"))),
+                Some(why) => Err(ctx.err(field, why)),
                 None => Ok(ip),
             }
         })
@@ -291,7 +291,7 @@ fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
             let field = format!("service.addresses[{i}].address");
             let ip = ctx.ip(field.clone(), &a.address)?;
             match crate::claims::not_a_pod_address(ip) {
-                Some(why) => Err(ctx.err(field, format!("{ip} is {why}, never a service's"))),
+                Some(why) => Err(ctx.err(field, why)),
                 None => Ok(ip),
             }
         })
