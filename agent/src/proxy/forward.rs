@@ -8,10 +8,11 @@
 //! direction keeps flowing (half-close). An error in either direction resets both sockets, as
 //! a reset on a direct connection would.
 //!
-//! At each direction's end the proxy's counts are checked against the kernel's exact ones
-//! (the audit, as on the splice path): everything the source received in order was read, and
-//! everything read was queued on the destination. A mismatch is an error, so both sides get a
-//! reset instead of a FIN and no app takes a corrupted stream for a complete one.
+//! At each direction's end the proxy's count is checked against the kernel's exact one (the
+//! audit, as on the splice path): everything the source received in order was read (what was
+//! read was written: `write_all` returns only once the destination's kernel took every byte).
+//! A mismatch is an error, so both sides get a reset instead of a FIN and no app takes a
+//! corrupted stream for a complete one.
 
 use std::{
     io,
@@ -97,9 +98,6 @@ async fn forward_halves(
     let CopySettings { max_buffer, hand_off_after, idle_timeout } = settings;
     let mut idle = IdleWatch::new(idle_timeout);
     let moved_total = || sent.load(Relaxed) + received.load(Relaxed);
-    // What each destination had queued when this copy began: the audit's starting points.
-    let up_audit = Audit { dst_base: tcp_counts::queued(&*upstream) };
-    let down_audit = Audit { dst_base: tcp_counts::queued(&*client) };
     let (mut client_r, mut client_w) = client.split();
     let (mut upstream_r, mut upstream_w) = upstream.split();
     let moved = AtomicU64::new(0);
@@ -108,8 +106,8 @@ async fn forward_halves(
     let (up, down) = watched(
         async {
             tokio::try_join!(
-                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit, &up_audit),
-                copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit, &down_audit),
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit),
+                copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit),
             )
         },
         &mut idle,
@@ -126,20 +124,17 @@ async fn forward_halves(
         }
         // One side already half-closed: nothing worth handing over, finish copying the other.
         (HalfEnd::Eof(a), HalfEnd::Paused(b)) => {
-            let rest = copy_half(
-                &mut upstream_r,
-                &mut client_w,
-                max_buffer,
-                received,
-                &unlimited,
-                &down_audit.after(b),
+            let rest = watched(
+                copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &unlimited),
+                &mut idle,
+                moved_total,
             )
             .await?;
             Outcome::Done(Transfer { client_to_upstream: a, upstream_to_client: b + rest.bytes() })
         }
         (HalfEnd::Paused(a), HalfEnd::Eof(b)) => {
             let rest = watched(
-                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited, &up_audit.after(a)),
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited),
                 &mut idle,
                 moved_total,
             )
@@ -174,38 +169,17 @@ impl HalfEnd {
     }
 }
 
-/// One direction's audit starting point.
-struct Audit {
-    /// Bytes ever queued on the destination when the copy began (see [`tcp_counts::queued`]);
-    /// `None` if acknowledgements kept it from being read exactly.
-    dst_base: Option<u64>,
-}
-
-impl Audit {
-    /// The same audit for a copy that carries on after `written` more bytes.
-    fn after(&self, written: u64) -> Self {
-        Self { dst_base: self.dst_base.map(|b| b + written) }
+/// The audit at the source's EOF, before the FIN is passed on: every byte the source received
+/// in order was read (`read` counts every byte read from it over the connection's life, all
+/// of them copied: a connection handed to the splice is audited there).
+fn audit(src: &TcpStream, read: u64) -> io::Result<()> {
+    let received = tcp_counts::received_before_fin(src)?;
+    if received == read {
+        return Ok(());
     }
-
-    /// At the source's EOF, before the FIN is passed on: every byte the source received in
-    /// order was read (`counter` holds every byte read from it over the connection's life,
-    /// all of them copied), and every byte of this copy is queued on the destination.
-    fn check(&self, src: &TcpStream, dst: &TcpStream, counter: u64, written: u64) -> io::Result<()> {
-        let received = tcp_counts::received_before_fin(src)?;
-        let queued = self.dst_base.zip(tcp_counts::queued(dst)).map(|(base, now)| now.saturating_sub(base));
-        if received == counter && queued.is_none_or(|q| q == written) {
-            return Ok(());
-        }
-        AUDIT_MISMATCHES.fetch_add(1, Relaxed);
-        tracing::error!(
-            received,
-            read = counter,
-            written,
-            queued,
-            "copied bytes disagree with the kernel's counts"
-        );
-        Err(io::Error::new(io::ErrorKind::InvalidData, "copied bytes disagree with the kernel's counts"))
-    }
+    AUDIT_MISMATCHES.fetch_add(1, Relaxed);
+    tracing::error!(received, read, "copied bytes disagree with the kernel's counts");
+    Err(io::Error::new(io::ErrorKind::InvalidData, "copied bytes disagree with the kernel's counts"))
 }
 
 /// The hand-off threshold shared by both directions.
@@ -228,11 +202,10 @@ async fn copy_half<R, W>(
     max_buffer: usize,
     counter: &AtomicU64,
     limit: &Limit<'_>,
-    audit: &Audit,
 ) -> io::Result<HalfEnd>
 where
     R: AsyncRead + AsRef<TcpStream> + Unpin,
-    W: AsyncWrite + AsRef<TcpStream> + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; INITIAL_BUFFER.min(max_buffer)];
     let mut total = 0u64;
@@ -248,7 +221,7 @@ where
             n = reader.read(&mut buf) => n?,
         };
         if n == 0 {
-            audit.check(reader.as_ref(), writer.as_ref(), counter.load(Relaxed), total)?;
+            audit(reader.as_ref(), counter.load(Relaxed))?;
             writer.shutdown().await?;
             return Ok(HalfEnd::Eof(total));
         }
@@ -339,6 +312,26 @@ mod tests {
         assert!(proxy.await.expect("join").is_err());
         let mut buf = [0u8; 1];
         let err = app.read(&mut buf).await.expect_err("the app sees the reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn a_direction_whose_count_disagrees_with_the_kernel_is_reset() {
+        let (mut app, mut client_side) = pair().await;
+        let (mut upstream_side, _server) = pair().await;
+        // As if the proxy had read 7 bytes the kernel never received from the app.
+        let (sent, received) = (AtomicU64::new(7), AtomicU64::new(0));
+        app.write_all(b"hello").await.expect("write");
+        app.shutdown().await.expect("half-close");
+        let before = AUDIT_MISMATCHES.load(Relaxed);
+        let e = forward(&mut client_side, &mut upstream_side, copy(4096, None), &sent, &received)
+            .await
+            .expect_err("the audit fails the copy");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(AUDIT_MISMATCHES.load(Relaxed) > before);
+        drop(client_side);
+        let mut buf = [0u8; 1];
+        let err = app.read(&mut buf).await.expect_err("the app sees a reset, not a FIN");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     }
 
