@@ -2,8 +2,9 @@
 //! (`fuzz/regressions/<target>/`) through the same functions the fuzz targets run, so the
 //! test suite keeps them fixed without cargo-fuzz. `cargo xtask fuzz` runs the fuzzers.
 //!
-//! `cargo test -p nodemesh --test fuzz_corpus -- --ignored write_seeds` writes the hand-made
-//! seed inputs again (valid examples of each input, for the fuzzers to start from).
+//! The hand-made seeds (`seed-*`: valid examples of each input, for the fuzzers to start from)
+//! are built here and must match the committed files; `UPDATE_SEEDS=1 cargo test -p nodemesh
+//! --test fuzz_corpus` rewrites them after a deliberate change.
 
 use std::{fs, path::PathBuf};
 
@@ -50,8 +51,7 @@ fn the_corpus_and_every_crash_found_replay_cleanly() {
 }
 
 #[test]
-#[ignore = "writes the seed corpus; run by hand"]
-fn write_seeds() {
+fn the_committed_seeds_are_the_built_ones() {
     let seeds: Vec<(&str, &str, Vec<u8>)> = vec![
         ("enrollment", "docs-example", docs_example("enrollment.md").into_bytes()),
         (
@@ -78,10 +78,20 @@ fn write_seeds() {
         ),
         ("flows_query", "verdict", b"verdict=denied&state=closed&limit=10&pod=shop/cart-0".to_vec()),
     ];
+    let update = std::env::var_os("UPDATE_SEEDS").is_some();
     for (target, name, bytes) in seeds {
         let dir = fuzz_dir().join("corpus").join(target);
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join(format!("seed-{name}")), bytes).expect("write");
+        let path = dir.join(format!("seed-{name}"));
+        if update {
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(&path, &bytes).expect("write");
+        }
+        let committed = fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == bytes,
+            "{} differs from the seed built here (UPDATE_SEEDS=1 rewrites it)",
+            path.display()
+        );
     }
 }
 
