@@ -39,8 +39,15 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let sha = tools::write_payload(&payloads.join("payload"), 1 << 20)?;
     let any = IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED);
     server.spawn(tools::http_server(any, HTTP_PORT, &payloads))?;
-    server.spawn(tools::bulk_server(any, BULK_PORT))?;
-    ext.spawn(tools::bulk_server(any, BULK_PORT))?;
+    // The timing probes connect and close at once; the servers' complaints about that would
+    // only clutter the demo's output.
+    let quiet = || {
+        let mut cmd = tools::bulk_server(any, BULK_PORT);
+        cmd.stderr(std::process::Stdio::null());
+        cmd
+    };
+    server.spawn(quiet())?;
+    ext.spawn(quiet())?;
     tools::wait_listening(&server.netns_path(), HTTP_PORT)?;
     tools::wait_listening(&server.netns_path(), BULK_PORT)?;
     tools::wait_listening(&ext.netns_path(), BULK_PORT)?;
