@@ -13,17 +13,24 @@ use anyhow::{Context as _, bail};
 
 use crate::sh;
 
-/// The targets, as in fuzz/Cargo.toml and `nodemesh::fuzzing::TARGETS`.
-pub const TARGETS: [&str; 7] = [
-    "enrollment",
-    "agent_config",
-    "xds_address",
-    "xds_authorization",
-    "xds_response",
-    "snapshot",
-    "flows_query",
-];
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// The targets: the `[[bin]]` names of fuzz/Cargo.toml (each runs a function of
+/// `nodemesh::fuzzing::TARGETS`, whose corpus replay test fails for a target without corpus).
+fn targets(fuzz_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let manifest = std::fs::read_to_string(fuzz_dir.join("Cargo.toml")).context("reading fuzz/Cargo.toml")?;
+    let mut in_bin = false;
+    let mut names = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin && let Some(name) = line.strip_prefix("name = ") {
+            names.push(name.trim_matches('"').to_owned());
+        }
+    }
+    anyhow::ensure!(!names.is_empty(), "fuzz/Cargo.toml lists no [[bin]] targets");
+    Ok(names)
+}
 
 #[derive(Debug, clap::Args)]
 pub struct FuzzArgs {
@@ -37,14 +44,15 @@ pub struct FuzzArgs {
 pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     ensure_cargo_fuzz()?;
     let fuzz_dir = crate::workspace_root().join("fuzz");
-    let targets: Vec<&str> = if args.targets.is_empty() {
-        TARGETS.to_vec()
+    let all = targets(&fuzz_dir)?;
+    let chosen: Vec<&str> = if args.targets.is_empty() {
+        all.iter().map(String::as_str).collect()
     } else {
         args.targets.iter().map(String::as_str).collect()
     };
     let mut crashes = Vec::new();
-    for target in targets {
-        anyhow::ensure!(TARGETS.contains(&target), "no fuzz target {target:?} (there are {TARGETS:?})");
+    for target in chosen {
+        anyhow::ensure!(all.iter().any(|t| t == target), "no fuzz target {target:?} (there are {all:?})");
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let started = Instant::now();
