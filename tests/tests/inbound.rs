@@ -31,8 +31,15 @@ fn from_outside_through_the_inbound_listener(splice: bool) {
     // The client's view is untouched.
     assert_eq!(r["peer"][0], server.to_string());
 
-    assert_eq!(inbound_accepted(&s) - accepted, 1, "the inbound listener must see the connection");
-    assert_eq!(s.agent.counter("sk_lookup", "steered").expect("counter") - steered, 1);
+    // Seen once in a CI run: two connections counted for this one. The flows and the kernel's
+    // count name whatever the second one was, if it happens again.
+    let (accepted, steered) = (
+        inbound_accepted(&s) - accepted,
+        s.agent.counter("sk_lookup", "steered").expect("counter") - steered,
+    );
+    let flows = || format!("{:#?}", s.agent.flows("").unwrap_or_default());
+    assert_eq!(accepted, 1, "the inbound listener must see the connection (steered {steered}): {}", flows());
+    assert_eq!(steered, 1, "flows: {}", flows());
 }
 
 #[test]
