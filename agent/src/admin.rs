@@ -7,6 +7,8 @@ pub mod flows_query;
 pub mod http;
 mod prometheus;
 
+pub use prometheus::OccupancyCache;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::AtomicBool},
@@ -110,8 +112,7 @@ async fn flows(
     };
     // Reading the kernel maps is a syscall per flow: off the control runtime's thread.
     let proxy = s.proxy.clone();
-    let records =
-        tokio::task::spawn_blocking(move || proxy.flows().records(proxy.maps())).await.unwrap_or_default();
+    let records = tokio::task::spawn_blocking(move || proxy.flows().records()).await.unwrap_or_default();
     match query.apply(records) {
         Ok(flows) => Json(FlowsReport { node: s.config.node_name.clone(), flows }).into_response(),
         Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),

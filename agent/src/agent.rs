@@ -19,11 +19,11 @@ use crate::{
     admin::{self, AdminState},
     cli::AgentArgs,
     config::{Config, Overrides},
-    datapath::{Datapath, DatapathSettings, PinDir, btf},
+    datapath::{Datapath, DatapathSettings, Occupancy, PinDir, Steering, btf},
     enroll::FileSource,
     flows::{FlowTable, kernel::DropReasons},
     pods::{cgroup, netns},
-    proxy::{Proxy, ProxySettings},
+    proxy::{Proxy, ProxyMaps, ProxySettings},
     reconcile::Reconciler,
     spec::NodeSpec,
     xds,
@@ -119,7 +119,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     };
     let datapath =
         Datapath::load(PinDir::new(&config.bpffs_dir), &settings).context("loading the datapath")?;
-    let maps = datapath.shared_maps()?;
+    let handles = datapath.handles()?;
     let datapath = Arc::new(Mutex::new(datapath));
 
     let data_plane = tokio::runtime::Builder::new_multi_thread()
@@ -141,8 +141,12 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             max_connections,
             idle_timeout: config.idle_timeout,
         },
-        maps,
-        FlowTable::new(config.flows_max_closed, drop_reasons),
+        ProxyMaps {
+            listener_marks: handles.listener_marks,
+            original_destinations: handles.original_destinations,
+            splice: handles.splice,
+        },
+        FlowTable::new(config.flows_max_closed, drop_reasons, Some(handles.kernel_records)),
         data_plane.handle().clone(),
     );
     let control = tokio::runtime::Builder::new_current_thread()
@@ -151,7 +155,14 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         .context("starting the control runtime")?;
 
     let config = Arc::new(config);
-    control.block_on(control_plane(Arc::clone(&config), Arc::clone(&datapath), proxy, cgroup_root))?;
+    let handles = ControlHandles { steering: handles.steering, occupancy: handles.occupancy };
+    control.block_on(control_plane(
+        Arc::clone(&config),
+        Arc::clone(&datapath),
+        handles,
+        proxy,
+        cgroup_root,
+    ))?;
     // Dropping the runtimes drops every task, and with them their handles on the datapath.
     drop(control);
     data_plane.shutdown_timeout(Duration::from_secs(1));
@@ -164,9 +175,16 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The datapath handles of the control runtime's users: the reconciler and the metrics.
+struct ControlHandles {
+    steering: Steering,
+    occupancy: Occupancy,
+}
+
 async fn control_plane(
     config: Arc<Config>,
     datapath: Arc<Mutex<Datapath>>,
+    handles: ControlHandles,
     proxy: Proxy,
     cgroup_root: PathBuf,
 ) -> anyhow::Result<()> {
@@ -196,7 +214,7 @@ async fn control_plane(
         }
     };
 
-    let mut reconciler = Reconciler::new(Arc::clone(&datapath), proxy.clone(), cgroup_root);
+    let mut reconciler = Reconciler::new(Arc::clone(&datapath), handles.steering, proxy.clone(), cgroup_root);
     let ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         config: Arc::clone(&config),
@@ -207,7 +225,7 @@ async fn control_plane(
         spec: spec_rx.clone(),
         ready: Arc::clone(&ready),
         proxy: proxy.clone(),
-        occupancy: Arc::default(),
+        occupancy: Arc::new(crate::admin::OccupancyCache::new(handles.occupancy)),
     };
     let listeners = admin::bind(&config).await?;
     let admin = tokio::spawn(async move {

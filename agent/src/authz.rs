@@ -18,10 +18,11 @@ use std::{
     sync::Arc,
 };
 
-use crate::{
-    directory::WorkloadRef,
-    xds::translate::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch},
-};
+mod policy;
+
+pub use policy::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
+
+use crate::workload::WorkloadRef;
 
 /// Every policy the node holds, indexed by where it applies.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -3,11 +3,14 @@
 
 mod bpf_sys;
 pub mod btf;
+mod connections;
 mod hooks;
 mod loader;
 mod maps;
 mod pins;
 mod pod_links;
+mod records;
+mod steering;
 
 use std::{io, os::fd::AsFd};
 
@@ -18,11 +21,14 @@ use aya::{
 use nodemesh_common::{Counter, maps as names};
 use serde::{Deserialize, Serialize};
 
-pub use bpf_sys::SharedMap;
+use bpf_sys::SharedMap;
+pub use connections::{OriginalDestinations, SpliceMaps};
 pub use hooks::{DROP_TRACER, Hook, PROXY_SOCK_OPS, SPLICE_VERDICT};
 pub use loader::DatapathSettings;
 pub use pins::PinDir;
 pub use pod_links::{LinkStatus, PodLinks};
+pub use records::{KernelRecords, MapOccupancy, Occupancy};
+pub use steering::{ListenerMarks, Steering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -46,18 +52,21 @@ impl DatapathError {
     }
 }
 
-/// Map handles the proxy uses concurrently, one syscall per operation.
+/// The map handles the rest of the agent uses, each typed for its one user and owned by it:
+/// nothing outside this module reads or writes a map by name. Every operation is one
+/// syscall on a duplicated descriptor, so users share them without a lock.
 #[derive(Debug)]
-pub struct SharedMaps {
-    /// The agent's marks on its own outbound listeners (socket storage; key: the fd).
-    pub listener_marks: SharedMap,
-    pub orig_dst: SharedMap,
-    pub listeners: SharedMap,
-    pub splice_socks: SharedMap,
-    pub splice_state: SharedMap,
-    pub splice_ctl: SharedMap,
-    pub flows: SharedMap,
-    pub tcp_health: SharedMap,
+pub struct Handles {
+    /// The reconciler's.
+    pub steering: Steering,
+    /// The proxy's: its listeners, its connections' original destinations, its splices.
+    pub listener_marks: ListenerMarks,
+    pub original_destinations: OriginalDestinations,
+    pub splice: SpliceMaps,
+    /// The flow table's.
+    pub kernel_records: KernelRecords,
+    /// The metrics endpoint's.
+    pub occupancy: Occupancy,
 }
 
 /// A loaded program, for `nodemesh status`.
@@ -89,21 +98,33 @@ impl Datapath {
         &self.pins
     }
 
-    pub fn shared_maps(&self) -> Result<SharedMaps, DatapathError> {
+    /// Typed handles on the maps the agent's other parts use (see [`Handles`]).
+    pub fn handles(&self) -> Result<Handles, DatapathError> {
         let open = |name: &str| -> Result<SharedMap, DatapathError> {
             let map = self.ebpf.map(name).ok_or_else(|| DatapathError::Map(name.into()))?;
             let fd = map_fd(map).ok_or_else(|| DatapathError::Map(format!("{name} has no fd")))?;
             SharedMap::new(fd).map_err(|e| DatapathError::io("duplicating a map fd", e))
         };
-        Ok(SharedMaps {
-            listener_marks: open(names::LISTENER_MARK)?,
-            orig_dst: open(names::ORIG_DST)?,
-            listeners: open(names::LISTENERS)?,
-            splice_socks: open(names::SPLICE_SOCKS)?,
-            splice_state: open(names::SPLICE_STATE)?,
-            splice_ctl: open(names::SPLICE_CTL)?,
-            flows: open(names::FLOWS)?,
-            tcp_health: open(names::TCP_HEALTH)?,
+        Ok(Handles {
+            steering: Steering { listeners: open(names::LISTENERS)? },
+            listener_marks: ListenerMarks { marks: open(names::LISTENER_MARK)? },
+            original_destinations: OriginalDestinations { map: open(names::ORIG_DST)? },
+            splice: SpliceMaps {
+                socks: open(names::SPLICE_SOCKS)?,
+                state: open(names::SPLICE_STATE)?,
+                ctl: open(names::SPLICE_CTL)?,
+            },
+            kernel_records: KernelRecords {
+                flows: open(names::FLOWS)?,
+                tcp_health: open(names::TCP_HEALTH)?,
+                splice_state: open(names::SPLICE_STATE)?,
+                splice_ctl: open(names::SPLICE_CTL)?,
+            },
+            occupancy: Occupancy {
+                flows: open(names::FLOWS)?,
+                tcp_health: open(names::TCP_HEALTH)?,
+                orig_dst: open(names::ORIG_DST)?,
+            },
         })
     }
 

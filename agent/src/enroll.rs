@@ -18,8 +18,9 @@ pub use source::{FileSource, LIMITS, SourceStatus};
 
 use crate::{
     claims::{self, Claim, Claims},
-    directory::{DEFAULT_TRUST_DOMAIN, DirectoryBuilder, Names},
+    directory::{DirectoryBuilder, Names},
     spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec},
+    workload::DEFAULT_TRUST_DOMAIN,
 };
 
 #[derive(Debug, Deserialize)]

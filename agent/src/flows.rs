@@ -23,7 +23,7 @@ use kernel::{DropReasons, KernelIds};
 use metrics::{Labels, SeriesTotals};
 use record::{Direction, Endpoint, FlowRecord, Verdict};
 
-use crate::{datapath::SharedMaps, directory::WorkloadRef};
+use crate::{datapath::KernelRecords, proxy::SpliceKeys, workload::WorkloadRef};
 
 /// Closed flows kept for `/flows` when the configuration does not say.
 pub const DEFAULT_MAX_CLOSED: usize = 4_096;
@@ -42,10 +42,14 @@ pub struct LiveFlow {
     destination: Endpoint,
     service: Option<String>,
     labels: Arc<Labels>,
-    /// Bytes from source to destination, and back, as the proxy moved them.
+    /// Bytes from source to destination, and back, as the proxy moved them (while spliced:
+    /// up to the hand-off; the kernel's records have the rest until the splice ends).
     pub sent: AtomicU64,
     pub received: AtomicU64,
     spliced: AtomicBool,
+    /// The most each way any reader was shown: a splice's end briefly hides its bytes (its
+    /// records go before the proxy adds them up), and counters must not go backwards.
+    shown: [AtomicU64; 2],
     state: Mutex<FlowState>,
 }
 
@@ -54,6 +58,8 @@ struct FlowState {
     verdict: Verdict,
     reason: Option<String>,
     kernel: KernelIds,
+    /// While the kernel splices the connection: where its byte counts are.
+    splice: Option<SpliceKeys>,
 }
 
 impl LiveFlow {
@@ -69,19 +75,44 @@ impl LiveFlow {
         state.reason = Some(reason.into());
     }
 
-    pub fn set_spliced(&self) {
+    /// The kernel took the connection over.
+    pub fn set_spliced(&self, keys: SpliceKeys) {
         self.spliced.store(true, Relaxed);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).splice = Some(keys);
+    }
+
+    /// The splice ended: its bytes are in `sent` and `received` from now on.
+    pub fn splice_ended(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).splice = None;
     }
 
     pub fn spliced(&self) -> bool {
         self.spliced.load(Relaxed)
     }
 
-    fn record(&self, maps: &SharedMaps, reasons: &DropReasons, active: bool) -> FlowRecord {
-        let (verdict, reason, ids) = {
+    /// Bytes each way so far. While spliced: what the proxy copied before the hand-off plus
+    /// what the kernel has moved since.
+    fn bytes(&self, splice: Option<SpliceKeys>, kernel: Option<&KernelRecords>) -> (u64, u64) {
+        let in_splice = |key: u64| kernel.and_then(|k| k.spliced_bytes(key)).unwrap_or(0);
+        let now = [
+            self.sent.load(Relaxed) + splice.map_or(0, |k| in_splice(k.client_to_upstream)),
+            self.received.load(Relaxed) + splice.map_or(0, |k| in_splice(k.upstream_to_client)),
+        ];
+        let shown = |i: usize| self.shown[i].fetch_max(now[i], Relaxed).max(now[i]);
+        (shown(0), shown(1))
+    }
+
+    fn live_bytes(&self, kernel: Option<&KernelRecords>) -> (u64, u64) {
+        let splice = self.state.lock().unwrap_or_else(|p| p.into_inner()).splice;
+        self.bytes(splice, kernel)
+    }
+
+    fn record(&self, kernel: Option<&KernelRecords>, reasons: &DropReasons, active: bool) -> FlowRecord {
+        let (verdict, reason, ids, splice) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (state.verdict, state.reason.clone(), state.kernel)
+            (state.verdict, state.reason.clone(), state.kernel, state.splice)
         };
+        let (sent, received) = self.bytes(splice, kernel);
         FlowRecord {
             id: self.id,
             direction: self.direction,
@@ -91,13 +122,13 @@ impl LiveFlow {
             service: self.service.clone(),
             verdict,
             reason,
-            bytes_sent: self.sent.load(Relaxed),
-            bytes_received: self.received.load(Relaxed),
+            bytes_sent: sent,
+            bytes_received: received,
             spliced: self.spliced.load(Relaxed),
             start_unix_ms: self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             duration_ms: self.start.elapsed().as_millis() as u64,
             active,
-            kernel: kernel::read(maps, &ids, reasons),
+            kernel: kernel::read(kernel, &ids, reasons),
         }
     }
 }
@@ -132,6 +163,8 @@ pub struct FlowTable {
     next_id: AtomicU64,
     max_closed: usize,
     reasons: DropReasons,
+    /// The kernel's records of each flow (none in unit tests).
+    kernel: Option<KernelRecords>,
 }
 
 /// What `/metrics` reports about the table itself.
@@ -146,8 +179,8 @@ pub struct TableStats {
 }
 
 impl FlowTable {
-    pub fn new(max_closed: usize, reasons: DropReasons) -> Self {
-        Self { inner: Mutex::default(), next_id: AtomicU64::new(1), max_closed, reasons }
+    pub fn new(max_closed: usize, reasons: DropReasons, kernel: Option<KernelRecords>) -> Self {
+        Self { inner: Mutex::default(), next_id: AtomicU64::new(1), max_closed, reasons, kernel }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -155,7 +188,7 @@ impl FlowTable {
     }
 
     /// Registers a connection; it is closed when the returned guard drops.
-    pub fn open<'t>(&'t self, maps: &'t SharedMaps, opening: Opening<'_>) -> FlowGuard<'t> {
+    pub fn open(&self, opening: Opening<'_>) -> FlowGuard<'_> {
         let endpoint = |(address, workload): &(SocketAddr, Option<Arc<WorkloadRef>>)| {
             let name =
                 |field: fn(&WorkloadRef) -> &Arc<str>| workload.as_deref().map(|w| field(w).to_string());
@@ -187,10 +220,12 @@ impl FlowTable {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             spliced: AtomicBool::new(false),
+            shown: [AtomicU64::new(0), AtomicU64::new(0)],
             state: Mutex::new(FlowState {
                 verdict: Verdict::Pending,
                 reason: None,
                 kernel: KernelIds::default(),
+                splice: None,
             }),
         });
         {
@@ -199,7 +234,7 @@ impl FlowTable {
             inner.series.entry(labels).or_default().opened += 1;
             inner.active.insert(flow.id, Arc::clone(&flow));
         }
-        FlowGuard { table: self, maps, flow }
+        FlowGuard { table: self, flow }
     }
 
     /// The series a flow counts in: its own, or the overflow series once the cap is reached.
@@ -211,8 +246,8 @@ impl FlowTable {
         Arc::new(Labels::overflow())
     }
 
-    fn close(&self, maps: &SharedMaps, flow: &LiveFlow) {
-        let mut record = flow.record(maps, &self.reasons, false);
+    fn close(&self, flow: &LiveFlow) {
+        let mut record = flow.record(self.kernel.as_ref(), &self.reasons, false);
         let ids = flow.state.lock().unwrap_or_else(|p| p.into_inner()).kernel;
         if record.verdict == Verdict::Pending {
             // Ended before a verdict (the client went away during set-up).
@@ -242,16 +277,17 @@ impl FlowTable {
     }
 
     /// Every flow, active ones first (newest first within each group).
-    pub fn records(&self, maps: &SharedMaps) -> Vec<FlowRecord> {
+    pub fn records(&self) -> Vec<FlowRecord> {
         let (active, closed): (Vec<Arc<LiveFlow>>, Vec<(FlowRecord, KernelIds)>) = {
             let inner = self.lock();
             (inner.active.values().cloned().collect(), inner.closed.iter().rev().cloned().collect())
         };
-        let mut out: Vec<FlowRecord> = active.iter().map(|f| f.record(maps, &self.reasons, true)).collect();
+        let kernel = self.kernel.as_ref();
+        let mut out: Vec<FlowRecord> = active.iter().map(|f| f.record(kernel, &self.reasons, true)).collect();
         out.sort_by_key(|f| std::cmp::Reverse(f.id));
         out.extend(closed.into_iter().map(|(mut record, ids)| {
             // Entries the LRUs have let go of leave the view as it was at close.
-            let now = kernel::read(maps, &ids, &self.reasons);
+            let now = kernel::read(kernel, &ids, &self.reasons);
             if now.veth.is_some() {
                 record.kernel.veth = now.veth;
             }
@@ -274,9 +310,10 @@ impl FlowTable {
             } else {
                 Arc::new(Labels::overflow())
             };
+            let (sent, received) = flow.live_bytes(self.kernel.as_ref());
             let totals = series.entry(key).or_default();
-            totals.sent += flow.sent.load(Relaxed);
-            totals.received += flow.received.load(Relaxed);
+            totals.sent += sent;
+            totals.received += received;
         }
         let mut out: Vec<_> = series.into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -305,7 +342,6 @@ impl FlowTable {
 /// Closes its flow when dropped, however the connection ended.
 pub struct FlowGuard<'t> {
     table: &'t FlowTable,
-    maps: &'t SharedMaps,
     flow: Arc<LiveFlow>,
 }
 
@@ -317,6 +353,6 @@ impl FlowGuard<'_> {
 
 impl Drop for FlowGuard<'_> {
     fn drop(&mut self) {
-        self.table.close(self.maps, &self.flow);
+        self.table.close(&self.flow);
     }
 }

@@ -22,4 +22,5 @@ pub mod reconcile;
 pub mod sidecar;
 pub mod spec;
 pub mod status;
+pub mod workload;
 pub mod xds;

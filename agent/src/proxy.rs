@@ -1,25 +1,37 @@
 //! The node's one shared proxy. Each enrolled pod gets listeners inside its own network
 //! namespace (DESIGN decision 4); which listener accepted a connection tells the proxy which
 //! pod is speaking.
+//!
+//! A connection passes through stages, each a module with one job (docs/ARCHITECTURE.md
+//! draws them): `accept` (with `admission`) → `classify` → `authorize` → `route` →
+//! `connect` → `relay`, while `record` keeps its flow and counters; `connection` sequences
+//! them, and `context` holds what they learn.
 
+mod accept;
 pub mod admission;
+mod authorize;
+mod classify;
+mod connect;
 mod connection;
-pub(crate) mod forward;
-mod idle;
+mod context;
 mod listeners;
-mod splice;
+mod record;
+pub(crate) mod relay;
+mod route;
 pub mod stats;
-mod tcp_counts;
-mod upstream;
+#[cfg(test)]
+mod testing;
+
+pub use relay::SpliceKeys;
 
 /// See `splice::AUDIT_MISMATCHES`.
 pub fn splice_audit_mismatches() -> u64 {
-    splice::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
+    relay::splice::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// See `forward::AUDIT_MISMATCHES`.
 pub fn copy_audit_mismatches() -> u64 {
-    forward::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
+    relay::forward::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 use std::{
@@ -34,9 +46,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::SharedMaps, directory::Directory, flows::FlowTable, pods::Netns};
+use crate::{
+    datapath::{ListenerMarks, OriginalDestinations, SpliceMaps},
+    directory::Directory,
+    flows::FlowTable,
+    pods::Netns,
+    workload::{Names, WorkloadRef},
+};
 
-pub use listeners::{IpFamily, ListenerInfo, ListenerKind, PodListeners};
+pub use listeners::{IpFamily, ListenerInfo, PodListeners};
 pub use stats::{PodStats, PodStatsSnapshot};
 
 /// The proxy's settings, derived from the agent's `Config`.
@@ -78,6 +96,36 @@ impl PodRuntime {
     pub fn splice(&self) -> bool {
         self.splice.load(Relaxed)
     }
+
+    /// The pod named after itself, with the default service account: what the proxy calls
+    /// it when the directory does not know its address.
+    pub fn workload_ref(&self) -> Arc<WorkloadRef> {
+        let (namespace, pod) = self.name.split_once('/').unwrap_or(("", &self.name));
+        Arc::new(WorkloadRef::new(Names { namespace, pod, ..Names::default() }))
+    }
+}
+
+impl ProxySettings {
+    fn route(&self) -> route::RouteSettings {
+        route::RouteSettings { splice_network_legs: self.splice_network_legs }
+    }
+
+    fn relay(&self) -> relay::RelaySettings {
+        relay::RelaySettings {
+            max_buffer_bytes: self.max_buffer_bytes,
+            splice_after_bytes: self.splice_after_bytes,
+            splice_inflight_cap: self.splice_inflight_cap,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// The proxy's handles on the datapath: each map it uses, typed for its one use.
+#[derive(Debug)]
+pub struct ProxyMaps {
+    pub listener_marks: ListenerMarks,
+    pub original_destinations: OriginalDestinations,
+    pub splice: SpliceMaps,
 }
 
 /// Node-wide proxy counters.
@@ -93,10 +141,13 @@ pub struct ProxyTotals {
     pub refused: admission::Refusals,
 }
 
+/// Everything the connection tasks share.
 #[derive(Debug)]
-struct Shared {
+struct ProxyState {
     settings: ProxySettings,
-    maps: SharedMaps,
+    listener_marks: ListenerMarks,
+    original_destinations: OriginalDestinations,
+    splice_maps: SpliceMaps,
     /// Enrolled pods by address, for the same-node shortcut. Read per connection, replaced
     /// whole by the reconciler.
     pods: RwLock<Arc<HashMap<IpAddr, Arc<PodRuntime>>>>,
@@ -112,25 +163,27 @@ struct Shared {
 /// Cheap to clone; shared between the reconciler and every connection task.
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    shared: Arc<Shared>,
+    state: Arc<ProxyState>,
 }
 
 impl Proxy {
     /// `runtime` is the data-plane runtime every connection runs on.
     pub fn new(
         settings: ProxySettings,
-        maps: SharedMaps,
+        maps: ProxyMaps,
         flows: FlowTable,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            state: Arc::new(ProxyState {
                 admission: admission::Admission::new(
                     settings.max_connections_per_pod,
                     settings.max_connections,
                 ),
                 settings,
-                maps,
+                listener_marks: maps.listener_marks,
+                original_destinations: maps.original_destinations,
+                splice_maps: maps.splice,
                 pods: RwLock::default(),
                 runtime,
                 active: AtomicU64::new(0),
@@ -141,24 +194,20 @@ impl Proxy {
     }
 
     pub fn flows(&self) -> &FlowTable {
-        &self.shared.flows
+        &self.state.flows
     }
 
     /// Replaces the names the flow table gives addresses.
     pub fn publish_directory(&self, directory: Arc<Directory>) {
-        *self.shared.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
+        *self.state.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
     }
 
     pub fn directory(&self) -> Arc<Directory> {
-        Arc::clone(&self.shared.directory.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.state.directory.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn settings(&self) -> &ProxySettings {
-        &self.shared.settings
-    }
-
-    pub(crate) fn maps(&self) -> &SharedMaps {
-        &self.shared.maps
+        &self.state.settings
     }
 
     /// Replaces the set of enrolled pods the proxy routes to directly.
@@ -169,33 +218,23 @@ impl Proxy {
                 by_ip.insert(*ip, Arc::clone(&pod));
             }
         }
-        *self.shared.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_ip);
+        *self.state.pods.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_ip);
     }
 
     fn pod_by_ip(&self, ip: &IpAddr) -> Option<Arc<PodRuntime>> {
-        self.shared.pods.read().unwrap_or_else(|p| p.into_inner()).get(ip).cloned()
+        self.state.pods.read().unwrap_or_else(|p| p.into_inner()).get(ip).cloned()
     }
 
     pub fn active_connections(&self) -> u64 {
-        self.shared.active.load(Relaxed)
+        self.state.active.load(Relaxed)
     }
 
     pub fn refusals(&self) -> admission::Refusals {
-        self.shared.admission.refusals()
+        self.state.admission.refusals()
     }
 
     /// Opens the pod's listeners inside its namespace and starts accepting.
     pub fn open_listeners(&self, pod: &Arc<PodRuntime>) -> std::io::Result<PodListeners> {
         listeners::open(self, pod)
     }
-}
-
-/// An address in the kernel programs' 16-byte layout (IPv4 mapped into IPv6).
-pub fn ip_words(ip: IpAddr) -> [u32; 4] {
-    let v6 = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let o = v6.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]))
 }

@@ -14,12 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodemesh_common::ListenerKey;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     claims::canonical,
-    datapath::{Datapath, PodLinks, SharedMap},
+    datapath::{Datapath, PodLinks, Steering},
     pods::{self, PodError},
     proxy::{IpFamily, ListenerInfo, PodListeners, PodRuntime, PodStats, Proxy},
     spec::{NodeSpec, PodSpec},
@@ -103,24 +102,32 @@ pub struct Reconciler {
     enrolled: HashMap<String, Enrolled>,
     pending: BTreeMap<String, PendingPod>,
     view: Arc<Mutex<View>>,
+    /// The sk_lookup listener table.
+    steering: Steering,
     /// Which enrolled pod (uid) each steered address belongs to: the first to enroll with it.
     /// Releasing a pod removes only the steering it owns.
-    steering: HashMap<IpAddr, String>,
+    steered_by: HashMap<IpAddr, String>,
     swept: bool,
     /// The valid spec in force and since when (for [`SWEEP_SETTLE`]).
     settling: Option<(Arc<NodeSpec>, Instant)>,
 }
 
 impl Reconciler {
-    pub fn new(datapath: Arc<Mutex<Datapath>>, proxy: Proxy, cgroup_root: PathBuf) -> Self {
+    pub fn new(
+        datapath: Arc<Mutex<Datapath>>,
+        steering: Steering,
+        proxy: Proxy,
+        cgroup_root: PathBuf,
+    ) -> Self {
         Self {
             datapath,
+            steering,
             proxy,
             cgroup_root,
             enrolled: HashMap::new(),
             pending: BTreeMap::new(),
             view: Arc::default(),
-            steering: HashMap::new(),
+            steered_by: HashMap::new(),
             swept: false,
             settling: None,
         }
@@ -170,7 +177,7 @@ impl Reconciler {
                 Ok(e) => {
                     tracing::info!(pod = %pod.display_name(), uid, cgroup = %e.cgroup.display(), "enrolled");
                     for ip in &pod.ips {
-                        self.steering.insert(canonical(*ip), (*uid).to_owned());
+                        self.steered_by.insert(canonical(*ip), (*uid).to_owned());
                     }
                     self.enrolled.insert((*uid).to_owned(), e);
                 }
@@ -240,7 +247,7 @@ impl Reconciler {
 
     fn enroll(&self, pod: &PodSpec) -> Result<Enrolled, EnrollError> {
         for ip in &pod.ips {
-            if let Some(holder) = self.steering.get(&canonical(*ip)).filter(|h| *h != &pod.uid) {
+            if let Some(holder) = self.steered_by.get(&canonical(*ip)).filter(|h| *h != &pod.uid) {
                 let holder =
                     self.enrolled.get(holder).map_or_else(|| holder.clone(), |e| e.spec.display_name());
                 return Err(EnrollError::Claimed { ip: *ip, holder });
@@ -257,12 +264,9 @@ impl Reconciler {
             splice: pod.splice(self.proxy.settings().splice).into(),
         });
         let listeners = self.proxy.open_listeners(&runtime).map_err(EnrollError::Listen)?;
-        let steering = &self.proxy.maps().listeners;
         for ip in &pod.ips {
             if let Some(fd) = listeners.inbound(IpFamily::of(ip)) {
-                steering
-                    .insert_socket(&listener_key(ip), fd)
-                    .map_err(|source| EnrollError::Steer { ip: *ip, source })?;
+                self.steering.steer(*ip, fd).map_err(|source| EnrollError::Steer { ip: *ip, source })?;
             }
         }
         let cgroup = File::open(&place.cgroup)
@@ -295,12 +299,12 @@ impl Reconciler {
             .ips
             .iter()
             .copied()
-            .filter(|ip| self.steering.get(&canonical(*ip)) == Some(&e.spec.uid))
+            .filter(|ip| self.steered_by.get(&canonical(*ip)) == Some(&e.spec.uid))
             .collect();
         for ip in &owned {
-            self.steering.remove(&canonical(*ip));
+            self.steered_by.remove(&canonical(*ip));
         }
-        remove_steering(&self.proxy.maps().listeners, &owned);
+        self.steering.unsteer(&owned);
         e.listeners.retire().await;
         tracing::info!(pod = %e.runtime.name, uid, "released");
     }
@@ -351,17 +355,5 @@ impl Reconciler {
 
     fn lock_datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {
         self.datapath.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn listener_key(ip: &IpAddr) -> ListenerKey {
-    ListenerKey { addr: crate::proxy::ip_words(*ip) }
-}
-
-fn remove_steering(map: &SharedMap, ips: &[IpAddr]) {
-    for ip in ips {
-        if let Err(e) = map.delete(&listener_key(ip)) {
-            tracing::warn!(%ip, error = %e, "removing an inbound listener entry");
-        }
     }
 }

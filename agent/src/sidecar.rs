@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::proxy::forward;
+use crate::proxy::relay::forward;
 
 #[derive(Debug, clap::Args)]
 pub struct SidecarArgs {

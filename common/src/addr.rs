@@ -64,9 +64,45 @@ pub const fn port_from_be_high(word: u32) -> u16 {
     if cfg!(target_endian = "little") { u16::from_be((word >> 16) as u16) } else { word as u16 }
 }
 
+/// An address in the 16-byte layout (IPv4 mapped into IPv6), as user space writes keys.
+pub const fn from_ip(ip: core::net::IpAddr) -> [u32; 4] {
+    let o = match ip {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The address a 16-byte-layout value holds: IPv4 when it is IPv4-mapped.
+pub const fn to_ip(addr: &[u32; 4]) -> core::net::IpAddr {
+    let [a, b, c, d] =
+        [addr[0].to_ne_bytes(), addr[1].to_ne_bytes(), addr[2].to_ne_bytes(), addr[3].to_ne_bytes()];
+    if is_v4_mapped(addr) {
+        return core::net::IpAddr::V4(core::net::Ipv4Addr::new(d[0], d[1], d[2], d[3]));
+    }
+    core::net::IpAddr::V6(core::net::Ipv6Addr::from_octets([
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
+    ]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_addresses_round_trip_through_the_kernel_layout() {
+        for text in ["10.1.2.3", "fd00::5", "::1", "::ffff:10.0.0.1"] {
+            let ip: core::net::IpAddr = text.parse().expect("ip");
+            let canonical = ip.to_canonical();
+            assert_eq!(to_ip(&from_ip(ip)), canonical, "{text}");
+        }
+        assert_eq!(from_ip("10.1.2.3".parse().expect("ip")), from_v4(v4([10, 1, 2, 3])));
+    }
 
     #[test]
     fn v4_mapping_round_trips_octets() {

@@ -38,6 +38,15 @@ fn a_stalled_reader_holds_the_sender_back(splice: bool) {
     );
     assert!(max < BOUND, "{max} bytes went into the pipeline while the reader stalled");
 
+    // The live flow says how its bytes move and counts them, spliced or not: the reader has
+    // taken at least the MiB before its pause.
+    let flows = s.agent.flows("state=active&pod=mesh/client").expect("flows");
+    let flow = flows.iter().find(|f| f["destination"]["address"] == format!("{}:{BULK_PORT}", s.server.ipv4));
+    let flow = flow.unwrap_or_else(|| panic!("no active flow to the server: {flows:#?}"));
+    assert_eq!(flow["spliced"], splice, "{flow:#}");
+    let received = flow["bytes_received"].as_u64().expect("bytes_received");
+    assert!(received >= 1 << 20, "the live flow shows {received} bytes received: {flow:#}");
+
     let status = s.client.wait(pid, Duration::from_secs(60)).expect("exit");
     let text = std::fs::read_to_string(&out).expect("out");
     assert!(status.success(), "the download broke: {text}");

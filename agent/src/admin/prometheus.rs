@@ -6,11 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodemesh_common::{FlowKey, OrigDstKey, maps as names};
-
 use super::{AdminState, Source};
 use crate::{
-    datapath::SharedMaps,
+    datapath::{MapOccupancy, Occupancy},
     flows::metrics::SeriesTotals,
     metrics::{Exposition, Kind},
 };
@@ -18,61 +16,28 @@ use crate::{
 /// Walking a full LRU costs one syscall per entry; occupancy is refreshed at most this often.
 const OCCUPANCY_TTL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
-pub struct OccupancyCache(Mutex<Option<(Instant, Arc<Vec<MapOccupancy>>)>>);
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct MapOccupancy {
-    pub map: &'static str,
-    pub entries: usize,
-    pub capacity: u32,
+#[derive(Debug)]
+pub struct OccupancyCache {
+    maps: Occupancy,
+    cached: Mutex<Option<(Instant, Arc<Vec<MapOccupancy>>)>>,
 }
 
 impl OccupancyCache {
-    pub fn get(&self, maps: &SharedMaps) -> Arc<Vec<MapOccupancy>> {
-        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn new(maps: Occupancy) -> Self {
+        Self { maps, cached: Mutex::default() }
+    }
+
+    pub fn get(&self) -> Arc<Vec<MapOccupancy>> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, value)) = &*cached
             && at.elapsed() < OCCUPANCY_TTL
         {
             return Arc::clone(value);
         }
-        let value = Arc::new(occupancy(maps));
+        let value = Arc::new(self.maps.read());
         *cached = Some((Instant::now(), Arc::clone(&value)));
         value
     }
-}
-
-/// Entries in each bounded map the programs fill.
-pub fn occupancy(maps: &SharedMaps) -> Vec<MapOccupancy> {
-    // Twice the capacity: a walk over a map that changes underneath can revisit keys.
-    let walk = |count: std::io::Result<usize>| count.unwrap_or(0);
-    vec![
-        MapOccupancy {
-            map: names::FLOWS,
-            entries: walk(maps.flows.for_each_key::<FlowKey>(2 * names::FLOW_ENTRIES as usize, |_| {})),
-            capacity: names::FLOW_ENTRIES,
-        },
-        MapOccupancy {
-            map: names::TCP_HEALTH,
-            entries: walk(
-                maps.tcp_health.for_each_key::<u64>(2 * names::TCP_HEALTH_ENTRIES as usize, |_| {}),
-            ),
-            capacity: names::TCP_HEALTH_ENTRIES,
-        },
-        MapOccupancy {
-            map: names::ORIG_DST,
-            entries: walk(
-                maps.orig_dst.for_each_key::<OrigDstKey>(2 * names::ORIG_DST_ENTRIES as usize, |_| {}),
-            ),
-            capacity: names::ORIG_DST_ENTRIES,
-        },
-    ]
-    .into_iter()
-    .map(|mut m| {
-        m.entries = m.entries.min(m.capacity as usize);
-        m
-    })
-    .collect()
 }
 
 pub fn render(s: &AdminState) -> String {
@@ -118,7 +83,7 @@ pub fn render(s: &AdminState) -> String {
         decisions.sample(&[("program", counter.program()), ("reason", counter.reason())], count as f64);
     }
 
-    let occupancy = s.occupancy.get(s.proxy.maps());
+    let occupancy = s.occupancy.get();
     let mut entries = e.family("nodemesh_map_entries", Kind::Gauge, "Entries in each bounded kernel map.");
     for m in occupancy.iter() {
         entries.sample(&[("map", m.map)], m.entries as f64);

@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use super::record::Direction;
-use crate::directory::WorkloadRef;
+use crate::workload::WorkloadRef;
 
 const UNKNOWN: &str = "unknown";
 

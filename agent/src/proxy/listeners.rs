@@ -5,31 +5,21 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsFd, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     sync::Arc,
-    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use socket2::Domain;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use super::{PodRuntime, Proxy, connection, forward};
-
-/// After the hooks are detached, a connection whose connect4 ran just before may still be
-/// arriving; keep accepting that long before closing.
-const RETIRE_GRACE: Duration = Duration::from_millis(100);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ListenerKind {
-    Outbound,
-    Inbound,
-}
+use super::{PodRuntime, Proxy, accept};
+use crate::flows::record::Direction;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ListenerInfo {
-    pub kind: ListenerKind,
+    /// Which connections it takes.
+    pub kind: Direction,
     pub addr: SocketAddr,
 }
 
@@ -90,15 +80,15 @@ pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListen
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let has = |family| pod.ips.iter().any(|ip| IpFamily::of(ip) == family);
 
-    let mut wanted = vec![(ListenerKind::Outbound, SocketAddr::new(v4, settings.outbound_port), true)];
+    let mut wanted = vec![(Direction::Outbound, SocketAddr::new(v4, settings.outbound_port), true)];
     // IPv6 loopback exists only where IPv6 is enabled in the pod; without it an IPv6 connect
     // cannot happen either, so a missing ::1 is not an error for outbound.
-    wanted.push((ListenerKind::Outbound, SocketAddr::new(v6, settings.outbound_port), false));
+    wanted.push((Direction::Outbound, SocketAddr::new(v6, settings.outbound_port), false));
     if has(IpFamily::V4) {
-        wanted.push((ListenerKind::Inbound, SocketAddr::new(v4, settings.inbound_port), true));
+        wanted.push((Direction::Inbound, SocketAddr::new(v4, settings.inbound_port), true));
     }
     if has(IpFamily::V6) {
-        wanted.push((ListenerKind::Inbound, SocketAddr::new(v6, settings.inbound_port), true));
+        wanted.push((Direction::Inbound, SocketAddr::new(v6, settings.inbound_port), true));
     }
 
     let (stop, _) = watch::channel(false);
@@ -116,24 +106,24 @@ pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListen
             Err(e) => return Err(io::Error::new(e.kind(), format!("listening on {addr} in the pod: {e}"))),
         };
         match kind {
-            ListenerKind::Inbound => {
+            Direction::Inbound => {
                 listeners
                     .inbound
                     .push((IpFamily::of(&addr.ip()), std_listener.as_fd().try_clone_to_owned()?));
             }
             // connect4 rewrites only to a listener carrying this mark (ebpf/src/connect.rs).
-            ListenerKind::Outbound => proxy
-                .maps()
+            Direction::Outbound => proxy
+                .state
                 .listener_marks
-                .update(&std_listener.as_raw_fd(), &pod.netns.cookie())
+                .mark(std_listener.as_fd(), pod.netns.cookie())
                 .map_err(|e| io::Error::new(e.kind(), format!("marking the listener on {addr}: {e}")))?,
         }
         let listener = {
-            let _runtime = proxy.shared.runtime.enter();
+            let _runtime = proxy.state.runtime.enter();
             TcpListener::from_std(std_listener)?
         };
         listeners.info.push(ListenerInfo { kind, addr });
-        let task = proxy.shared.runtime.spawn(accept_loop(
+        let task = proxy.state.runtime.spawn(accept::accept_loop(
             listener,
             kind,
             Arc::clone(pod),
@@ -154,37 +144,4 @@ fn bind_in(netns: &crate::pods::Netns, addr: SocketAddr) -> io::Result<std::net:
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    kind: ListenerKind,
-    pod: Arc<PodRuntime>,
-    proxy: Proxy,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // Until it ends cleanly, the connection ends with a reset if the agent dies.
-                    forward::reset(&stream);
-                    proxy.shared.runtime.spawn(connection::handle(kind, stream, peer, Arc::clone(&pod), proxy.clone()));
-                }
-                Err(e) => {
-                    // Out of descriptors or memory: back off instead of spinning; the
-                    // kernel keeps the connection queued meanwhile.
-                    tracing::warn!(pod = %pod.name, ?kind, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-        }
-    }
-    tokio::time::sleep(RETIRE_GRACE).await;
-    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        forward::reset(&stream);
-        proxy.shared.runtime.spawn(connection::handle(kind, stream, peer, Arc::clone(&pod), proxy.clone()));
-    }
 }

@@ -70,6 +70,14 @@ pub struct PodStatsSnapshot {
 }
 
 impl PodStats {
+    /// The counters of connections going `direction`.
+    pub fn of(&self, direction: crate::flows::record::Direction) -> &DirectionStats {
+        match direction {
+            crate::flows::record::Direction::Outbound => &self.outbound,
+            crate::flows::record::Direction::Inbound => &self.inbound,
+        }
+    }
+
     pub fn snapshot(&self) -> PodStatsSnapshot {
         PodStatsSnapshot { outbound: self.outbound.snapshot(), inbound: self.inbound.snapshot() }
     }

@@ -13,7 +13,8 @@ use nodemesh_proto::{
 };
 use serde::Serialize;
 
-use super::translate::{self, Address, Authorization, Invalid};
+use super::translate::{self, Address, Invalid};
+use crate::authz::Authorization;
 use crate::{
     claims::{Claim, Claims, Clash},
     directory::{Directory, DirectoryBuilder, Names},

@@ -11,6 +11,8 @@ use nodemesh_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::authz::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
+
 /// The Workload extension carrying the pod's Kubernetes UID (sent by Nodemesh's control
 /// plane; istiod does not send it, and such workloads wait in `pending`).
 pub const POD_UID_EXTENSION: &str = "nodemesh.io/pod-uid";
@@ -69,61 +71,6 @@ pub struct Service {
 pub enum Address {
     Workload(Workload),
     Service(Service),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StrMatch {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Present,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cidr {
-    pub ip: IpAddr,
-    pub len: u8,
-}
-
-/// One match: every non-empty field must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MatchSpec {
-    pub namespaces: Vec<StrMatch>,
-    pub not_namespaces: Vec<StrMatch>,
-    pub principals: Vec<StrMatch>,
-    pub not_principals: Vec<StrMatch>,
-    pub source_ips: Vec<Cidr>,
-    pub not_source_ips: Vec<Cidr>,
-    pub destination_ips: Vec<Cidr>,
-    pub not_destination_ips: Vec<Cidr>,
-    pub destination_ports: Vec<u16>,
-    pub not_destination_ports: Vec<u16>,
-    pub service_accounts: Vec<(String, String)>,
-    pub not_service_accounts: Vec<(String, String)>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Scope {
-    Global,
-    Namespace,
-    WorkloadSelector,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    Allow,
-    Deny,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Authorization {
-    pub name: String,
-    pub namespace: String,
-    pub scope: Scope,
-    pub action: Action,
-    /// Rules (any) of clauses (all) of matches (any).
-    pub rules: Vec<Vec<Vec<MatchSpec>>>,
-    pub dry_run: bool,
 }
 
 struct Ctx<'a> {
@@ -312,37 +259,45 @@ pub fn authorization(resource: &Resource) -> Result<Authorization, Invalid> {
         return Err(ctx.err("name", format!("{} bytes, more than {MAX_STRING}", resource.name.len())));
     }
     let body = ctx.body(resource, type_urls::AUTHORIZATION)?;
-    let a = sec::Authorization::decode(body).map_err(|e| ctx.err("resource.value", e.to_string()))?;
-    let scope = match sec::Scope::try_from(a.scope) {
+    // Every field named: a field added to the proto does not compile until it is handled.
+    let sec::Authorization { name, namespace, scope, action, rules, dry_run, extensions } =
+        sec::Authorization::decode(body).map_err(|e| ctx.err("resource.value", e.to_string()))?;
+    // No extension is defined for policies; any is ignored.
+    let _ = extensions;
+    let scope = match sec::Scope::try_from(scope) {
         Ok(sec::Scope::Global) => Scope::Global,
         Ok(sec::Scope::Namespace) => Scope::Namespace,
         Ok(sec::Scope::WorkloadSelector) => Scope::WorkloadSelector,
-        Err(_) => return Err(ctx.err("scope", format!("unknown value {}", a.scope))),
+        Err(_) => return Err(ctx.err("scope", format!("unknown value {scope}"))),
     };
-    let action = match sec::Action::try_from(a.action) {
+    let action = match sec::Action::try_from(action) {
         Ok(sec::Action::Allow) => Action::Allow,
         Ok(sec::Action::Deny) => Action::Deny,
-        Err(_) => return Err(ctx.err("action", format!("unknown value {}", a.action))),
+        Err(_) => return Err(ctx.err("action", format!("unknown value {action}"))),
     };
-    let mut rules = Vec::with_capacity(a.rules.len());
-    for (r, rule) in a.rules.iter().enumerate() {
-        let mut clauses = Vec::with_capacity(rule.clauses.len());
-        for (c, clause) in rule.clauses.iter().enumerate() {
-            let mut matches = Vec::with_capacity(clause.matches.len());
-            for (m, mat) in clause.matches.iter().enumerate() {
-                matches.push(match_spec(&ctx, &format!("rules[{r}].clauses[{c}].matches[{m}]"), mat)?);
+    let mut checked = Vec::with_capacity(rules.len());
+    for (r, sec::Rule { clauses }) in rules.iter().enumerate() {
+        let mut checked_clauses = Vec::with_capacity(clauses.len());
+        for (c, sec::Clause { matches }) in clauses.iter().enumerate() {
+            let mut checked_matches = Vec::with_capacity(matches.len());
+            for (m, mat) in matches.iter().enumerate() {
+                checked_matches.push(match_spec(
+                    &ctx,
+                    &format!("rules[{r}].clauses[{c}].matches[{m}]"),
+                    mat,
+                )?);
             }
-            clauses.push(matches);
+            checked_clauses.push(checked_matches);
         }
-        rules.push(clauses);
+        checked.push(checked_clauses);
     }
     Ok(Authorization {
-        name: ctx.nonempty("name", &a.name)?,
-        namespace: a.namespace,
+        name: ctx.nonempty("name", &name)?,
+        namespace,
         scope,
         action,
-        rules,
-        dry_run: a.dry_run,
+        rules: checked,
+        dry_run,
     })
 }
 
@@ -385,21 +340,41 @@ fn match_spec(ctx: &Ctx<'_>, at: &str, m: &sec::Match) -> Result<MatchSpec, Inva
         list.iter().enumerate().map(|(i, p)| ctx.port(format!("{at}.{name}[{i}]"), *p, false)).collect()
     };
     let sas = |list: &[sec::ServiceAccountMatch]| {
-        list.iter().map(|s| (s.namespace.clone(), s.service_account.clone())).collect()
+        list.iter()
+            .map(|sec::ServiceAccountMatch { namespace, service_account }| {
+                (namespace.clone(), service_account.clone())
+            })
+            .collect()
     };
+    // Every field named, as in `authorization`.
+    let sec::Match {
+        namespaces,
+        not_namespaces,
+        principals,
+        not_principals,
+        source_ips,
+        not_source_ips,
+        destination_ips,
+        not_destination_ips,
+        destination_ports,
+        not_destination_ports,
+        service_accounts,
+        not_service_accounts,
+        extensions: _,
+    } = m;
     Ok(MatchSpec {
-        namespaces: strs("namespaces", &m.namespaces)?,
-        not_namespaces: strs("not_namespaces", &m.not_namespaces)?,
-        principals: strs("principals", &m.principals)?,
-        not_principals: strs("not_principals", &m.not_principals)?,
-        source_ips: cidrs("source_ips", &m.source_ips)?,
-        not_source_ips: cidrs("not_source_ips", &m.not_source_ips)?,
-        destination_ips: cidrs("destination_ips", &m.destination_ips)?,
-        not_destination_ips: cidrs("not_destination_ips", &m.not_destination_ips)?,
-        destination_ports: port_list("destination_ports", &m.destination_ports)?,
-        not_destination_ports: port_list("not_destination_ports", &m.not_destination_ports)?,
-        service_accounts: sas(&m.service_accounts),
-        not_service_accounts: sas(&m.not_service_accounts),
+        namespaces: strs("namespaces", namespaces)?,
+        not_namespaces: strs("not_namespaces", not_namespaces)?,
+        principals: strs("principals", principals)?,
+        not_principals: strs("not_principals", not_principals)?,
+        source_ips: cidrs("source_ips", source_ips)?,
+        not_source_ips: cidrs("not_source_ips", not_source_ips)?,
+        destination_ips: cidrs("destination_ips", destination_ips)?,
+        not_destination_ips: cidrs("not_destination_ips", not_destination_ips)?,
+        destination_ports: port_list("destination_ports", destination_ports)?,
+        not_destination_ports: port_list("not_destination_ports", not_destination_ports)?,
+        service_accounts: sas(service_accounts),
+        not_service_accounts: sas(not_service_accounts),
     })
 }
 

@@ -29,7 +29,7 @@ use super::{
     idle::IdleWatch,
     tcp_counts::{handed, queued, received_before_fin, set_int_option, tcp_info},
 };
-use crate::{datapath::SharedMaps, pods::netns::socket_cookie};
+use crate::{datapath::SpliceMaps, pods::netns::socket_cookie};
 
 /// The proxy's read buffer for bytes the verdict passes up (as large as the copy path's).
 const BUFFER: usize = 256 * 1024;
@@ -40,13 +40,13 @@ const RESET_CHECK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct NotSpliced(pub io::Error);
 
-/// Directions whose byte counts disagreed with the kernel's (see [`Direction::audit`]), or
+/// Directions whose byte counts disagreed with the kernel's (see [`OneWay::audit`]), or
 /// whose verdict lost track of the sequence; exported as
 /// `nodemesh_splice_audit_mismatches_total`. Each one reset its connection.
 pub static AUDIT_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
 /// One direction: bytes arriving on `src` leave through `dst`.
-struct Direction {
+struct OneWay {
     /// Cookie of the socket the bytes arrive on (the key of its state and control).
     key: u64,
     /// Bytes the proxy copied from `src` before the splice began.
@@ -72,19 +72,28 @@ pub struct SpliceSettings {
     pub idle_timeout: Duration,
 }
 
+/// The keys of a spliced connection's records in the splice maps: the cookie of the socket
+/// each direction's bytes arrive on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpliceKeys {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+}
+
 pub async fn splice(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    maps: &SharedMaps,
+    maps: &SpliceMaps,
     settings: SpliceSettings,
     copied: Transfer,
+    on_splice: impl FnOnce(SpliceKeys),
 ) -> Result<io::Result<Transfer>, NotSpliced> {
     let mut inflight_cap = settings.inflight_cap;
     let cookies = (socket_cookie(client).map_err(NotSpliced)?, socket_cookie(upstream).map_err(NotSpliced)?);
     let (client_info, upstream_info) =
         (tcp_info(client).map_err(NotSpliced)?, tcp_info(upstream).map_err(NotSpliced)?);
-    let mut up = Direction::new(cookies.0, copied.client_to_upstream, upstream, &upstream_info);
-    let mut down = Direction::new(cookies.1, copied.upstream_to_client, client, &client_info);
+    let mut up = OneWay::new(cookies.0, copied.client_to_upstream, upstream, &upstream_info);
+    let mut down = OneWay::new(cookies.1, copied.upstream_to_client, client, &client_info);
     let entries = Entries { maps, cookies };
     // The kernel's worker that sends redirected bytes retries a full send buffer only a tick
     // (4 ms at HZ=250) later, and an autotuned buffer starts small. A fixed buffer above the
@@ -99,24 +108,24 @@ pub async fn splice(
     }
     for (dir, peer) in [(&up, cookies.1), (&down, cookies.0)] {
         let state = SpliceState { peer_cookie: peer, ..Default::default() };
-        maps.splice_state.update(&dir.key, &state).map_err(NotSpliced)?;
-        maps.splice_ctl.update(&dir.key, &dir.ctl(inflight_cap)).map_err(NotSpliced)?;
+        maps.begin(dir.key, &state, &dir.ctl(inflight_cap)).map_err(NotSpliced)?;
     }
     // Upstream first: once the client's socket is in, its bytes are redirected to upstream.
-    if let Err(e) = maps.splice_socks.insert_socket(&cookies.1, upstream.as_fd()) {
+    if let Err(e) = maps.insert(cookies.1, upstream.as_fd()) {
         // Nothing entered the map (typically the peer already sent FIN): plain copy.
         return Err(NotSpliced(e));
     }
-    if let Err(e) = maps.splice_socks.insert_socket(&cookies.0, client.as_fd()) {
+    if let Err(e) = maps.insert(cookies.0, client.as_fd()) {
         // Upstream is in the map and may already hold passed bytes in its queue, which
         // leaving the map would drop. Keep it there with no room in flight: the verdict
         // passes every byte up and the proxy forwards them all.
         tracing::debug!(error = %e, "splice insert failed; forwarding through the proxy");
         inflight_cap = 0;
         for dir in [&up, &down] {
-            let _ = maps.splice_ctl.update(&dir.key, &dir.ctl(0));
+            let _ = maps.control(dir.key, &dir.ctl(0));
         }
     }
+    on_splice(SpliceKeys { client_to_upstream: cookies.0, upstream_to_client: cookies.1 });
     // Bytes queued before the insert wait for the next wakeup; a receive low-water mark set
     // now makes the kernel run the verdict over them.
     for stream in [&*client, &*upstream] {
@@ -143,8 +152,8 @@ pub async fn splice(
 async fn supervise(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
-    up: &mut Direction,
-    down: &mut Direction,
+    up: &mut OneWay,
+    down: &mut OneWay,
     entries: &Entries<'_>,
     inflight_cap: u64,
     idle: &mut IdleWatch,
@@ -187,7 +196,7 @@ async fn supervise(
     Ok(())
 }
 
-impl Direction {
+impl OneWay {
     fn new(key: u64, src_copied: u64, dst: &TcpStream, dst_info: &libc::tcp_info) -> Self {
         Self {
             key,
@@ -206,7 +215,7 @@ impl Direction {
     /// `bytes_acked` plus the send queue), so a mismatch means the in-kernel path duplicated
     /// or lost bytes: it is logged with both sides' numbers, counted, and returned as an
     /// error, so both apps get a reset rather than a FIN after a corrupted stream.
-    fn audit(&self, src: &TcpStream, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
+    fn audit(&self, src: &TcpStream, dst: &TcpStream, maps: &SpliceMaps) -> io::Result<()> {
         let state = self.state(maps)?;
         let received = received_before_fin(src)?;
         let seen = self.src_copied + state.passed + state.redirected;
@@ -238,7 +247,7 @@ impl Direction {
         src: &mut TcpStream,
         dst: &mut TcpStream,
         buf: &mut [u8],
-        maps: &SharedMaps,
+        maps: &SpliceMaps,
         inflight_cap: u64,
     ) -> io::Result<()> {
         // Take everything passed up so far in one go: the fewer round trips here, the sooner
@@ -261,7 +270,7 @@ impl Direction {
             self.forwarded += n as u64;
             // Published only now that the bytes are in dst's send queue: from here on, bytes
             // the verdict redirects land behind them.
-            maps.splice_ctl.update(&self.key, &self.ctl(inflight_cap))?;
+            maps.control(self.key, &self.ctl(inflight_cap))?;
         }
         if eof {
             self.drain(dst, maps).await?;
@@ -276,14 +285,14 @@ impl Direction {
         SpliceCtl { forwarded: self.forwarded, inflight_cap, peer_base_sent: self.dst_base_handed }
     }
 
-    fn state(&self, maps: &SharedMaps) -> io::Result<SpliceState> {
-        maps.splice_state.lookup(&self.key)?.ok_or_else(|| io::Error::other("splice state vanished"))
+    fn state(&self, maps: &SpliceMaps) -> io::Result<SpliceState> {
+        maps.state(self.key)?.ok_or_else(|| io::Error::other("splice state vanished"))
     }
 
     /// Waits until every byte meant for `dst` (redirected by the kernel or written by us) is
     /// in its send queue. Fails if the verdict has lost track of the byte stream: it passes
     /// everything up from then on, and nothing it passed may reach the peer.
-    async fn drain(&mut self, dst: &TcpStream, maps: &SharedMaps) -> io::Result<()> {
+    async fn drain(&mut self, dst: &TcpStream, maps: &SpliceMaps) -> io::Result<()> {
         let state = self.state(maps)?;
         if state.flags & SPLICE_BROKEN != 0 {
             AUDIT_MISMATCHES.fetch_add(1, Relaxed);
@@ -331,22 +340,19 @@ impl Direction {
 /// The map entries of one spliced connection; removed on drop. Closing the sockets takes
 /// them out of the sockhash anyway, but the state and control entries are ours to delete.
 struct Entries<'a> {
-    maps: &'a SharedMaps,
+    maps: &'a SpliceMaps,
     cookies: (u64, u64),
 }
 
 impl Entries<'_> {
     fn redirected(&self, key: u64) -> u64 {
-        self.maps.splice_state.lookup::<_, SpliceState>(&key).ok().flatten().map_or(0, |s| s.redirected)
+        self.maps.state(key).ok().flatten().map_or(0, |s| s.redirected)
     }
 }
 
 impl Drop for Entries<'_> {
     fn drop(&mut self) {
-        for key in [self.cookies.0, self.cookies.1] {
-            let _ = self.maps.splice_socks.delete(&key);
-            let _ = self.maps.splice_state.delete(&key);
-            let _ = self.maps.splice_ctl.delete(&key);
-        }
+        self.maps.remove(self.cookies.0);
+        self.maps.remove(self.cookies.1);
     }
 }

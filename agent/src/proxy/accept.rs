@@ -1,0 +1,78 @@
+//! The accept stage: a pod's listener took a connection. Which listener tells the proxy which
+//! pod is speaking and in which direction. Each connection then goes through the stages in a
+//! task of its own (`connection.rs`), where admission (`admission.rs`) first decides whether
+//! the proxy takes it at all.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+use super::{PodRuntime, Proxy, admission, connection, context::Accepted, relay::forward};
+use crate::flows::record::Direction;
+
+/// After the hooks are detached, a connection whose connect4 ran just before may still be
+/// arriving; keep accepting that long before closing.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(100);
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    direction: Direction,
+    pod: Arc<PodRuntime>,
+    proxy: Proxy,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => take(stream, peer, direction, &pod, &proxy),
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning; the
+                    // kernel keeps the connection queued meanwhile.
+                    tracing::warn!(pod = %pod.name, ?direction, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    tokio::time::sleep(RETIRE_GRACE).await;
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        take(stream, peer, direction, &pod, &proxy);
+    }
+}
+
+fn take(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    direction: Direction,
+    pod: &Arc<PodRuntime>,
+    proxy: &Proxy,
+) {
+    // Until it ends cleanly, the connection ends with a reset if the agent dies.
+    forward::reset(&stream);
+    let accepted = match stream.local_addr() {
+        Ok(local) => Accepted { direction, pod: Arc::clone(pod), peer, local },
+        Err(e) => {
+            tracing::debug!(error = %e, "accepted socket has no local address");
+            return;
+        }
+    };
+    proxy.state.runtime.spawn(connection::handle(accepted, stream, proxy.clone()));
+}
+
+/// Loops and caps (see `admission.rs`), the first thing a connection's task does. A refused
+/// connection is reset when it drops.
+pub fn admit(accepted: &Accepted, proxy: &Proxy) -> Result<(), admission::Refusal> {
+    let admission = &proxy.state.admission;
+    if accepted.direction == Direction::Inbound {
+        admission.admit_inbound(accepted.local, accepted.peer, &accepted.pod.ips)?;
+    }
+    let stats = &accepted.pod.stats;
+    let pod_active = stats.outbound.active.load(std::sync::atomic::Ordering::Relaxed)
+        + stats.inbound.active.load(std::sync::atomic::Ordering::Relaxed);
+    admission.admit(pod_active, proxy.active_connections())
+}
