@@ -22,7 +22,7 @@ use nodemesh_common::{Counter, maps as names};
 use serde::{Deserialize, Serialize};
 
 use bpf_sys::SharedMap;
-pub use connections::{OriginalDestinations, SpliceMaps};
+pub use connections::{OriginalDestinations, SpliceKeys, SpliceMaps};
 pub use hooks::{DROP_TRACER, Hook, PROXY_SOCK_OPS, SPLICE_VERDICT};
 pub use loader::DatapathSettings;
 pub use pins::PinDir;

@@ -23,7 +23,10 @@ use kernel::{DropReasons, KernelIds};
 use metrics::{Labels, SeriesTotals};
 use record::{Direction, Endpoint, FlowRecord, Verdict};
 
-use crate::{datapath::KernelRecords, proxy::SpliceKeys, workload::WorkloadRef};
+use crate::{
+    datapath::{KernelRecords, SpliceKeys},
+    workload::WorkloadRef,
+};
 
 /// Closed flows kept for `/flows` when the configuration does not say.
 pub const DEFAULT_MAX_CLOSED: usize = 4_096;

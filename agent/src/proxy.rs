@@ -22,8 +22,6 @@ pub mod stats;
 #[cfg(test)]
 mod testing;
 
-pub use relay::SpliceKeys;
-
 /// See `splice::AUDIT_MISMATCHES`.
 pub fn splice_audit_mismatches() -> u64 {
     relay::splice::AUDIT_MISMATCHES.load(std::sync::atomic::Ordering::Relaxed)

@@ -23,6 +23,14 @@ impl OriginalDestinations {
     }
 }
 
+/// The keys of a spliced connection's records in the splice maps: the cookie of the socket
+/// each direction's bytes arrive on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpliceKeys {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+}
+
 /// The splice verdict's maps, keyed by the cookie of the socket bytes arrive on.
 #[derive(Debug)]
 pub struct SpliceMaps {

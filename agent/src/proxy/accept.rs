@@ -10,7 +10,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::{PodRuntime, Proxy, admission, connection, context::Accepted, relay::forward};
+use super::{PodRuntime, Proxy, connection, context::Accepted, relay::forward};
 use crate::flows::record::Direction;
 
 /// After the hooks are detached, a connection whose connect4 ran just before may still be
@@ -62,17 +62,4 @@ fn take(
         }
     };
     proxy.state.runtime.spawn(connection::handle(accepted, stream, proxy.clone()));
-}
-
-/// Loops and caps (see `admission.rs`), the first thing a connection's task does. A refused
-/// connection is reset when it drops.
-pub fn admit(accepted: &Accepted, proxy: &Proxy) -> Result<(), admission::Refusal> {
-    let admission = &proxy.state.admission;
-    if accepted.direction == Direction::Inbound {
-        admission.admit_inbound(accepted.local, accepted.peer, &accepted.pod.ips)?;
-    }
-    let stats = &accepted.pod.stats;
-    let pod_active = stats.outbound.active.load(std::sync::atomic::Ordering::Relaxed)
-        + stats.inbound.active.load(std::sync::atomic::Ordering::Relaxed);
-    admission.admit(pod_active, proxy.active_connections())
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use super::{
-    Proxy, accept, authorize, classify, connect,
+    Proxy, admission, authorize, classify, connect,
     context::Accepted,
     record::Record,
     relay::{self, forward},
@@ -22,7 +22,7 @@ use crate::flows::record::Direction;
 pub(super) async fn handle(accepted: Accepted, client: TcpStream, proxy: Proxy) {
     let span = tracing::debug_span!("conn", pod = %accepted.pod.name, direction = ?accepted.direction, peer = %accepted.peer);
     async move {
-        if let Err(why) = accept::admit(&accepted, &proxy) {
+        if let Err(why) = admit(&accepted, &proxy) {
             tracing::debug!(reason = why.reason(), "connection refused");
             return;
         }
@@ -100,6 +100,19 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     }
     record.finish(relayed);
     result
+}
+
+/// Loops and caps (see `admission.rs`), the first thing a connection's task does. A refused
+/// connection is reset when it drops.
+fn admit(accepted: &Accepted, proxy: &Proxy) -> Result<(), admission::Refusal> {
+    let admission = &proxy.state.admission;
+    if accepted.direction == Direction::Inbound {
+        admission.admit_inbound(accepted.local, accepted.peer, &accepted.pod.ips)?;
+    }
+    let stats = &accepted.pod.stats;
+    let pod_active = stats.outbound.active.load(std::sync::atomic::Ordering::Relaxed)
+        + stats.inbound.active.load(std::sync::atomic::Ordering::Relaxed);
+    admission.admit(pod_active, proxy.active_connections())
 }
 
 /// Counts a connection in the node-wide total until dropped.

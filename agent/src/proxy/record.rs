@@ -8,11 +8,12 @@ use tokio::net::TcpStream;
 
 use super::{
     context::{Accepted, Classified, Party},
-    relay::{Counters, Relayed, SpliceKeys},
+    relay::{Counters, Relayed},
     route::NetworkLeg,
     stats::DirectionStats,
 };
 use crate::{
+    datapath::SpliceKeys,
     flows::{
         FlowGuard, FlowTable, Opening,
         kernel::{KernelIds, veth_key},

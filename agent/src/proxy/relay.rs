@@ -17,8 +17,7 @@ use std::{
 
 use tokio::net::TcpStream;
 
-use crate::datapath::SpliceMaps;
-pub use splice::SpliceKeys;
+use crate::datapath::{SpliceKeys, SpliceMaps};
 
 /// How the relay moves bytes.
 #[derive(Clone, Copy, Debug)]

@@ -29,7 +29,10 @@ use super::{
     idle::IdleWatch,
     tcp_counts::{handed, queued, received_before_fin, set_int_option, tcp_info},
 };
-use crate::{datapath::SpliceMaps, pods::netns::socket_cookie};
+use crate::{
+    datapath::{SpliceKeys, SpliceMaps},
+    pods::netns::socket_cookie,
+};
 
 /// The proxy's read buffer for bytes the verdict passes up (as large as the copy path's).
 const BUFFER: usize = 256 * 1024;
@@ -70,14 +73,6 @@ pub struct SpliceSettings {
     pub inflight_cap: u64,
     /// Fail when no byte moves either way for this long (zero: never).
     pub idle_timeout: Duration,
-}
-
-/// The keys of a spliced connection's records in the splice maps: the cookie of the socket
-/// each direction's bytes arrive on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpliceKeys {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
 }
 
 pub async fn splice(
