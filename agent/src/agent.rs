@@ -18,7 +18,7 @@ use crate::{
     admin::Source,
     admin::{self, AdminState},
     cli::AgentArgs,
-    config::{Config, Overrides},
+    config::Config,
     datapath::{Datapath, DatapathSettings, Occupancy, PinDir, Steering, btf},
     enroll::FileSource,
     flows::{FlowTable, kernel::DropReasons},
@@ -35,29 +35,7 @@ const RECHECK: Duration = Duration::from_millis(500);
 
 pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     check_privileges()?;
-    let AgentArgs {
-        config,
-        node_name,
-        enrollment_file,
-        xds_address,
-        xds_snapshot,
-        bpffs_dir,
-        cgroup_root,
-        admin_addr,
-        splice,
-        log,
-    } = args;
-    let overrides = Overrides {
-        node_name,
-        bpffs_dir,
-        cgroup_root,
-        enrollment_file,
-        xds_address,
-        xds_snapshot,
-        admin_addr,
-        splice,
-        log,
-    };
+    let AgentArgs { config, overrides } = args;
     let config = Config::load(config.as_deref(), overrides)?;
     crate::logging::init(&config.log);
     tracing::info!(config = %serde_json::to_string(&config)?, "starting");

@@ -54,33 +54,8 @@ pub struct AgentArgs {
     /// YAML configuration file (docs/configuration.md); flags override it.
     #[arg(long, env = "NODEMESH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's name.
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// Local mode: a YAML file listing the node's pods and namespaces (docs/enrollment.md).
-    #[arg(long)]
-    pub enrollment_file: Option<PathBuf>,
-    /// Control-plane mode: the delta xDS server (e.g. http://istiod.istio-system:15010).
-    #[arg(long)]
-    pub xds_address: Option<String>,
-    /// Where to keep the last state accepted from the control plane.
-    #[arg(long)]
-    pub xds_snapshot: Option<PathBuf>,
-    /// Where to pin links and maps (on a bpffs).
-    #[arg(long)]
-    pub bpffs_dir: Option<PathBuf>,
-    /// cgroup v2 directory under which kubelet creates pod cgroups.
-    #[arg(long)]
-    pub cgroup_root: Option<PathBuf>,
-    /// Admin API address.
-    #[arg(long)]
-    pub admin_addr: Option<SocketAddr>,
-    /// Splice established connections in the kernel (true/false).
-    #[arg(long)]
-    pub splice: Option<bool>,
-    /// Log filter, e.g. `info` or `nodemesh=debug`.
-    #[arg(long)]
-    pub log: Option<String>,
+    #[command(flatten)]
+    pub overrides: crate::config::Overrides,
 }
 
 #[derive(Debug, clap::Args)]

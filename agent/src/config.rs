@@ -140,17 +140,37 @@ pub enum ConfigError {
     Invalid { path: String, field: String, message: String },
 }
 
-/// Flag overrides, already parsed by the CLI.
-#[derive(Clone, Debug, Default)]
+/// The agent's flags: each overrides the configuration file's field of the same name. The
+/// command line flattens this into `nodemesh agent` (`cli.rs`), so each flag is defined here
+/// once.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// This node's name.
+    #[arg(long)]
     pub node_name: Option<String>,
+    /// Where to pin links and maps (on a bpffs).
+    #[arg(long)]
     pub bpffs_dir: Option<PathBuf>,
+    /// cgroup v2 directory under which kubelet creates pod cgroups.
+    #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
+    /// Local mode: a YAML file listing the node's pods and namespaces (docs/enrollment.md).
+    #[arg(long)]
     pub enrollment_file: Option<PathBuf>,
+    /// Control-plane mode: the delta xDS server (e.g. http://istiod.istio-system:15010).
+    #[arg(long)]
     pub xds_address: Option<String>,
+    /// Where to keep the last state accepted from the control plane.
+    #[arg(long)]
     pub xds_snapshot: Option<PathBuf>,
+    /// Admin API address.
+    #[arg(long)]
     pub admin_addr: Option<SocketAddr>,
+    /// Splice established connections in the kernel (true/false).
+    #[arg(long)]
     pub splice: Option<bool>,
+    /// Log filter, e.g. `info` or `nodemesh=debug`.
+    #[arg(long)]
     pub log: Option<String>,
 }
 
