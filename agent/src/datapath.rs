@@ -30,15 +30,39 @@ pub use pod_links::{LinkStatus, PodLinks};
 pub use records::{KernelRecords, MapOccupancy, Occupancy};
 pub use steering::{ListenerMarks, Steering};
 
+/// What went wrong in the kernel side. Each variant keeps the error underneath as its source
+/// (aya keeps the errno, and the verifier's log, in theirs); [`error_chain`] or anyhow's
+/// `{:#}` print the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("loading the eBPF object: {0}")]
-    Load(String),
-    #[error("map {0}")]
-    Map(String),
-    #[error("attaching {hook:?} for pod {uid}: {reason}")]
-    Attach { uid: String, hook: Hook, reason: String },
-    #[error("{what}: {source}")]
+    #[error("loading the eBPF object")]
+    Object(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {kind} {name}")]
+    Missing { kind: &'static str, name: String },
+    #[error("reading the kernel's BTF")]
+    Btf(#[source] aya::BtfError),
+    #[error("program {name} has an unexpected type {kind}")]
+    UnexpectedProgram { name: String, kind: String },
+    #[error("program {name}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("attaching {hook:?} for pod {uid}")]
+    Attach {
+        uid: String,
+        hook: Hook,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
@@ -49,6 +73,18 @@ pub enum DatapathError {
 impl DatapathError {
     fn io(what: &'static str, source: io::Error) -> Self {
         Self::Io { what, source }
+    }
+
+    fn missing(kind: &'static str, name: &str) -> Self {
+        Self::Missing { kind, name: name.into() }
+    }
+
+    fn map(name: &str) -> impl FnOnce(aya::maps::MapError) -> Self + '_ {
+        move |source| Self::Map { name: name.into(), source }
+    }
+
+    fn program(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Self + '_ {
+        move |source| Self::Program { name: name.into(), source }
     }
 }
 
@@ -90,7 +126,7 @@ impl Datapath {
     pub fn load(pins: PinDir, settings: &DatapathSettings) -> Result<Self, DatapathError> {
         let (ebpf, lock) = loader::load(&pins, settings)?;
         let counters = open_pinned(&pins, names::COUNTERS)
-            .and_then(|m| PerCpuArray::try_from(m).map_err(|e| DatapathError::Map(e.to_string())))?;
+            .and_then(|m| PerCpuArray::try_from(m).map_err(DatapathError::map(names::COUNTERS)))?;
         Ok(Self { ebpf, pins, _lock: lock, counters })
     }
 
@@ -101,8 +137,8 @@ impl Datapath {
     /// Typed handles on the maps the agent's other parts use (see [`Handles`]).
     pub fn handles(&self) -> Result<Handles, DatapathError> {
         let open = |name: &str| -> Result<SharedMap, DatapathError> {
-            let map = self.ebpf.map(name).ok_or_else(|| DatapathError::Map(name.into()))?;
-            let fd = map_fd(map).ok_or_else(|| DatapathError::Map(format!("{name} has no fd")))?;
+            let map = self.ebpf.map(name).ok_or_else(|| DatapathError::missing("map", name))?;
+            let fd = map_fd(map).ok_or_else(|| DatapathError::missing("map descriptor for", name))?;
             SharedMap::new(fd).map_err(|e| DatapathError::io("duplicating a map fd", e))
         };
         Ok(Handles {
@@ -206,9 +242,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn open_pinned(pins: &PinDir, name: &str) -> Result<Map, DatapathError> {
-    let data =
-        MapData::from_pin(pins.maps().join(name)).map_err(|e| DatapathError::Map(format!("{name}: {e}")))?;
-    Map::from_map_data(data).map_err(|e| DatapathError::Map(format!("{name}: {e}")))
+    let data = MapData::from_pin(pins.maps().join(name)).map_err(DatapathError::map(name))?;
+    Map::from_map_data(data).map_err(DatapathError::map(name))
 }
 
 fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {

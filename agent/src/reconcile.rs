@@ -182,7 +182,8 @@ impl Reconciler {
                     self.enrolled.insert((*uid).to_owned(), e);
                 }
                 Err(err) => {
-                    let reason = err.to_string();
+                    // The whole chain: the datapath's errors keep the errno in their sources.
+                    let reason = crate::datapath::error_chain(&err);
                     tracing::debug!(pod = %pod.display_name(), %reason, "not enrolled yet");
                     self.pending.insert(
                         (*uid).to_owned(),

@@ -52,15 +52,14 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<(Ebpf, PinLock
         .override_global(TCP_SOCK, &settings.tcp_sock, true)
         .override_global(SK_BUFF, &settings.sk_buff.unwrap_or_default(), true)
         .load(OBJECT)
-        .map_err(|e| DatapathError::Load(format!("{e:#}")))?;
+        .map_err(DatapathError::Object)?;
 
     for name in names::PINNED {
         if ebpf.map(name).is_none() {
-            return Err(DatapathError::Load(format!("the eBPF object has no map {name}")));
+            return Err(DatapathError::missing("map", name));
         }
     }
-    let btf =
-        Btf::from_sys_fs().map_err(|e| DatapathError::Load(format!("reading the kernel's BTF: {e}")))?;
+    let btf = Btf::from_sys_fs().map_err(DatapathError::Btf)?;
     for (name, program) in ebpf.programs_mut() {
         let result = match program {
             Program::CgroupSockAddr(p) => p.load(),
@@ -71,14 +70,14 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<(Ebpf, PinLock
             Program::BtfTracePoint(_) if settings.sk_buff.is_none() => continue,
             Program::BtfTracePoint(p) => p.load(DROP_TRACEPOINT, &btf),
             other => {
-                return Err(DatapathError::Load(format!(
-                    "unexpected program {name} of type {:?}",
-                    other.prog_type()
-                )));
+                return Err(DatapathError::UnexpectedProgram {
+                    name: name.into(),
+                    kind: format!("{:?}", other.prog_type()),
+                });
             }
         };
-        // The verifier's log is in the error's Debug form; keep it, it is the whole story.
-        result.map_err(|e| DatapathError::Load(format!("program {name}: {e:?}")))?;
+        // The verifier's log is in the source (aya's LoadError): it is the whole story.
+        result.map_err(DatapathError::program(name))?;
     }
     write_settings(&mut ebpf, settings)?;
     attach_splice_verdict(&mut ebpf)?;
@@ -90,17 +89,16 @@ pub fn load(pins: &PinDir, settings: &DatapathSettings) -> Result<(Ebpf, PinLock
 /// the agent's own cgroup. Their links belong to the loaded programs and go with the agent:
 /// they describe this agent's sockets and flows, nothing a pod needs while it is away.
 fn attach_node_programs(ebpf: &mut Ebpf, settings: &DatapathSettings) -> Result<(), DatapathError> {
-    let err = |what: &str, e: aya::programs::ProgramError| {
-        DatapathError::Load(format!("attaching {what}: {}", super::error_chain(&e)))
-    };
     if settings.sk_buff.is_some() {
         let tracer: &mut BtfTracePoint = program(ebpf, super::hooks::DROP_TRACER)?;
-        tracer.attach().map_err(|e| err(super::hooks::DROP_TRACER, e))?;
+        tracer.attach().map_err(DatapathError::program(super::hooks::DROP_TRACER))?;
     }
     if let Some(cgroup) = &settings.agent_cgroup {
         let dir = fs::File::open(cgroup).map_err(|e| DatapathError::io("opening the agent's cgroup", e))?;
         let sock_ops: &mut SockOps = program(ebpf, super::hooks::PROXY_SOCK_OPS)?;
-        sock_ops.attach(dir, CgroupAttachMode::Single).map_err(|e| err(super::hooks::PROXY_SOCK_OPS, e))?;
+        sock_ops
+            .attach(dir, CgroupAttachMode::Single)
+            .map_err(DatapathError::program(super::hooks::PROXY_SOCK_OPS))?;
     }
     Ok(())
 }
@@ -110,28 +108,21 @@ where
     &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| DatapathError::Load(format!("the eBPF object has no program {name}")))?
+        .ok_or_else(|| DatapathError::missing("program", name))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| DatapathError::Load(super::error_chain(&e)))
+        .map_err(DatapathError::program(name))
 }
 
 /// The splice verdict runs on every socket in the splice sockhash (only ever the proxy's
 /// own), so it is attached to the map once, not per pod.
 fn attach_splice_verdict(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    let map = ebpf.map(names::SPLICE_SOCKS).ok_or_else(|| DatapathError::Map(names::SPLICE_SOCKS.into()))?;
+    let map =
+        ebpf.map(names::SPLICE_SOCKS).ok_or_else(|| DatapathError::missing("map", names::SPLICE_SOCKS))?;
     let socks: SockHash<&MapData, u64> =
-        SockHash::try_from(map).map_err(|e| DatapathError::Map(format!("{}: {e}", names::SPLICE_SOCKS)))?;
+        SockHash::try_from(map).map_err(DatapathError::map(names::SPLICE_SOCKS))?;
     let fd = socks.fd().try_clone().map_err(|e| DatapathError::io("duplicating the splice map fd", e))?;
-    let program: &mut SkSkb = ebpf
-        .program_mut(super::hooks::SPLICE_VERDICT)
-        .ok_or_else(|| {
-            DatapathError::Load(format!("the eBPF object has no program {}", super::hooks::SPLICE_VERDICT))
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| DatapathError::Load(super::error_chain(&e)))?;
-    program.attach(&fd).map_err(|e| {
-        DatapathError::Load(format!("attaching the splice verdict: {}", super::error_chain(&e)))
-    })?;
+    let program: &mut SkSkb = program(ebpf, super::hooks::SPLICE_VERDICT)?;
+    program.attach(&fd).map_err(DatapathError::program(super::hooks::SPLICE_VERDICT))?;
     Ok(())
 }
 
@@ -157,22 +148,21 @@ fn sweep_map_pins(dir: &Path) -> Result<(), DatapathError> {
 }
 
 fn write_settings(ebpf: &mut Ebpf, settings: &DatapathSettings) -> Result<(), DatapathError> {
-    let map_err = |what: &str, e: aya::maps::MapError| DatapathError::Map(format!("{what}: {e}"));
-
-    let mut config: Array<&mut MapData, DatapathConfig> =
-        Array::try_from(ebpf.map_mut(names::CONFIG).ok_or_else(|| DatapathError::Map(names::CONFIG.into()))?)
-            .map_err(|e| map_err(names::CONFIG, e))?;
-    config.set(0, settings.config, 0).map_err(|e| map_err(names::CONFIG, e))?;
+    let mut config: Array<&mut MapData, DatapathConfig> = Array::try_from(
+        ebpf.map_mut(names::CONFIG).ok_or_else(|| DatapathError::missing("map", names::CONFIG))?,
+    )
+    .map_err(DatapathError::map(names::CONFIG))?;
+    config.set(0, settings.config, 0).map_err(DatapathError::map(names::CONFIG))?;
 
     for (name, ports) in [
         (names::EXCLUDED_OUTBOUND, &settings.excluded_outbound_ports),
         (names::EXCLUDED_INBOUND, &settings.excluded_inbound_ports),
     ] {
         let mut bitmap: Array<&mut MapData, u64> =
-            Array::try_from(ebpf.map_mut(name).ok_or_else(|| DatapathError::Map(name.into()))?)
-                .map_err(|e| map_err(name, e))?;
+            Array::try_from(ebpf.map_mut(name).ok_or_else(|| DatapathError::missing("map", name))?)
+                .map_err(DatapathError::map(name))?;
         for (index, word) in port_bitmap(ports).into_iter().enumerate() {
-            bitmap.set(index as u32, word, 0).map_err(|e| map_err(name, e))?;
+            bitmap.set(index as u32, word, 0).map_err(DatapathError::map(name))?;
         }
     }
     Ok(())

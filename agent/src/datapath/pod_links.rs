@@ -78,10 +78,10 @@ pub(super) fn attach(
                 None => continue,
             },
         };
-        let link = attach_one(ebpf, hook, target).map_err(|reason| DatapathError::Attach {
+        let link = attach_one(ebpf, hook, target).map_err(|source| DatapathError::Attach {
             uid: uid.to_owned(),
             hook,
-            reason,
+            source,
         })?;
         fresh.push((hook, link));
     }
@@ -100,8 +100,8 @@ pub(super) fn attach(
     Ok(PodLinks { uid: uid.to_owned(), links })
 }
 
-fn attach_error(uid: &str, hook: Hook, e: impl std::error::Error) -> DatapathError {
-    DatapathError::Attach { uid: uid.to_owned(), hook, reason: super::error_chain(&e) }
+fn attach_error(uid: &str, hook: Hook, e: impl std::error::Error + Send + Sync + 'static) -> DatapathError {
+    DatapathError::Attach { uid: uid.to_owned(), hook, source: Box::new(e) }
 }
 
 /// What one hook attaches to.
@@ -112,11 +112,14 @@ enum AttachTo<'a> {
     Interface(&'a str),
 }
 
-fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: AttachTo<'_>) -> Result<FdLink, String> {
+/// Why one hook did not attach: aya's error, with its errno as the source.
+type AttachFailure = Box<dyn std::error::Error + Send + Sync>;
+
+fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: AttachTo<'_>) -> Result<FdLink, AttachFailure> {
     let program = ebpf
         .program_mut(hook.program())
         .ok_or_else(|| format!("the eBPF object has no program {}", hook.program()))?;
-    let err = |e: aya::programs::ProgramError| super::error_chain(&e);
+    let err = AttachFailure::from;
     let target = match (target, hook.target()) {
         (AttachTo::Interface(name), Target::HostVeth) => {
             let p: &mut SchedClassifier = program.try_into().map_err(err)?;
@@ -127,14 +130,10 @@ fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: AttachTo<'_>) -> Result<FdLin
             let id = p
                 .attach_with_options(name, direction, TcAttachOptions::TcxOrder(LinkOrder::last()))
                 .map_err(err)?;
-            return p
-                .take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| super::error_chain(&e));
+            return p.take_link(id).map_err(err)?.try_into().map_err(AttachFailure::from);
         }
         (AttachTo::Fd(fd), _) => fd,
-        (AttachTo::Interface(_), _) => return Err(format!("{hook:?} does not attach to an interface")),
+        (AttachTo::Interface(_), _) => return Err(format!("{hook:?} does not attach to an interface").into()),
     };
     match hook {
         Hook::Connect4 | Hook::Connect6 | Hook::GetPeerName4 | Hook::GetPeerName6 => {
@@ -143,25 +142,19 @@ fn attach_one(ebpf: &mut Ebpf, hook: Hook, target: AttachTo<'_>) -> Result<FdLin
             // socket LB, say, or our own previous link while it is replaced); the kernel
             // rejects BPF_F_ALLOW_MULTI on bpf_link_create.
             let id = p.attach(target, CgroupAttachMode::Single).map_err(err)?;
-            p.take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| super::error_chain(&e))
+            p.take_link(id).map_err(err)?.try_into().map_err(AttachFailure::from)
         }
         Hook::SockOps => {
             let p: &mut SockOps = program.try_into().map_err(err)?;
             let id = p.attach(target, CgroupAttachMode::Single).map_err(err)?;
-            p.take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| super::error_chain(&e))
+            p.take_link(id).map_err(err)?.try_into().map_err(AttachFailure::from)
         }
         Hook::SkLookup => {
             let p: &mut SkLookup = program.try_into().map_err(err)?;
             let id = p.attach(target).map_err(err)?;
             Ok(p.take_link(id).map_err(err)?.into())
         }
-        Hook::TcFromPod | Hook::TcToPod => Err(format!("{hook:?} attaches to an interface")),
+        Hook::TcFromPod | Hook::TcToPod => Err(format!("{hook:?} attaches to an interface").into()),
     }
 }
 
