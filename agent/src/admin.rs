@@ -35,9 +35,9 @@ use crate::{
 
 /// Where the node's pods come from.
 #[derive(Clone)]
-pub enum Source {
+pub enum SpecSource {
     File(Arc<Mutex<SourceStatus>>),
-    ControlPlane(Arc<crate::xds::Shared>),
+    ControlPlane(Arc<crate::xds::XdsHandle>),
     None,
 }
 
@@ -47,7 +47,7 @@ pub struct AdminState {
     pub started: Instant,
     pub datapath: Arc<Mutex<Datapath>>,
     pub view: Arc<Mutex<View>>,
-    pub source: Source,
+    pub source: SpecSource,
     pub spec: tokio::sync::watch::Receiver<Arc<crate::spec::NodeSpec>>,
     /// Set once the first reconcile has run.
     pub ready: Arc<AtomicBool>,
@@ -151,7 +151,7 @@ async fn status(State(s): State<AdminState>) -> Json<StatusReport> {
 async fn config_dump(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let spec = Arc::clone(&s.spec.borrow());
     let xds = match &s.source {
-        Source::ControlPlane(shared) => shared.state.lock().unwrap_or_else(|p| p.into_inner()).dump(),
+        SpecSource::ControlPlane(shared) => shared.state.lock().unwrap_or_else(|p| p.into_inner()).dump(),
         _ => serde_json::Value::Null,
     };
     Json(json!({ "config": &*s.config, "node_spec": &*spec, "xds": xds }))
@@ -192,11 +192,11 @@ pub fn report(s: &AdminState) -> StatusReport {
         splice: s.config.splice,
         bpffs_dir: s.config.bpffs_dir.display().to_string(),
         enrollment: match &s.source {
-            Source::File(status) => Some(status.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            SpecSource::File(status) => Some(status.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             _ => None,
         },
         sync: match &s.source {
-            Source::ControlPlane(shared) => {
+            SpecSource::ControlPlane(shared) => {
                 Some(shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
             }
             _ => None,

@@ -15,7 +15,7 @@ use nodemesh_common::{DatapathConfig, TcpSockOffsets};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    admin::Source,
+    admin::SpecSource,
     admin::{self, AdminState},
     cli::AgentArgs,
     config::Config,
@@ -175,7 +175,7 @@ async fn control_plane(
             let (mut file, rx, status) = FileSource::new(path);
             file.poll();
             tokio::spawn(file.run());
-            (rx, Source::File(status))
+            (rx, SpecSource::File(status))
         }
         (None, Some(address)) => {
             let (shared, rx) = xds::start(xds::XdsSettings {
@@ -184,11 +184,11 @@ async fn control_plane(
                 snapshot: config.xds_snapshot.clone(),
             });
             xds = Some(Arc::clone(&shared));
-            (rx, Source::ControlPlane(shared))
+            (rx, SpecSource::ControlPlane(shared))
         }
         (None, None) => {
             tracing::warn!("neither an enrollment file nor a control plane: no pod will be intercepted");
-            (empty_rx, Source::None)
+            (empty_rx, SpecSource::None)
         }
     };
 

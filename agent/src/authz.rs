@@ -35,7 +35,7 @@ pub struct Policies {
 
 /// The connecting side, as far as the proxy can vouch for it.
 #[derive(Clone, Copy, Debug)]
-pub struct Source<'a> {
+pub struct Caller<'a> {
     pub ip: IpAddr,
     /// The workload when authenticated (a pod of this node, seen from inside it).
     pub workload: Option<&'a WorkloadRef>,
@@ -58,7 +58,7 @@ impl Policies {
         &self,
         destination: &WorkloadRef,
         to: SocketAddr,
-        source: &Source<'_>,
+        source: &Caller<'_>,
     ) -> Result<(), String> {
         let selected = destination.policies.iter().filter_map(|name| self.by_name.get(&**name));
         let namespaced = self.by_namespace.get(&*destination.namespace).into_iter().flatten();
@@ -91,12 +91,12 @@ impl Policies {
 
 /// A rule holds when each of its clauses does (a rule with none holds for everyone); a clause
 /// holds when any of its matches does.
-fn rule_matches(clauses: &[Vec<MatchSpec>], to: SocketAddr, source: &Source<'_>) -> bool {
+fn rule_matches(clauses: &[Vec<MatchSpec>], to: SocketAddr, source: &Caller<'_>) -> bool {
     clauses.iter().all(|matches| matches.iter().any(|m| spec_matches(m, to, source)))
 }
 
 /// Every non-empty field holds: a listed value matches, and no value of a `not_` list does.
-fn spec_matches(m: &MatchSpec, to: SocketAddr, source: &Source<'_>) -> bool {
+fn spec_matches(m: &MatchSpec, to: SocketAddr, source: &Caller<'_>) -> bool {
     let w = source.workload;
     // `cluster.local/ns/<ns>/sa/<sa>`: the SPIFFE identity without its scheme, as policies
     // write principals.
@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn nothing_applies_so_everything_is_allowed() {
         let (cart, frontend) = workloads();
-        let source = Source { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
         assert_eq!(Policies::default().check(&cart, TO, &source), Ok(()));
     }
 
@@ -194,10 +194,10 @@ mod tests {
             Action::Allow,
             vec![vec![vec![from_namespace("web")]]],
         ));
-        let authenticated = Source { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let authenticated = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
         assert_eq!(p.check(&cart, TO, &authenticated), Ok(()));
         // The same address in plaintext from elsewhere proves nothing.
-        let claimed = Source { ip: IpAddr::from([10, 0, 0, 2]), workload: None };
+        let claimed = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: None };
         assert_eq!(p.check(&cart, TO, &claimed), Err("no_allow_policy_matched".into()));
         // The frontend is not selected, so nothing applies to it.
         assert_eq!(p.check(&frontend, TO, &claimed), Ok(()));
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn deny_wins_and_matches_ports_principals_and_addresses() {
         let (cart, frontend) = workloads();
-        let source = Source { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
         let mut p = Policies::default();
         p.insert(policy("allow-all", Scope::Namespace, Action::Allow, vec![vec![]]));
         let port = MatchSpec { destination_ports: vec![8080], ..Default::default() };
@@ -222,7 +222,7 @@ mod tests {
         ));
         assert_eq!(p.check(&cart, TO, &source), Err("denied_by:shop/no-frontend-on-8080".into()));
         assert_eq!(p.check(&cart, SocketAddr::new(TO.ip(), 9090), &source), Ok(()));
-        let elsewhere = Source { ip: IpAddr::from([192, 168, 1, 9]), workload: None };
+        let elsewhere = Caller { ip: IpAddr::from([192, 168, 1, 9]), workload: None };
         assert_eq!(p.check(&cart, TO, &elsewhere), Ok(()), "no principal, so the DENY does not match");
 
         let mut p = Policies::default();
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn an_allow_policy_without_rules_denies_and_dry_runs_are_not_enforced() {
         let (cart, frontend) = workloads();
-        let source = Source { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
         let mut p = Policies::default();
         let mut dry = policy("deny-all-dry", Scope::Namespace, Action::Deny, vec![vec![]]);
         dry.dry_run = true;

@@ -21,7 +21,7 @@ use aya::{
 use nodemesh_common::{Counter, maps as names};
 use serde::{Deserialize, Serialize};
 
-use bpf_sys::SharedMap;
+use bpf_sys::MapFd;
 pub use connections::{OriginalDestinations, SpliceKeys, SpliceMaps};
 pub use hooks::{DROP_TRACER, Hook, PROXY_SOCK_OPS, SPLICE_VERDICT};
 pub use loader::DatapathSettings;
@@ -136,10 +136,10 @@ impl Datapath {
 
     /// Typed handles on the maps the agent's other parts use (see [`Handles`]).
     pub fn handles(&self) -> Result<Handles, DatapathError> {
-        let open = |name: &str| -> Result<SharedMap, DatapathError> {
+        let open = |name: &str| -> Result<MapFd, DatapathError> {
             let map = self.ebpf.map(name).ok_or_else(|| DatapathError::missing("map", name))?;
             let fd = map_fd(map).ok_or_else(|| DatapathError::missing("map descriptor for", name))?;
-            SharedMap::new(fd).map_err(|e| DatapathError::io("duplicating a map fd", e))
+            MapFd::new(fd).map_err(|e| DatapathError::io("duplicating a map fd", e))
         };
         Ok(Handles {
             steering: Steering { listeners: open(names::LISTENERS)? },

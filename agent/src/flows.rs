@@ -20,7 +20,7 @@ use std::{
 };
 
 use kernel::{DropReasons, KernelIds};
-use metrics::{Labels, SeriesTotals};
+use metrics::{SeriesLabels, SeriesTotals};
 use record::{Direction, Endpoint, FlowRecord, Verdict};
 
 use crate::{
@@ -44,7 +44,7 @@ pub struct LiveFlow {
     source: Endpoint,
     destination: Endpoint,
     service: Option<String>,
-    labels: Arc<Labels>,
+    labels: Arc<SeriesLabels>,
     /// Bytes from source to destination, and back, as the proxy moved them (while spliced:
     /// up to the hand-off; the kernel's records have the rest until the splice ends).
     pub sent: AtomicU64,
@@ -152,7 +152,7 @@ struct Inner {
     /// what the proxy wrote after the proxy closes, so the kernel view is read again on
     /// every query while its entries last.
     closed: VecDeque<(FlowRecord, KernelIds)>,
-    series: HashMap<Arc<Labels>, SeriesTotals>,
+    series: HashMap<Arc<SeriesLabels>, SeriesTotals>,
     /// Flows that fell off the closed ring.
     evicted: u64,
     /// Flows counted in the overflow series because the series cap was reached.
@@ -204,7 +204,7 @@ impl FlowTable {
             }
         };
         let (source, destination) = (endpoint(&opening.source), endpoint(&opening.destination));
-        let labels = Labels::new(
+        let labels = SeriesLabels::new(
             opening.direction,
             opening.source.1.as_deref(),
             opening.destination.1.as_deref(),
@@ -241,12 +241,12 @@ impl FlowTable {
     }
 
     /// The series a flow counts in: its own, or the overflow series once the cap is reached.
-    fn series_key(inner: &mut Inner, labels: &Arc<Labels>) -> Arc<Labels> {
+    fn series_key(inner: &mut Inner, labels: &Arc<SeriesLabels>) -> Arc<SeriesLabels> {
         if inner.series.contains_key(labels) || inner.series.len() < MAX_SERIES {
             return Arc::clone(labels);
         }
         inner.series_overflow += 1;
-        Arc::new(Labels::overflow())
+        Arc::new(SeriesLabels::overflow())
     }
 
     fn close(&self, flow: &LiveFlow) {
@@ -304,14 +304,14 @@ impl FlowTable {
 
     /// Totals per series, active flows' bytes included, read under one lock so counters
     /// never go backwards when a flow moves from active to closed.
-    pub fn series(&self) -> Vec<(Arc<Labels>, SeriesTotals)> {
+    pub fn series(&self) -> Vec<(Arc<SeriesLabels>, SeriesTotals)> {
         let inner = self.lock();
-        let mut series: HashMap<Arc<Labels>, SeriesTotals> = inner.series.clone();
+        let mut series: HashMap<Arc<SeriesLabels>, SeriesTotals> = inner.series.clone();
         for flow in inner.active.values() {
             let key = if series.contains_key(&flow.labels) {
                 Arc::clone(&flow.labels)
             } else {
-                Arc::new(Labels::overflow())
+                Arc::new(SeriesLabels::overflow())
             };
             let (sent, received) = flow.live_bytes(self.kernel.as_ref());
             let totals = series.entry(key).or_default();

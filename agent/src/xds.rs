@@ -71,7 +71,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// Everything the xDS task shares with the rest of the agent.
-pub struct Shared {
+pub struct XdsHandle {
     pub settings: XdsSettings,
     pub status: Mutex<SyncStatus>,
     pub state: Mutex<state::State>,
@@ -82,7 +82,7 @@ pub struct Shared {
     persisting: Mutex<()>,
 }
 
-impl Shared {
+impl XdsHandle {
     fn status(&self) -> std::sync::MutexGuard<'_, SyncStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -108,9 +108,9 @@ impl Shared {
 }
 
 /// Starts the source: loads the snapshot (if any) now, then syncs in the background.
-pub fn start(settings: XdsSettings) -> (Arc<Shared>, watch::Receiver<Arc<NodeSpec>>) {
+pub fn start(settings: XdsSettings) -> (Arc<XdsHandle>, watch::Receiver<Arc<NodeSpec>>) {
     let (tx, rx) = watch::channel(Arc::new(NodeSpec::default()));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(XdsHandle {
         status: Mutex::new(SyncStatus { control_plane: settings.address.clone(), ..Default::default() }),
         state: Mutex::default(),
         spec: tx,
@@ -125,7 +125,7 @@ pub fn start(settings: XdsSettings) -> (Arc<Shared>, watch::Receiver<Arc<NodeSpe
     (shared, rx)
 }
 
-fn load_snapshot(shared: &Shared) {
+fn load_snapshot(shared: &XdsHandle) {
     let path = &shared.settings.snapshot;
     let refuse = |why: String| {
         tracing::error!(path = %path.display(), error = %why,
@@ -151,7 +151,7 @@ fn load_snapshot(shared: &Shared) {
     }
 }
 
-async fn run(shared: Arc<Shared>) {
+async fn run(shared: Arc<XdsHandle>) {
     let mut backoff = backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
     loop {
         let outcome = session::run(&shared).await;

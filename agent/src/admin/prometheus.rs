@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AdminState, Source};
+use super::{AdminState, SpecSource};
 use crate::{
     datapath::{MapOccupancy, Occupancy},
     flows::metrics::SeriesTotals,
@@ -152,7 +152,7 @@ pub fn render(s: &AdminState) -> String {
     e.family("nodemesh_enrolled_pods", Kind::Gauge, "Pods whose traffic the agent intercepts.")
         .sample(&[], enrolled as f64);
 
-    if let Source::ControlPlane(shared) = &s.source {
+    if let SpecSource::ControlPlane(shared) = &s.source {
         let status = shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         e.family("nodemesh_xds_connected", Kind::Gauge, "1 while the control-plane stream is up.")
             .sample(&[], if status.connected { 1.0 } else { 0.0 });

@@ -33,11 +33,11 @@ struct MapElemAttr {
 
 /// A map shared by tasks; every operation is one syscall.
 #[derive(Debug)]
-pub struct SharedMap {
+pub struct MapFd {
     fd: OwnedFd,
 }
 
-impl SharedMap {
+impl MapFd {
     pub fn new(fd: BorrowedFd<'_>) -> io::Result<Self> {
         Ok(Self { fd: fd.try_clone_to_owned()? })
     }

@@ -5,12 +5,12 @@ use std::{io, net::SocketAddr, os::fd::BorrowedFd};
 
 use nodemesh_common::{OrigDstKey, SockAddr, SpliceCtl, SpliceState, addr};
 
-use super::bpf_sys::SharedMap;
+use super::bpf_sys::MapFd;
 
 /// What connect4 recorded when it sent an app's connection to the agent (`nm_orig_dst`).
 #[derive(Debug)]
 pub struct OriginalDestinations {
-    pub(super) map: SharedMap,
+    pub(super) map: MapFd,
 }
 
 impl OriginalDestinations {
@@ -34,9 +34,9 @@ pub struct SpliceKeys {
 /// The splice verdict's maps, keyed by the cookie of the socket bytes arrive on.
 #[derive(Debug)]
 pub struct SpliceMaps {
-    pub(super) socks: SharedMap,
-    pub(super) state: SharedMap,
-    pub(super) ctl: SharedMap,
+    pub(super) socks: MapFd,
+    pub(super) state: MapFd,
+    pub(super) ctl: MapFd,
 }
 
 impl SpliceMaps {

@@ -3,15 +3,15 @@
 
 use nodemesh_common::{FlowKey, FlowStats, OrigDstKey, SpliceCtl, SpliceState, TcpHealth, maps as names};
 
-use super::bpf_sys::SharedMap;
+use super::bpf_sys::MapFd;
 
 /// The per-flow records the flow table joins with its connections.
 #[derive(Debug)]
 pub struct KernelRecords {
-    pub(super) flows: SharedMap,
-    pub(super) tcp_health: SharedMap,
-    pub(super) splice_state: SharedMap,
-    pub(super) splice_ctl: SharedMap,
+    pub(super) flows: MapFd,
+    pub(super) tcp_health: MapFd,
+    pub(super) splice_state: MapFd,
+    pub(super) splice_ctl: MapFd,
 }
 
 impl KernelRecords {
@@ -44,9 +44,9 @@ pub struct MapOccupancy {
 /// Counts the entries of the maps the programs fill (for `/metrics`).
 #[derive(Debug)]
 pub struct Occupancy {
-    pub(super) flows: SharedMap,
-    pub(super) tcp_health: SharedMap,
-    pub(super) orig_dst: SharedMap,
+    pub(super) flows: MapFd,
+    pub(super) tcp_health: MapFd,
+    pub(super) orig_dst: MapFd,
 }
 
 impl Occupancy {

@@ -13,12 +13,12 @@ use std::{
 
 use nodemesh_common::{ListenerKey, addr};
 
-use super::bpf_sys::SharedMap;
+use super::bpf_sys::MapFd;
 
 /// The sk_lookup program's table of inbound listeners, by pod address.
 #[derive(Debug)]
 pub struct Steering {
-    pub(super) listeners: SharedMap,
+    pub(super) listeners: MapFd,
 }
 
 impl Steering {
@@ -45,7 +45,7 @@ fn key(ip: IpAddr) -> ListenerKey {
 /// carries its pod's network namespace cookie here, so a squatter on the port gets nothing.
 #[derive(Debug)]
 pub struct ListenerMarks {
-    pub(super) marks: SharedMap,
+    pub(super) marks: MapFd,
 }
 
 impl ListenerMarks {

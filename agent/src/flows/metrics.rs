@@ -46,7 +46,7 @@ impl Side {
 
 /// One series' labels (Istio's standard TCP metric labels).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels {
+pub struct SeriesLabels {
     /// `source` for outbound flows, `destination` for inbound ones: which side's proxy
     /// reported it, as in Istio.
     pub reporter: &'static str,
@@ -58,7 +58,7 @@ pub struct Labels {
     pub destination_service_namespace: Arc<str>,
 }
 
-impl Labels {
+impl SeriesLabels {
     pub fn new(
         direction: Direction,
         source: Option<&WorkloadRef>,

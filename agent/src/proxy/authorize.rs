@@ -3,7 +3,7 @@
 //! proxy skips), are checked here; an outbound connection leaving the node is checked by the
 //! destination's own node.
 
-use crate::authz::{Policies, Source};
+use crate::authz::{Caller, Policies};
 
 use super::context::Classified;
 
@@ -14,7 +14,7 @@ pub fn authorize(classified: &Classified, policies: &Policies) -> Result<(), Str
         return Ok(());
     }
     let Some(target) = classified.policy_target() else { return Ok(()) };
-    let source = Source {
+    let source = Caller {
         ip: classified.source.addr.ip(),
         workload: classified.source.workload.as_deref().filter(|_| classified.authenticated),
     };

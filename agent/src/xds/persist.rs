@@ -11,12 +11,12 @@ use std::{
     time::Duration,
 };
 
-use super::{Shared, snapshot, unix_now};
+use super::{XdsHandle, snapshot, unix_now};
 
 const COALESCE: Duration = Duration::from_millis(200);
 
 /// Saves whenever the state changed, at most every `COALESCE`.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<XdsHandle>) {
     let mut changed = shared.accepted.subscribe();
     while changed.changed().await.is_ok() {
         tokio::time::sleep(COALESCE).await;
@@ -28,7 +28,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// Writes the state if something was accepted since the last write.
-pub fn save(shared: &Shared) {
+pub fn save(shared: &XdsHandle) {
     let _one_writer = shared.persisting.lock().unwrap_or_else(|p| p.into_inner());
     let generation = *shared.accepted.borrow();
     if shared.saved.load(Ordering::Acquire) == generation {

@@ -14,7 +14,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Nack, Shared, state::State, unix_now};
+use super::{Nack, XdsHandle, state::State, unix_now};
 
 /// gRPC's INVALID_ARGUMENT, the code of a NACK.
 const INVALID_ARGUMENT: i32 = 3;
@@ -39,13 +39,13 @@ pub struct Outcome {
     pub error: Option<SessionError>,
 }
 
-pub async fn run(shared: &Arc<Shared>) -> Outcome {
+pub async fn run(shared: &Arc<XdsHandle>) -> Outcome {
     let mut received = false;
     let error = stream(shared, &mut received).await.err();
     Outcome { received, error }
 }
 
-async fn stream(shared: &Arc<Shared>, received: &mut bool) -> Result<(), SessionError> {
+async fn stream(shared: &Arc<XdsHandle>, received: &mut bool) -> Result<(), SessionError> {
     let address = shared.settings.address.clone();
     let channel = Endpoint::from_shared(address.clone())
         .map_err(|source| SessionError::Connect { address: address.clone(), source })?
@@ -91,7 +91,7 @@ async fn stream(shared: &Arc<Shared>, received: &mut bool) -> Result<(), Session
     Ok(())
 }
 
-fn handle(shared: &Shared, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+fn handle(shared: &XdsHandle, response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
     let mut reply = DeltaDiscoveryRequest {
         type_url: response.type_url.clone(),
         response_nonce: response.nonce.clone(),
