@@ -2,7 +2,6 @@
 //! `/logging`, `/ready`; Prometheus `/metrics` on :15020; readiness on :15021. All run on the
 //! control runtime, never on the data-plane threads.
 
-pub mod client;
 pub mod flows_query;
 pub mod http;
 mod prometheus;
@@ -27,10 +26,8 @@ use serde_json::json;
 use crate::{
     config::Config,
     datapath::Datapath,
-    enroll::SourceStatus,
-    proxy::ProxyTotals,
     reconcile::View,
-    status::{CounterReport, PodReport, StatusReport},
+    report::status::{CounterReport, PodReport, ProxyTotals, SourceStatus, StatusReport},
 };
 
 /// Where the node's pods come from.
@@ -92,13 +89,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// `/flows` answer.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct FlowsReport {
-    pub node: String,
-    pub flows: Vec<crate::flows::record::FlowRecord>,
-}
-
 async fn flows(
     State(s): State<AdminState>,
     query: Result<Query<flows_query::FlowQuery>, axum::extract::rejection::QueryRejection>,
@@ -114,7 +104,8 @@ async fn flows(
     let proxy = s.proxy.clone();
     let records = tokio::task::spawn_blocking(move || proxy.flows().records()).await.unwrap_or_default();
     match query.apply(records) {
-        Ok(flows) => Json(FlowsReport { node: s.config.node_name.clone(), flows }).into_response(),
+        Ok(flows) => Json(crate::report::flows::FlowsReport { node: s.config.node_name.clone(), flows })
+            .into_response(),
         Err(message) => (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     }
 }

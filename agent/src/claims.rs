@@ -40,14 +40,7 @@ impl std::fmt::Display for Claim {
     }
 }
 
-/// A refused claim: `newcomer` wanted `claim`, which `holder` has.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[error("{newcomer} is refused: its {claim} is already {holder}'s")]
-pub struct Clash {
-    pub newcomer: String,
-    pub holder: String,
-    pub claim: String,
-}
+pub use crate::report::status::Clash;
 
 /// Claims in the order they are made (callers make them in arrival order).
 #[derive(Debug, Default)]

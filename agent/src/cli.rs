@@ -1,5 +1,6 @@
 //! Command line: `nodemesh agent` runs the node agent; the other commands ask it things.
 
+mod client;
 mod flows_view;
 #[cfg(test)]
 mod golden;
@@ -10,7 +11,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::{admin::client, status::StatusReport};
+use crate::report::status::StatusReport;
 
 #[derive(Debug, Parser)]
 #[command(name = "nodemesh", version, about = "eBPF-accelerated node-level service mesh agent")]
@@ -158,7 +159,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             let value: serde_json::Value = serde_json::from_slice(&body)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         } else {
-            let report: crate::admin::FlowsReport = serde_json::from_slice(&body)?;
+            let report: crate::report::flows::FlowsReport = serde_json::from_slice(&body)?;
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);

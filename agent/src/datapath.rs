@@ -14,19 +14,19 @@ mod steering;
 
 use std::{io, os::fd::AsFd};
 
+pub use crate::report::status::ProgramStatus;
 use aya::{
     Ebpf,
     maps::{Map, MapData, PerCpuArray},
 };
 use nodemesh_common::{Counter, maps as names};
-use serde::{Deserialize, Serialize};
 
 use bpf_sys::MapFd;
 pub use connections::{OriginalDestinations, SpliceKeys, SpliceMaps};
 pub use hooks::{DROP_TRACER, Hook, PROXY_SOCK_OPS, SPLICE_VERDICT};
 pub use loader::DatapathSettings;
 pub use pins::PinDir;
-pub use pod_links::{LinkStatus, PodLinks};
+pub use pod_links::PodLinks;
 pub use records::{KernelRecords, MapOccupancy, Occupancy};
 pub use steering::{ListenerMarks, Steering};
 
@@ -103,14 +103,6 @@ pub struct Handles {
     pub kernel_records: KernelRecords,
     /// The metrics endpoint's.
     pub occupancy: Occupancy,
-}
-
-/// A loaded program, for `nodemesh status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProgramStatus {
-    pub name: String,
-    pub kind: String,
-    pub id: u32,
 }
 
 pub struct Datapath {

@@ -7,7 +7,6 @@
 
 pub mod kernel;
 pub mod metrics;
-pub mod record;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,9 +18,9 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::report::flows::{Direction, Endpoint, FlowRecord, Verdict};
 use kernel::{DropReasons, KernelIds};
 use metrics::{SeriesLabels, SeriesTotals};
-use record::{Direction, Endpoint, FlowRecord, Verdict};
 
 use crate::{
     datapath::{KernelRecords, SpliceKeys},

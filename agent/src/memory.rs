@@ -1,16 +1,7 @@
 //! The agent's own memory: what the kernel charges it (RSS) and what the allocator says is
 //! in use, so a growing RSS can be told apart from allocator retention.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Memory {
-    pub rss_bytes: u64,
-    /// Bytes in live allocations.
-    pub heap_allocated_bytes: u64,
-    /// Bytes the allocator holds in physical memory (live, cached and not yet returned).
-    pub heap_resident_bytes: u64,
-}
+pub use crate::report::status::Memory;
 
 pub fn now() -> Memory {
     // jemalloc caches its statistics; advancing the epoch refreshes them.

@@ -42,7 +42,7 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+pub use crate::report::status::{ListenerInfo, PodStatsSnapshot, ProxyTotals};
 
 use crate::{
     datapath::{ListenerMarks, OriginalDestinations, SpliceMaps},
@@ -52,8 +52,8 @@ use crate::{
     workload::{Names, WorkloadRef},
 };
 
-pub use listeners::{IpFamily, ListenerInfo, PodListeners};
-pub use stats::{PodStats, PodStatsSnapshot};
+pub use listeners::{IpFamily, PodListeners};
+pub use stats::PodStats;
 
 /// The proxy's settings, derived from the agent's `Config`.
 #[derive(Clone, Debug)]
@@ -124,19 +124,6 @@ pub struct ProxyMaps {
     pub listener_marks: ListenerMarks,
     pub original_destinations: OriginalDestinations,
     pub splice: SpliceMaps,
-}
-
-/// Node-wide proxy counters.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct ProxyTotals {
-    pub active: u64,
-    pub outbound_accepted: u64,
-    pub inbound_accepted: u64,
-    pub failed: u64,
-    pub spliced: u64,
-    /// Connections refused before the proxy did anything with them, by reason.
-    #[serde(default)]
-    pub refused: admission::Refusals,
 }
 
 /// Everything the connection tasks share.

@@ -14,13 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
+pub use crate::report::status::{EnrolledPod, PendingPod};
 
 use crate::{
     claims::canonical,
     datapath::{Datapath, PodLinks, Steering},
     pods::{self, PodError},
-    proxy::{IpFamily, ListenerInfo, PodListeners, PodRuntime, PodStats, Proxy},
+    proxy::{IpFamily, PodListeners, PodRuntime, PodStats, Proxy},
     spec::{NodeSpec, PodSpec},
 };
 
@@ -56,28 +56,6 @@ struct Enrolled {
     runtime: Arc<PodRuntime>,
     listeners: PodListeners,
     links: PodLinks,
-}
-
-/// An enrolled pod, for `nodemesh status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EnrolledPod {
-    pub uid: String,
-    pub name: String,
-    pub ips: Vec<IpAddr>,
-    pub cgroup: PathBuf,
-    pub netns_inode: u64,
-    pub listeners: Vec<ListenerInfo>,
-    pub links: Vec<crate::datapath::LinkStatus>,
-    /// Whether this pod's connections are handed to the kernel splice.
-    pub splice: bool,
-}
-
-/// A pod that should be intercepted but is not (yet), and why.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PendingPod {
-    pub uid: String,
-    pub name: String,
-    pub reason: String,
 }
 
 /// What the reconciler has done, shared with the admin API.

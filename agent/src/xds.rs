@@ -23,9 +23,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use crate::report::status::{Nack, SyncStatus};
 use crate::spec::NodeSpec;
 
 #[derive(Clone, Debug)]
@@ -34,36 +34,6 @@ pub struct XdsSettings {
     pub address: String,
     pub node_name: String,
     pub snapshot: PathBuf,
-}
-
-/// Sync state, for `nodemesh status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SyncStatus {
-    pub control_plane: String,
-    pub connected: bool,
-    pub connected_since_unix_s: Option<u64>,
-    pub last_error: Option<String>,
-    /// system_version_info of the last accepted response, per type.
-    pub versions: std::collections::BTreeMap<String, String>,
-    /// When the state in use was accepted from the control plane.
-    pub accepted_unix_s: Option<u64>,
-    /// The state in use was loaded from disk and not yet confirmed by a control plane.
-    pub from_disk: bool,
-    pub last_nack: Option<Nack>,
-    /// Why the snapshot on disk was not used at start (empty, truncated, corrupt, not a
-    /// snapshot, or resources that do not check): the agent then holds what earlier agents
-    /// pinned until the control plane answers.
-    #[serde(default)]
-    pub snapshot_error: Option<String>,
-    pub acks: u64,
-    pub nacks: u64,
-    pub counts: state::Counts,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Nack {
-    pub unix_s: u64,
-    pub reason: String,
 }
 
 pub fn unix_now() -> u64 {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::flows::record::{FlowRecord, Verdict};
+use crate::report::flows::{FlowRecord, Verdict};
 
 /// Query parameters of `/flows`, all optional.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

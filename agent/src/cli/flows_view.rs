@@ -4,10 +4,7 @@
 use std::fmt::Write as _;
 
 use super::table::Table;
-use crate::{
-    admin::FlowsReport,
-    flows::record::{Endpoint, FlowRecord, Verdict},
-};
+use crate::report::flows::{Endpoint, FlowRecord, FlowsReport, Verdict};
 
 const COLUMNS: [(&str, usize); 8] = [
     ("SOURCE", 19),

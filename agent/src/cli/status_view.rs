@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 
 use super::table::Table;
-use crate::datapath::{DROP_TRACER, PROXY_SOCK_OPS, SPLICE_VERDICT};
+use crate::report::status::programs::{DROP_TRACER, PROXY_SOCK_OPS, SPLICE_VERDICT};
 
 /// Programs attached once for the node, not per pod.
 const NODE_WIDE: [&str; 3] = [SPLICE_VERDICT, PROXY_SOCK_OPS, DROP_TRACER];
-use crate::{status::StatusReport, xds::SyncStatus};
+use crate::report::status::{StatusReport, SyncStatus};
 
 fn sync_lines(s: &SyncStatus) -> String {
     let mut out = String::new();

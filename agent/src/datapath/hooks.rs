@@ -1,7 +1,5 @@
 //! The hooks attached per enrolled pod, each a pinned link.
 
-use serde::{Deserialize, Serialize};
-
 /// Where a hook attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -13,20 +11,10 @@ pub enum Target {
     HostVeth,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hook {
-    Connect4,
-    Connect6,
-    GetPeerName4,
-    GetPeerName6,
-    SockOps,
-    SkLookup,
-    /// tcx ingress of the host-side veth: packets leaving the pod.
-    TcFromPod,
-    /// tcx egress of the host-side veth: packets entering the pod.
-    TcToPod,
-}
+pub use crate::report::status::{
+    Hook,
+    programs::{DROP_TRACER, PROXY_SOCK_OPS, SPLICE_VERDICT},
+};
 
 impl Hook {
     pub const ALL: [Hook; 8] = [
@@ -76,10 +64,3 @@ impl Hook {
         }
     }
 }
-
-/// The verdict program attached to the splice sockhash (not per pod).
-pub const SPLICE_VERDICT: &str = "nm_splice_verdict";
-/// sock_ops on the agent's own cgroup: TCP health of the proxy's sockets (not per pod).
-pub const PROXY_SOCK_OPS: &str = "nm_sock_ops_proxy";
-/// The drop tracer (tp_btf/kfree_skb), node-wide.
-pub const DROP_TRACER: &str = "nm_kfree_skb";

@@ -6,6 +6,7 @@
 
 use std::{fs, io, os::fd::BorrowedFd, path::Path};
 
+pub use crate::report::status::LinkStatus;
 use aya::{
     Ebpf,
     programs::{
@@ -14,20 +15,11 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use serde::{Deserialize, Serialize};
 
 use super::{
     DatapathError, PinDir,
     hooks::{Hook, Target},
 };
-
-/// One attached hook, as `nodemesh status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LinkStatus {
-    pub hook: Hook,
-    pub link_id: u32,
-    pub program_id: u32,
-}
 
 /// The links of one enrolled pod; dropping this keeps them attached (they are pinned), only
 /// [`PodLinks::detach`] removes them.

@@ -8,26 +8,15 @@ use std::{
 };
 
 use nodemesh_controlplane::input_file::{self, Fingerprint, Limits, Problem};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::parse_after;
+pub use crate::report::status::SourceStatus;
 use crate::spec::NodeSpec;
 
 /// How often the file is checked. Polling a small file is cheap and, unlike inotify, sees
 /// every way a file can be replaced (rename, symlink swap as in ConfigMap volumes).
 const POLL: Duration = Duration::from_millis(200);
-
-/// What the file source last did, for `nodemesh status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SourceStatus {
-    pub path: PathBuf,
-    /// Times a changed file was accepted.
-    pub generation: u64,
-    pub last_accepted_unix_s: Option<u64>,
-    /// Why the current file is being ignored, if it is.
-    pub last_error: Option<String>,
-}
 
 /// How much the enrollment file may hold (one document listing one node's pods).
 pub const LIMITS: Limits = Limits {

@@ -5,8 +5,8 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use nodemesh_common::{FlowKey, addr};
 
-use super::record::{KernelView, TcpView, VethCounts, tcp_state_name};
 use crate::datapath::KernelRecords;
+use crate::report::flows::{KernelView, TcpView, VethCounts, tcp_state_name};
 
 const IPPROTO_TCP: u8 = 6;
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use super::record::Direction;
+use crate::report::flows::Direction;
 use crate::workload::WorkloadRef;
 
 const UNKNOWN: &str = "unknown";

@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::{PodRuntime, Proxy, connection, context::Accepted, relay::forward};
-use crate::flows::record::Direction;
+use crate::report::flows::Direction;
 
 /// After the hooks are detached, a connection whose connect4 ran just before may still be
 /// arriving; keep accepting that long before closing.

@@ -16,7 +16,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use serde::{Deserialize, Serialize};
+pub use crate::report::status::Refusals;
 
 use crate::claims::canonical;
 
@@ -39,14 +39,6 @@ impl Refusal {
             Refusal::NodeLimit => "node_limit",
         }
     }
-}
-
-/// Refusals by reason, for `/status` and `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusals {
-    pub r#loop: u64,
-    pub pod_limit: u64,
-    pub node_limit: u64,
 }
 
 #[derive(Debug)]

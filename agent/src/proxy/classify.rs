@@ -8,7 +8,7 @@ use super::{
     PodRuntime,
     context::{Accepted, Classified, Party, Protocol},
 };
-use crate::{directory::Directory, flows::record::Direction};
+use crate::{directory::Directory, report::flows::Direction};
 
 /// `original` is connect4's record for an outbound connection (unused for inbound, whose
 /// destination is the listener's own address); `local_pod` finds an enrolled pod of this node

@@ -17,7 +17,7 @@ use super::{
     relay::{self, forward},
     route,
 };
-use crate::flows::record::Direction;
+use crate::report::flows::Direction;
 
 pub(super) async fn handle(accepted: Accepted, client: TcpStream, proxy: Proxy) {
     let span = tracing::debug_span!("conn", pod = %accepted.pod.name, direction = ?accepted.direction, peer = %accepted.peer);

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use super::PodRuntime;
-use crate::{flows::record::Direction, workload::WorkloadRef};
+use crate::{report::flows::Direction, workload::WorkloadRef};
 
 /// The accept stage's part: which listener took the connection, for which pod.
 #[derive(Clone, Debug)]

@@ -9,19 +9,11 @@ use std::{
     sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
 use socket2::Domain;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use super::{PodRuntime, Proxy, accept};
-use crate::flows::record::Direction;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ListenerInfo {
-    /// Which connections it takes.
-    pub kind: Direction,
-    pub addr: SocketAddr,
-}
+use crate::report::{flows::Direction, status::ListenerInfo};
 
 /// A pod's open listeners. [`PodListeners::retire`] closes them; dropping them without it
 /// aborts the accept loops at once.

@@ -17,9 +17,9 @@ use crate::{
     flows::{
         FlowGuard, FlowTable, Opening,
         kernel::{KernelIds, veth_key},
-        record::Verdict,
     },
     pods::netns::socket_cookie,
+    report::flows::Verdict,
 };
 
 pub struct Record<'t> {

@@ -10,7 +10,7 @@ use std::{
 use nodemesh_common::ports::PROXY_SOURCE_V4;
 
 use super::{PodRuntime, context::Accepted, context::Classified};
-use crate::flows::record::Direction;
+use crate::report::flows::Direction;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]

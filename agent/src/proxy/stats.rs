@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use serde::{Deserialize, Serialize};
+pub use crate::report::status::{DirectionSnapshot, PodStatsSnapshot};
 
 #[derive(Debug, Default)]
 pub struct DirectionStats {
@@ -17,16 +17,6 @@ pub struct DirectionStats {
     pub bytes_sent: AtomicU64,
     /// Bytes back to the connecting side.
     pub bytes_received: AtomicU64,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectionSnapshot {
-    pub accepted: u64,
-    pub active: u64,
-    pub failed: u64,
-    pub spliced: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
 }
 
 impl DirectionStats {
@@ -63,18 +53,12 @@ pub struct PodStats {
     pub inbound: DirectionStats,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodStatsSnapshot {
-    pub outbound: DirectionSnapshot,
-    pub inbound: DirectionSnapshot,
-}
-
 impl PodStats {
     /// The counters of connections going `direction`.
-    pub fn of(&self, direction: crate::flows::record::Direction) -> &DirectionStats {
+    pub fn of(&self, direction: crate::report::flows::Direction) -> &DirectionStats {
         match direction {
-            crate::flows::record::Direction::Outbound => &self.outbound,
-            crate::flows::record::Direction::Inbound => &self.inbound,
+            crate::report::flows::Direction::Outbound => &self.outbound,
+            crate::report::flows::Direction::Inbound => &self.inbound,
         }
     }
 

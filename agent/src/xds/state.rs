@@ -11,7 +11,8 @@ use nodemesh_proto::{
     prost_types::Any,
     type_urls,
 };
-use serde::Serialize;
+
+pub use crate::report::status::Counts;
 
 use super::translate::{self, Address, Invalid};
 use crate::authz::Authorization;
@@ -65,20 +66,6 @@ pub struct Checked {
     addresses: Vec<(String, Held<Address>)>,
     authorizations: Vec<(String, Held<Authorization>)>,
     removed: Vec<String>,
-}
-
-/// What the node's workloads look like, for status.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-pub struct Counts {
-    pub addresses: usize,
-    pub authorizations: usize,
-    pub local_workloads: usize,
-    /// Captured workloads on this node the agent cannot enroll (no pod UID sent).
-    pub pending_without_pod_uid: Vec<String>,
-    /// Resources refused because another one claimed their address, pod UID or name first
-    /// (the first [`MAX_REFUSED_SHOWN`]).
-    #[serde(default)]
-    pub refused: Vec<Clash>,
 }
 
 /// How many refused resources status lists.

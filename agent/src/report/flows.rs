@@ -5,6 +5,13 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// `/flows` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowsReport {
+    pub node: String,
+    pub flows: Vec<FlowRecord>,
+}
+
 /// Which listener took the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
