@@ -59,7 +59,10 @@ fn a_pod_over_its_connection_cap_is_refused() {
     let s = SingleNode::start("podcap", &options).expect("cluster");
     let out = s.client.output(tools::conns(IpAddr::from(s.ext.ipv4), BULK_PORT, 5, 0.5, true)).expect("run");
     let r = tools::json_result("five connections", &out).expect("result");
-    assert_eq!((r["greeted"].as_u64(), r["reset_early"].as_u64()), (Some(3), Some(2)), "{r}");
+    // The two refused ones are reset; whether the client sees that already at connect (a
+    // non-blocking connect that polls after the reset arrived) or at its first read is timing.
+    let refused = r["reset_early"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0);
+    assert_eq!((r["greeted"].as_u64(), refused), (Some(3), 2), "{r}");
     let status = s.agent.status().expect("status");
     assert_eq!(status["proxy"]["refused"]["pod_limit"], 2, "{}", status["proxy"]);
 }
