@@ -23,6 +23,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use nodemesh_conventions::text;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -160,10 +161,7 @@ async fn run(shared: Arc<Shared>) {
             status.connected = false;
             status.connected_since_unix_s = None;
             // The control plane's own words (a gRPC status message): bounded.
-            status.last_error = outcome
-                .error
-                .as_ref()
-                .map(|e| nodemesh_controlplane::text::peer(&e.to_string()).into_owned());
+            status.last_error = outcome.error.as_ref().map(|e| text::peer(&e.to_string()).into_owned());
         }
         if outcome.received {
             backoff.reset();
@@ -171,7 +169,7 @@ async fn run(shared: Arc<Shared>) {
         let wait = backoff.next();
         match &outcome.error {
             Some(e) => {
-                tracing::warn!(error = %nodemesh_controlplane::text::peer(&e.to_string()), retry_in = ?wait, "control plane stream ended")
+                tracing::warn!(error = %text::peer(&e.to_string()), retry_in = ?wait, "control plane stream ended")
             }
             None => tracing::info!(retry_in = ?wait, "control plane closed the stream"),
         }

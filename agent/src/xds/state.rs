@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use nodemesh_conventions::FieldError;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
     nodemesh::v1::{Snapshot, snapshot::TypeState},
@@ -103,8 +104,7 @@ impl State {
                 other => {
                     return Err(Invalid {
                         resource: resource.name.clone(),
-                        field: "type_url".into(),
-                        message: format!("{other:?} was not asked for"),
+                        error: FieldError::new("type_url", format!("{other:?} was not asked for")),
                     });
                 }
             }
@@ -326,7 +326,7 @@ mod tests {
             tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
             node: "n1".into(),
             extensions: vec![wl::Extension {
-                name: translate::POD_UID_EXTENSION.into(),
+                name: nodemesh_conventions::POD_UID_EXTENSION.into(),
                 config: Some(Any {
                     type_url: type_urls::STRING_VALUE.into(),
                     value: pod_uid.to_owned().encode_to_vec(),

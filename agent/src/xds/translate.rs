@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use nodemesh_conventions::{FieldError, POD_UID_EXTENSION};
 use nodemesh_proto::{
     envoy::service::discovery::v3::Resource,
     istio::{security as sec, workload as wl},
@@ -11,16 +12,12 @@ use nodemesh_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The Workload extension carrying the pod's Kubernetes UID (sent by Nodemesh's control
-/// plane; istiod does not send it, and such workloads wait in `pending`).
-pub const POD_UID_EXTENSION: &str = "nodemesh.io/pod-uid";
-
+/// A resource refused: which, and the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("resource {resource:?}: {field}: {message}")]
+#[error("resource {resource:?}: {error}")]
 pub struct Invalid {
     pub resource: String,
-    pub field: String,
-    pub message: String,
+    pub error: FieldError,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +129,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> Invalid {
-        Invalid { resource: self.resource.to_owned(), field: field.into(), message: message.into() }
+        Invalid { resource: self.resource.to_owned(), error: FieldError::new(field, message) }
     }
 
     fn ip(&self, field: String, bytes: &[u8]) -> Result<IpAddr, Invalid> {
@@ -465,7 +462,7 @@ mod tests {
         let mut w = good();
         w.addresses.push(vec![1, 2, 3]);
         let e = address(&resource("bad", w)).expect_err("5-byte address");
-        assert_eq!((e.resource.as_str(), e.field.as_str()), ("bad", "workload.addresses[1]"));
+        assert_eq!((e.resource.as_str(), e.error.field.as_str()), ("bad", "workload.addresses[1]"));
         assert_eq!(
             e.to_string(),
             "resource \"bad\": workload.addresses[1]: 3 bytes is not an IPv4 or IPv6 address"
@@ -473,6 +470,6 @@ mod tests {
 
         let mut w = good();
         w.uid.clear();
-        assert_eq!(address(&resource("x", w)).expect_err("uid").field, "workload.uid");
+        assert_eq!(address(&resource("x", w)).expect_err("uid").error.field, "workload.uid");
     }
 }

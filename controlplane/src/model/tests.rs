@@ -62,7 +62,7 @@ fn policy(spec: &str) -> Result<Option<Object>, FieldError> {
 /// are refused here as the API server refuses them, at the field at fault.
 #[test]
 fn label_values_must_be_strings() {
-    let direct: BTreeMap<String, String> = serde_yaml::from_str("app: 1\non: true\n").expect("coerced");
+    let direct: Labels = serde_yaml::from_str("app: 1\non: true\n").expect("coerced");
     assert_eq!(direct["app"], "1", "what serde_yaml does on its own");
 
     for (value, hint) in [
