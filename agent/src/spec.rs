@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::directory::Directory;
 
 /// The pod label that turns the kernel splice on or off for one workload (`enabled` /
-/// `disabled`), whatever the node's default.
+/// `disabled`), whatever the node's default. Under `nodemesh.io/`, so the control plane
+/// sends it (the `nodemesh.io/labels` Workload extension).
 pub const SPLICE_LABEL: &str = "nodemesh.io/splice";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub struct PodSpec {
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
+    /// All of the pod's labels from the enrollment file; from the control plane, those under
+    /// `nodemesh.io/` (all the agent reads).
     pub labels: Labels,
     /// Whether the mesh captures this pod's traffic.
     pub intercept: bool,

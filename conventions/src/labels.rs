@@ -1,4 +1,4 @@
-//! The labels that put a pod in the mesh.
+//! The labels that put a pod in the mesh, and which of a pod's labels the agent needs.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,10 @@ pub const INTERCEPT_LABEL: &str = "nodemesh.io/intercept";
 pub const ENABLED: &str = "enabled";
 pub const DISABLED: &str = "disabled";
 
+/// The prefix of every label Nodemesh reads from a pod; the control plane sends the agent
+/// these and no others.
+pub const MESH_LABEL_PREFIX: &str = "nodemesh.io/";
+
 /// The capture rule: a pod is in the mesh when its namespace has `nodemesh.io/intercept=enabled`
 /// (`namespace` is `None` when the namespace is not known), the pod does not opt out with
 /// `nodemesh.io/intercept=disabled`, and it is not on the host network (it has no network
@@ -18,6 +22,11 @@ pub fn captured(namespace: Option<&Labels>, pod: &Labels, host_network: bool) ->
     let namespace_on = namespace.and_then(|l| l.get(INTERCEPT_LABEL)).is_some_and(|v| v == ENABLED);
     let pod_off = pod.get(INTERCEPT_LABEL).is_some_and(|v| v == DISABLED);
     namespace_on && !pod_off && !host_network
+}
+
+/// The labels of a pod that the agent is sent: those under [`MESH_LABEL_PREFIX`].
+pub fn mesh_labels(labels: &Labels) -> impl Iterator<Item = (&String, &String)> {
+    labels.iter().filter(|(k, _)| k.starts_with(MESH_LABEL_PREFIX))
 }
 
 #[cfg(test)]
@@ -39,5 +48,12 @@ mod tests {
         assert!(!captured(Some(&plain), &labels(&[(INTERCEPT_LABEL, ENABLED)]), false));
         assert!(!captured(Some(&labels(&[(INTERCEPT_LABEL, "true")])), &plain, false));
         assert!(!captured(None, &plain, false), "an unknown namespace");
+    }
+
+    #[test]
+    fn only_nodemesh_labels_are_sent() {
+        let l = labels(&[("app", "cart"), ("nodemesh.io/splice", "disabled"), ("nodemesh.iox/a", "b")]);
+        let sent: Vec<&str> = mesh_labels(&l).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(sent, ["nodemesh.io/splice"]);
     }
 }

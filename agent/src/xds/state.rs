@@ -195,7 +195,7 @@ impl State {
                     namespace: w.namespace.clone(),
                     name: w.name.clone(),
                     ips: w.ips.clone(),
-                    labels: BTreeMap::new(),
+                    labels: w.labels.clone(),
                     intercept: w.captured,
                 })
             })
@@ -318,7 +318,12 @@ mod tests {
     use super::*;
 
     fn workload(name: &str, ip: [u8; 4], pod_uid: &str) -> Resource {
-        let w = wl::Workload {
+        labelled(name, ip, pod_uid, &[])
+    }
+
+    /// A workload whose pod has these `nodemesh.io/` labels.
+    fn labelled(name: &str, ip: [u8; 4], pod_uid: &str, labels: &[(&str, &str)]) -> Resource {
+        let mut w = wl::Workload {
             uid: format!("Kubernetes//Pod/shop/{name}"),
             name: name.into(),
             namespace: "shop".into(),
@@ -334,6 +339,9 @@ mod tests {
             }],
             ..Default::default()
         };
+        if !labels.is_empty() {
+            w.extensions.push(translate::labels_extension(labels));
+        }
         let value = wl::Address { r#type: Some(wl::address::Type::Workload(w)) }.encode_to_vec();
         Resource {
             name: name.into(),
@@ -378,5 +386,22 @@ mod tests {
         assert_eq!(pods(&state), ["zeta"]);
         apply(&mut state, vec![], &["zeta"]);
         assert_eq!(pods(&state), ["beta"]);
+    }
+
+    #[test]
+    fn a_pods_labels_reach_its_spec() {
+        let mut state = State::default();
+        let splice_off = [("nodemesh.io/splice", "disabled")];
+        apply(
+            &mut state,
+            vec![labelled("a", [10, 0, 0, 5], "aa", &splice_off), workload("b", [10, 0, 0, 6], "bb")],
+            &[],
+        );
+        let spec = state.node_spec("n1");
+        let splice: Vec<(&str, bool)> = spec.pods.iter().map(|p| (p.name.as_str(), p.splice(true))).collect();
+        assert_eq!(splice, [("a", false), ("b", true)], "the label overrides the node's default");
+        // And from a snapshot, as after a restart without the control plane.
+        let restored = State::from_snapshot(&state.to_snapshot("cp", 0)).expect("valid");
+        assert!(!restored.node_spec("n1").pods[0].splice(true));
     }
 }

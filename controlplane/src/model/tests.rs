@@ -112,6 +112,10 @@ fn names_and_labels_are_bounded_as_kubernetes_bounds_them() {
     assert_eq!(e.field, "metadata.labels.app");
     let e = pod_with("labels: {\"a b\": x}", "").expect_err("key");
     assert_eq!(e.field, "metadata.labels");
+    let many = |n: usize| (0..n).map(|i| format!("nodemesh.io/l{i}: x")).collect::<Vec<_>>().join(", ");
+    pod_with(&format!("labels: {{{}, app: a}}", many(32)), "").expect("32 nodemesh.io/ labels");
+    let e = pod_with(&format!("labels: {{{}}}", many(33)), "").expect_err("too many for the agent");
+    assert_eq!(e.field, "metadata.labels");
     let e = pod_with("annotations: {\"Bad.io/x\": y}", "").expect_err("annotation key");
     assert_eq!(e.field, "metadata.annotations");
     let e = pod_with("", "spec: {serviceAccountName: \"x/ns/kube-system/sa/admin\"}").expect_err("sa");

@@ -5,9 +5,10 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use nodemesh_conventions::{POD_UID_EXTENSION, naming};
+use nodemesh_conventions::{LABELS_EXTENSION, Labels, POD_UID_EXTENSION, mesh_labels, naming};
 use nodemesh_proto::{
     istio::{security as sec, workload as wl},
+    nodemesh::v1 as nm,
     prost::Message as _,
     prost_types::Any,
     type_urls,
@@ -172,13 +173,23 @@ fn workload_proto(
             )
         })
         .collect();
-    let uid_ext = wl::Extension {
+    let mut extensions = vec![wl::Extension {
         name: POD_UID_EXTENSION.into(),
         config: Some(Any {
             type_url: type_urls::STRING_VALUE.into(),
             value: pod.metadata.uid.clone().unwrap_or_default().encode_to_vec(),
         }),
-    };
+    }];
+    let carried: Labels = mesh_labels(labels).map(|(k, v)| (k.clone(), v.clone())).collect();
+    if !carried.is_empty() {
+        extensions.push(wl::Extension {
+            name: LABELS_EXTENSION.into(),
+            config: Some(Any {
+                type_url: type_urls::LABELS.into(),
+                value: nm::Labels { labels: carried }.encode_to_vec(),
+            }),
+        });
+    }
     wl::Workload {
         uid: workload_uid(pod, mesh),
         name: pod.metadata.name.clone(),
@@ -204,7 +215,7 @@ fn workload_proto(
         } else {
             wl::NetworkMode::Standard
         } as i32,
-        extensions: vec![uid_ext],
+        extensions,
         ..Default::default()
     }
 }
@@ -336,5 +347,29 @@ mod tests {
         mapped.status.pod_ip = Some("::ffff:10.0.0.7".into());
         mapped.status.pod_ips = vec![PodIp { ip: "10.0.0.7".into() }];
         assert_eq!(encoded(&mapped).addresses, [vec![10, 0, 0, 7]]);
+    }
+
+    #[test]
+    fn the_nodemesh_labels_ride_in_an_extension() {
+        let labelled = pod(
+            "a",
+            "x",
+            "n1",
+            &[("app", "a"), ("nodemesh.io/splice", "disabled"), ("nodemesh.io/intercept", "disabled")],
+        );
+        let w = encoded(&labelled);
+        let names: Vec<&str> = w.extensions.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, [POD_UID_EXTENSION, LABELS_EXTENSION]);
+        let config = w.extensions[1].config.as_ref().expect("config");
+        assert_eq!(config.type_url, type_urls::LABELS);
+        let carried = nm::Labels::decode(config.value.as_slice()).expect("decode").labels;
+        let expected: Labels = [("nodemesh.io/intercept", "disabled"), ("nodemesh.io/splice", "disabled")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        assert_eq!(carried, expected, "only the nodemesh.io/ labels");
+
+        // Without such labels, no extension: most pods carry nothing more.
+        let w = encoded(&pod("b", "x", "n1", &[("app", "b")]));
+        assert_eq!(w.extensions.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), [POD_UID_EXTENSION]);
     }
 }
