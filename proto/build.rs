@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "istio/security/authorization.proto",
     "istio/ca/ca.proto",
     "nodemesh/v1/snapshot.proto",
+    "nodemesh/v1/workload.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

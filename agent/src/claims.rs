@@ -15,10 +15,10 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// Why `ip` can never be a pod's address, if it cannot: the control plane's rule
-/// (`model::rules::unicast`), so both sides refuse the same addresses.
+/// Why `ip` can never be a pod's address, if it cannot: the rule the control plane applies
+/// too (`rules::unicast`), so both sides refuse the same addresses.
 pub fn not_a_pod_address(ip: IpAddr) -> Option<String> {
-    nodemesh_controlplane::model::rules::unicast(ip).err()
+    nodemesh_conventions::rules::unicast(ip).err()
 }
 
 /// What can be claimed.

@@ -10,6 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use nodemesh_common::ports;
+use nodemesh_conventions::FieldError;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,8 +137,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {field}: {message}")]
-    Invalid { path: String, field: String, message: String },
+    /// In the file at `path` (or `(flags)`).
+    #[error("{path}: {error}")]
+    Invalid { path: String, error: FieldError },
 }
 
 /// The agent's flags: each overrides the configuration file's field of the same name. The
@@ -234,8 +236,7 @@ impl Config {
         let de = serde_yaml::Deserializer::from_str(text);
         let config: Self = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
             path: origin.into(),
-            field: e.path().to_string(),
-            message: e.into_inner().to_string(),
+            error: FieldError::new(e.path().to_string(), e.into_inner().to_string()),
         })?;
         config.validate(origin)?;
         Ok(config)
@@ -244,8 +245,7 @@ impl Config {
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             path: origin.into(),
-            field: field.into(),
-            message,
+            error: FieldError::new(field, message),
         };
         let p = self.ports;
         for (field, port) in

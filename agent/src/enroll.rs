@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use nodemesh_controlplane::{model::OwnerReference, naming};
+use nodemesh_conventions::{DEFAULT_TRUST_DOMAIN, FieldError, Labels, OwnerReference, captured, naming};
 use serde::Deserialize;
 
 pub use source::{FileSource, LIMITS, SourceStatus};
@@ -19,8 +19,7 @@ pub use source::{FileSource, LIMITS, SourceStatus};
 use crate::{
     claims::{self, Claim, Claims},
     directory::{DirectoryBuilder, Names},
-    spec::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, NodeSpec, PodSpec},
-    workload::DEFAULT_TRUST_DOMAIN,
+    spec::{NodeSpec, PodSpec},
 };
 
 #[derive(Debug, Deserialize)]
@@ -84,26 +83,19 @@ fn strict_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Er
     d.deserialize_any(Visitor)
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{path}: {message}")]
-pub struct SpecError {
-    /// Where in the document, e.g. `pods[2].ips[0]`.
-    pub path: String,
-    pub message: String,
-}
-
-fn error(path: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError { path: path.into(), message: message.into() }
+/// An error in the document: its field (e.g. `pods[2].ips[0]`) and what is wrong with it.
+fn error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
 }
 
 /// Parses and validates an enrollment document.
-pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
+pub fn parse(text: &str) -> Result<NodeSpec, FieldError> {
     parse_after(text, &NodeSpec::default())
 }
 
 /// Parses and validates an enrollment document that replaces `previous` (the version in
 /// force): pods already serving keep their addresses and names against newcomers.
-pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, SpecError> {
+pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, FieldError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let file: EnrollmentFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -121,12 +113,9 @@ pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, SpecErro
         }
         namespaces.insert(ns.name, ns.labels);
     }
-    // Interception: the namespace says enabled and the pod does not opt out.
-    let intercepts = |pod: &PodEntry| {
-        let namespace_on =
-            namespaces.get(&pod.namespace).and_then(|l| l.get(INTERCEPT_LABEL)).is_some_and(|v| v == ENABLED);
-        namespace_on && pod.labels.get(INTERCEPT_LABEL).is_none_or(|v| v != DISABLED)
-    };
+    // The mesh's capture rule. The file says nothing of the host network: a host-network
+    // pod is refused when the agent looks for its network namespace (`pods::locate`).
+    let intercepts = |pod: &PodEntry| captured(namespaces.get(&pod.namespace), &pod.labels, false);
 
     let mut pods = Vec::with_capacity(file_pods.len());
     let mut directory = DirectoryBuilder::default();
@@ -185,7 +174,7 @@ pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, SpecErro
 }
 
 /// Kubernetes names (RFC 1123 labels, also the rule for namespaces).
-fn validate_name(path: &str, name: &str) -> Result<(), SpecError> {
+fn validate_name(path: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
@@ -195,7 +184,7 @@ fn validate_name(path: &str, name: &str) -> Result<(), SpecError> {
 }
 
 /// UIDs become cgroup path components, so only what kubelet ever produces is accepted.
-fn validate_uid(path: &str, uid: &str) -> Result<(), SpecError> {
+fn validate_uid(path: &str, uid: &str) -> Result<(), FieldError> {
     let ok = !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     if ok { Ok(()) } else { Err(error(path, format!("{uid:?} is not a pod UID (hex digits and dashes)"))) }
 }
@@ -257,7 +246,7 @@ pods:
         assert_eq!((&*w.pod, &*w.workload), ("cart-7d9f8c6b5-x2x4z", "cart"));
         assert_eq!((&*w.canonical_service, &*w.canonical_revision), ("cart", "v2"));
         let bad = text.replace("kind: ReplicaSet, ", "");
-        assert!(parse(&bad).expect_err("owner without kind").path.starts_with("pods[0].ownerReferences[0]"));
+        assert!(parse(&bad).expect_err("owner without kind").field.starts_with("pods[0].ownerReferences[0]"));
     }
 
     #[test]
@@ -272,31 +261,31 @@ pods:
     #[test]
     fn errors_name_the_field() {
         let bad_ip = GOOD.replace("10.244.1.5", "10.244.1.x");
-        assert_eq!(parse(&bad_ip).expect_err("bad ip").path, "pods[0].ips[0]");
+        assert_eq!(parse(&bad_ip).expect_err("bad ip").field, "pods[0].ips[0]");
 
         let bad_uid = GOOD.replace("6b1f0d2e-1111", "../../etc");
-        assert_eq!(parse(&bad_uid).expect_err("bad uid").path, "pods[0].uid");
+        assert_eq!(parse(&bad_uid).expect_err("bad uid").field, "pods[0].uid");
 
         let unknown = GOOD.replace("    labels: {app: cart}", "    label: {app: cart}");
         let e = parse(&unknown).expect_err("unknown field");
-        assert!(e.path.starts_with("pods[0]"), "{e}");
+        assert!(e.field.starts_with("pods[0]"), "{e}");
         assert!(e.message.contains("label"), "{e}");
 
         let wrong_type = GOOD.replace("ips: [10.244.1.5, \"fd00:10:244:1::5\"]", "ips: 7");
-        assert_eq!(parse(&wrong_type).expect_err("type").path, "pods[0].ips");
+        assert_eq!(parse(&wrong_type).expect_err("type").field, "pods[0].ips");
     }
 
     #[test]
     fn rejects_duplicates() {
         let twice = format!("{GOOD}{}", &GOOD[GOOD.find("  - uid").expect("pod")..]);
         let e = parse(&twice).expect_err("dup");
-        assert_eq!(e.path, "pods[1].uid");
+        assert_eq!(e.field, "pods[1].uid");
     }
 
     #[test]
     fn label_values_are_strings() {
         let text = GOOD.replace("labels: {app: cart}", "labels: {app: 1}");
         let e = parse(&text).expect_err("a number is not a label value");
-        assert!(e.path.contains("labels"), "{e}");
+        assert!(e.field.contains("labels"), "{e}");
     }
 }

@@ -39,7 +39,7 @@ pub const TARGETS: [Target; 8] = [
 pub fn enrollment(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     // The agent prechecks before it parses; both are fuzzed on every input.
-    let _ = nodemesh_controlplane::input_file::precheck(text, &enroll::LIMITS);
+    let _ = nodemesh_input_file::precheck(text, &enroll::LIMITS);
     let Ok(spec) = enroll::parse(text) else { return };
     let mut claims = claims::Claims::default();
     for pod in &spec.pods {

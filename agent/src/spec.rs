@@ -3,22 +3,18 @@
 //! own way (labels in the file; the workload's HBONE tunnel protocol from the control plane),
 //! so the reconciler does not care where a spec came from.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
+pub use nodemesh_conventions::Labels;
+use nodemesh_conventions::{DISABLED, ENABLED};
 use serde::{Deserialize, Serialize};
 
 use crate::directory::Directory;
 
-/// The namespace label that turns interception on, and the pod label that opts one pod out.
-pub const INTERCEPT_LABEL: &str = "nodemesh.io/intercept";
-pub const ENABLED: &str = "enabled";
-pub const DISABLED: &str = "disabled";
-
 /// The pod label that turns the kernel splice on or off for one workload (`enabled` /
-/// `disabled`), whatever the node's default.
+/// `disabled`), whatever the node's default. Under `nodemesh.io/`, so the control plane
+/// sends it (the `nodemesh.io/labels` Workload extension).
 pub const SPLICE_LABEL: &str = "nodemesh.io/splice";
-
-pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
@@ -27,6 +23,8 @@ pub struct PodSpec {
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
+    /// All of the pod's labels from the enrollment file; from the control plane, those under
+    /// `nodemesh.io/` (all the agent reads).
     pub labels: Labels,
     /// Whether the mesh captures this pod's traffic.
     pub intercept: bool,

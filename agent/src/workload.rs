@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 /// The trust domain assumed for pods from the enrollment file.
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub use nodemesh_conventions::DEFAULT_TRUST_DOMAIN;
 
 /// One end of a flow, as the mesh names it. Names shared by many workloads (namespace,
 /// workload, identity, canonical names) are one allocation per directory, not one per pod.

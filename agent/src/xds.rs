@@ -23,6 +23,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use nodemesh_conventions::text;
 use tokio::sync::watch;
 
 pub use crate::report::status::{Nack, SyncStatus};
@@ -130,10 +131,7 @@ async fn run(shared: Arc<XdsHandle>) {
             status.connected = false;
             status.connected_since_unix_s = None;
             // The control plane's own words (a gRPC status message): bounded.
-            status.last_error = outcome
-                .error
-                .as_ref()
-                .map(|e| nodemesh_controlplane::text::peer(&e.to_string()).into_owned());
+            status.last_error = outcome.error.as_ref().map(|e| text::peer(&e.to_string()).into_owned());
         }
         if outcome.received {
             backoff.reset();
@@ -141,7 +139,7 @@ async fn run(shared: Arc<XdsHandle>) {
         let wait = backoff.next();
         match &outcome.error {
             Some(e) => {
-                tracing::warn!(error = %nodemesh_controlplane::text::peer(&e.to_string()), retry_in = ?wait, "control plane stream ended")
+                tracing::warn!(error = %text::peer(&e.to_string()), retry_in = ?wait, "control plane stream ended")
             }
             None => tracing::info!(retry_in = ?wait, "control plane closed the stream"),
         }

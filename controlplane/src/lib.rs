@@ -5,13 +5,10 @@
 
 pub mod admin;
 pub mod fuzzing;
-pub mod input_file;
 mod inputs;
 pub mod model;
-pub mod naming;
 pub mod server;
 pub mod store;
-pub mod text;
 pub mod world;
 
 use std::{

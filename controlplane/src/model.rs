@@ -3,14 +3,12 @@
 //! read; others (status details, managed fields) are ignored, as Kubernetes clients do.
 //! Every error names the field at fault.
 
-pub mod rules;
 mod validate;
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc};
 
+pub use nodemesh_conventions::{FieldError, Labels, OwnerReference, rules};
 use serde::{Deserialize, Serialize};
-
-pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -27,16 +25,6 @@ pub struct ObjectMeta {
     /// Who created the object (a pod's ReplicaSet, Job, ...): names its workload.
     #[serde(default)]
     pub owner_references: Vec<OwnerReference>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OwnerReference {
-    pub kind: String,
-    pub name: String,
-    /// The managing controller among the owners.
-    #[serde(default)]
-    pub controller: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,17 +263,8 @@ impl Object {
     }
 }
 
-/// An input problem: where, and what.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    /// Path inside the document, e.g. `spec.ports[0].port`.
-    pub field: String,
-    pub message: String,
-}
-
 fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError::new(field, message)
 }
 
 /// Parses one YAML document (already split from its file) into an object.

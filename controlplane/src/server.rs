@@ -16,6 +16,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use nodemesh_conventions::text;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Node, Resource,
@@ -202,7 +203,7 @@ impl DeltaStream {
             {
                 return Err(Status::invalid_argument(format!(
                     "node name {:?} is not a Kubernetes node name",
-                    crate::text::peer(&node)
+                    text::peer(&node)
                 )));
             }
             tracing::info!(%node, peer = %self.peer, "agent connected");
@@ -219,7 +220,7 @@ impl DeltaStream {
         if type_url != type_urls::ADDRESS && type_url != type_urls::AUTHORIZATION {
             return Err(Status::invalid_argument(format!(
                 "type_url {:?} is not served",
-                crate::text::peer(&type_url)
+                text::peer(&type_url)
             )));
         }
         let known = self.types.get(&type_url).map_or(0, |s| s.names.len() + s.held.len());
@@ -274,8 +275,7 @@ impl DeltaStream {
         match &request.error_detail {
             Some(error) => {
                 // The agent's words: bounded before the log and /status keep them.
-                let (nonce, reason) =
-                    (crate::text::peer(&request.response_nonce), crate::text::peer(&error.message));
+                let (nonce, reason) = (text::peer(&request.response_nonce), text::peer(&error.message));
                 tracing::warn!(node = %agent.node, %type_url, %nonce, %reason, "NACK");
                 t.last_nack = Some(format!("nonce {nonce}: {reason}"));
             }

@@ -1,6 +1,6 @@
 //! The input directory: YAML files (several documents each), re-read when they change.
 //!
-//! Each file goes through [`input_file`] (bounded read, lexical precheck) and then the parser.
+//! Each file goes through [`nodemesh_input_file`] (bounded read, lexical precheck) and then the parser.
 //! A file that fails anywhere is rejected whole and reported with its file, document, object
 //! and field; the objects it last held keep serving, and the other files are read as usual,
 //! so one bad edit never takes anything away. Deleting a file is how its objects are removed.
@@ -21,11 +21,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use nodemesh_input_file::{self as input_file, Fingerprint, Limits, Problem};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    input_file::{self, Fingerprint, Limits, Problem},
-    model::{AuthorizationPolicy, Namespace, Object, ObjectKey, Pod, Service, parse_document},
+use crate::model::{
+    AuthorizationPolicy, FieldError, Namespace, Object, ObjectKey, Pod, Service, parse_document,
 };
 use clashes::Held;
 
@@ -41,8 +41,9 @@ pub struct InputError {
     /// 1-based; 0 for a problem with the file as a whole.
     pub document: usize,
     pub object: Option<String>,
-    pub field: String,
-    pub message: String,
+    /// The field at fault (`(file)` and `(document)` for the file or document as a whole).
+    #[serde(flatten)]
+    pub error: FieldError,
 }
 
 impl fmt::Display for InputError {
@@ -54,7 +55,7 @@ impl fmt::Display for InputError {
         if let Some(object) = &self.object {
             write!(f, " ({object})")?;
         }
-        write!(f, ": {}: {}", self.field, self.message)
+        write!(f, ": {}", self.error)
     }
 }
 
@@ -293,8 +294,7 @@ fn file_error(path: &Path, problem: &Problem) -> InputError {
         file: path.display().to_string(),
         document: 0,
         object: None,
-        field: "(file)".into(),
-        message: problem.to_string(),
+        error: FieldError::new("(file)", problem.to_string()),
     }
 }
 
@@ -303,17 +303,16 @@ fn parse_file(path: &Path, text: &str) -> Outcome {
     let file = path.display().to_string();
     let mut objects = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let at = |object: Option<String>, field: String, message: String| InputError {
+        let at = |object: Option<String>, error: FieldError| InputError {
             file: file.clone(),
             document: i + 1,
             object,
-            field,
-            message,
+            error,
         };
         let value = serde_yaml::Value::deserialize(document)
-            .map_err(|e| at(None, "(document)".into(), e.to_string()))?;
+            .map_err(|e| at(None, FieldError::new("(document)", e.to_string())))?;
         let name = describe(&value);
-        if let Some(object) = parse_document(value).map_err(|e| at(name, e.field, e.message))? {
+        if let Some(object) = parse_document(value).map_err(|e| at(name, e))? {
             objects.push((i + 1, object));
         }
     }

@@ -48,6 +48,8 @@ pub mod type_urls {
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     pub const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+    /// The config of the `nodemesh.io/labels` Workload extension.
+    pub const LABELS: &str = "type.googleapis.com/nodemesh.v1.Labels";
 }
 
 pub use prost;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use nodemesh_controlplane::input_file::{self, Fingerprint, Limits, Problem};
+use nodemesh_input_file::{self as input_file, Fingerprint, Limits, Problem};
 use tokio::sync::watch;
 
 use super::parse_after;

@@ -1,6 +1,7 @@
 //! One ADS stream: subscribe, then check, apply, publish and ACK (or NACK) each response
 //! until the stream ends (persisting follows shortly, see `persist`).
 
+use nodemesh_conventions::text;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
@@ -101,7 +102,7 @@ fn handle(shared: &XdsHandle, response: &DeltaDiscoveryResponse) -> DeltaDiscove
         Ok(checked) => checked,
         Err(invalid) => {
             // It names resources the control plane chose: bounded before it is kept or sent.
-            let reason = nodemesh_controlplane::text::peer(&invalid.to_string()).into_owned();
+            let reason = text::peer(&invalid.to_string()).into_owned();
             tracing::warn!(nonce = %response.nonce, %reason, "NACK: the response is rejected, the last good state stays");
             let mut status = shared.status();
             status.nacks += 1;

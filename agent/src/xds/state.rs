@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use nodemesh_conventions::FieldError;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
     nodemesh::v1::{Snapshot, snapshot::TypeState},
@@ -91,8 +92,7 @@ impl State {
                 other => {
                     return Err(Invalid {
                         resource: resource.name.clone(),
-                        field: "type_url".into(),
-                        message: format!("{other:?} was not asked for"),
+                        error: FieldError::new("type_url", format!("{other:?} was not asked for")),
                     });
                 }
             }
@@ -183,7 +183,7 @@ impl State {
                     namespace: w.namespace.clone(),
                     name: w.name.clone(),
                     ips: w.ips.clone(),
-                    labels: BTreeMap::new(),
+                    labels: w.labels.clone(),
                     intercept: w.captured,
                 })
             })
@@ -306,7 +306,12 @@ mod tests {
     use super::*;
 
     fn workload(name: &str, ip: [u8; 4], pod_uid: &str) -> Resource {
-        let w = wl::Workload {
+        labelled(name, ip, pod_uid, &[])
+    }
+
+    /// A workload whose pod has these `nodemesh.io/` labels.
+    fn labelled(name: &str, ip: [u8; 4], pod_uid: &str, labels: &[(&str, &str)]) -> Resource {
+        let mut w = wl::Workload {
             uid: format!("Kubernetes//Pod/shop/{name}"),
             name: name.into(),
             namespace: "shop".into(),
@@ -314,7 +319,7 @@ mod tests {
             tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
             node: "n1".into(),
             extensions: vec![wl::Extension {
-                name: translate::POD_UID_EXTENSION.into(),
+                name: nodemesh_conventions::POD_UID_EXTENSION.into(),
                 config: Some(Any {
                     type_url: type_urls::STRING_VALUE.into(),
                     value: pod_uid.to_owned().encode_to_vec(),
@@ -322,6 +327,9 @@ mod tests {
             }],
             ..Default::default()
         };
+        if !labels.is_empty() {
+            w.extensions.push(translate::labels_extension(labels));
+        }
         let value = wl::Address { r#type: Some(wl::address::Type::Workload(w)) }.encode_to_vec();
         Resource {
             name: name.into(),
@@ -366,5 +374,22 @@ mod tests {
         assert_eq!(pods(&state), ["zeta"]);
         apply(&mut state, vec![], &["zeta"]);
         assert_eq!(pods(&state), ["beta"]);
+    }
+
+    #[test]
+    fn a_pods_labels_reach_its_spec() {
+        let mut state = State::default();
+        let splice_off = [("nodemesh.io/splice", "disabled")];
+        apply(
+            &mut state,
+            vec![labelled("a", [10, 0, 0, 5], "aa", &splice_off), workload("b", [10, 0, 0, 6], "bb")],
+            &[],
+        );
+        let spec = state.node_spec("n1");
+        let splice: Vec<(&str, bool)> = spec.pods.iter().map(|p| (p.name.as_str(), p.splice(true))).collect();
+        assert_eq!(splice, [("a", false), ("b", true)], "the label overrides the node's default");
+        // And from a snapshot, as after a restart without the control plane.
+        let restored = State::from_snapshot(&state.to_snapshot("cp", 0)).expect("valid");
+        assert!(!restored.node_spec("n1").pods[0].splice(true));
     }
 }

@@ -3,6 +3,9 @@
 
 use std::net::IpAddr;
 
+mod extensions;
+
+use nodemesh_conventions::{FieldError, LABELS_EXTENSION, Labels, POD_UID_EXTENSION};
 use nodemesh_proto::{
     envoy::service::discovery::v3::Resource,
     istio::{security as sec, workload as wl},
@@ -13,16 +16,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::authz::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
 
-/// The Workload extension carrying the pod's Kubernetes UID (sent by Nodemesh's control
-/// plane; istiod does not send it, and such workloads wait in `pending`).
-pub const POD_UID_EXTENSION: &str = "nodemesh.io/pod-uid";
+#[cfg(test)]
+pub(super) use extensions::tests::labels_extension;
 
+/// A resource refused: which, and the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("resource {resource:?}: {field}: {message}")]
+#[error("resource {resource:?}: {error}")]
 pub struct Invalid {
     pub resource: String,
-    pub field: String,
-    pub message: String,
+    pub error: FieldError,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +58,11 @@ pub struct Workload {
     pub services: Vec<(String, Vec<PortMap>)>,
     pub authorization_policies: Vec<String>,
     pub healthy: bool,
+    /// Its pod's labels under `nodemesh.io/` (the `nodemesh.io/labels` extension): the
+    /// per-pod settings (`nodemesh.io/splice`). Most pods have none, and an empty map costs
+    /// no heap.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +75,10 @@ pub struct Service {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "workloads far outnumber services: boxing them would add an allocation to most addresses to save space on few"
+)]
 pub enum Address {
     Workload(Workload),
     Service(Service),
@@ -79,7 +90,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> Invalid {
-        Invalid { resource: self.resource.to_owned(), field: field.into(), message: message.into() }
+        self.invalid(FieldError::new(field, message))
+    }
+
+    fn invalid(&self, error: FieldError) -> Invalid {
+        Invalid { resource: self.resource.to_owned(), error }
     }
 
     fn ip(&self, field: String, bytes: &[u8]) -> Result<IpAddr, Invalid> {
@@ -179,23 +194,14 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         .collect::<Result<Vec<_>, _>>()?;
     let tunnel = wl::TunnelProtocol::try_from(w.tunnel_protocol)
         .map_err(|_| ctx.err("workload.tunnel_protocol", format!("unknown value {}", w.tunnel_protocol)))?;
-    let mut pod_uid = None;
+    let (mut pod_uid, mut labels) = (None, Labels::new());
     for (i, ext) in w.extensions.iter().enumerate() {
-        if ext.name != POD_UID_EXTENSION {
-            continue;
+        let field = || format!("workload.extensions[{i}].config");
+        match ext.name.as_str() {
+            POD_UID_EXTENSION => pod_uid = Some(extensions::pod_uid(ctx, &field(), ext)?),
+            LABELS_EXTENSION => labels = extensions::labels(ctx, &field(), ext)?,
+            _ => {}
         }
-        let field = format!("workload.extensions[{i}].config");
-        let config = ext.config.as_ref().ok_or_else(|| ctx.err(&field, "missing"))?;
-        if config.type_url != type_urls::STRING_VALUE {
-            return Err(
-                ctx.err(format!("{field}.type_url"), format!("{:?} is not a StringValue", config.type_url))
-            );
-        }
-        let value = String::decode(config.value.as_slice()).map_err(|e| ctx.err(&field, e.to_string()))?;
-        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            return Err(ctx.err(field, format!("{value:?} is not a pod UID")));
-        }
-        pod_uid = Some(value);
     }
     let mut services = Vec::with_capacity(w.services.len());
     for (key, list) in &w.services {
@@ -216,6 +222,7 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         services,
         authorization_policies: w.authorization_policies,
         healthy: w.status != wl::WorkloadStatus::Unhealthy as i32,
+        labels,
         uid,
     })
 }
@@ -383,7 +390,7 @@ mod tests {
     use super::*;
     use nodemesh_proto::prost_types::Any;
 
-    fn resource(name: &str, w: wl::Workload) -> Resource {
+    pub(super) fn resource(name: &str, w: wl::Workload) -> Resource {
         Resource {
             name: name.into(),
             resource: Some(Any {
@@ -394,7 +401,7 @@ mod tests {
         }
     }
 
-    fn good() -> wl::Workload {
+    pub(super) fn good() -> wl::Workload {
         wl::Workload {
             uid: "Kubernetes//Pod/shop/cart".into(),
             name: "cart-7d9f8c6b5-x2x4z".into(),
@@ -440,7 +447,7 @@ mod tests {
         let mut w = good();
         w.addresses.push(vec![1, 2, 3]);
         let e = address(&resource("bad", w)).expect_err("5-byte address");
-        assert_eq!((e.resource.as_str(), e.field.as_str()), ("bad", "workload.addresses[1]"));
+        assert_eq!((e.resource.as_str(), e.error.field.as_str()), ("bad", "workload.addresses[1]"));
         assert_eq!(
             e.to_string(),
             "resource \"bad\": workload.addresses[1]: 3 bytes is not an IPv4 or IPv6 address"
@@ -448,6 +455,6 @@ mod tests {
 
         let mut w = good();
         w.uid.clear();
-        assert_eq!(address(&resource("x", w)).expect_err("uid").field, "workload.uid");
+        assert_eq!(address(&resource("x", w)).expect_err("uid").error.field, "workload.uid");
     }
 }

@@ -62,7 +62,7 @@ fn policy(spec: &str) -> Result<Option<Object>, FieldError> {
 /// are refused here as the API server refuses them, at the field at fault.
 #[test]
 fn label_values_must_be_strings() {
-    let direct: BTreeMap<String, String> = serde_yaml::from_str("app: 1\non: true\n").expect("coerced");
+    let direct: Labels = serde_yaml::from_str("app: 1\non: true\n").expect("coerced");
     assert_eq!(direct["app"], "1", "what serde_yaml does on its own");
 
     for (value, hint) in [
@@ -111,6 +111,10 @@ fn names_and_labels_are_bounded_as_kubernetes_bounds_them() {
     let e = pod_with(&format!("labels: {{app: {long}}}"), "").expect_err("value");
     assert_eq!(e.field, "metadata.labels.app");
     let e = pod_with("labels: {\"a b\": x}", "").expect_err("key");
+    assert_eq!(e.field, "metadata.labels");
+    let many = |n: usize| (0..n).map(|i| format!("nodemesh.io/l{i}: x")).collect::<Vec<_>>().join(", ");
+    pod_with(&format!("labels: {{{}, app: a}}", many(32)), "").expect("32 nodemesh.io/ labels");
+    let e = pod_with(&format!("labels: {{{}}}", many(33)), "").expect_err("too many for the agent");
     assert_eq!(e.field, "metadata.labels");
     let e = pod_with("annotations: {\"Bad.io/x\": y}", "").expect_err("annotation key");
     assert_eq!(e.field, "metadata.annotations");

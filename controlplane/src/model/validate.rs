@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use nodemesh_conventions::{MAX_MESH_LABELS, MESH_LABEL_PREFIX};
+
 use super::{
     AuthorizationPolicy, FieldError, Labels, Object, ObjectMeta, Pod, Service, TargetPort, err, parse_cidr,
     rules,
@@ -153,6 +155,14 @@ fn validate_pod(pod: &Pod) -> Result<(), FieldError> {
         .ok_or_else(|| err("metadata.uid", "required (the agent finds the pod's cgroup by it)"))?;
     if uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(err("metadata.uid", format!("{uid:?} is not a pod UID (hex digits and dashes)")));
+    }
+    // They reach the agent (the `nodemesh.io/labels` extension), which holds no more.
+    let mesh_labels = nodemesh_conventions::mesh_labels(&pod.metadata.labels).count();
+    if mesh_labels > MAX_MESH_LABELS {
+        return Err(err(
+            "metadata.labels",
+            format!("{mesh_labels} labels under {MESH_LABEL_PREFIX}; at most {MAX_MESH_LABELS}"),
+        ));
     }
     if let Some(node) = &pod.spec.node_name {
         check("spec.nodeName", rules::dns_subdomain(node))?;

@@ -10,7 +10,7 @@
 use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use super::{InputError, Inputs};
-use crate::model::{Object, ObjectKey};
+use crate::model::{FieldError, Object, ObjectKey};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Identity {
@@ -204,10 +204,9 @@ fn refusal(newcomer: &Candidate, claim: &Claim, incumbent: &Candidate) -> InputE
         file: newcomer.file.display().to_string(),
         document: newcomer.held.document,
         object: Some(key.to_string()),
-        field: claim.field.clone(),
-        message: format!(
-            "{message}; this {} is refused (it serves nothing) until one of them changes",
-            key.kind
+        error: FieldError::new(
+            claim.field.clone(),
+            format!("{message}; this {} is refused (it serves nothing) until one of them changes", key.kind),
         ),
     }
 }

@@ -74,7 +74,7 @@ fn a_bad_file_keeps_its_last_good_objects() {
     let errors = d.errors();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].document, 2);
-    assert_eq!(errors[0].field, "spec.ports[0].port");
+    assert_eq!(errors[0].error.field, "spec.ports[0].port");
     assert_eq!(errors[0].object.as_deref(), Some("Service shop/s"));
     assert!(errors[0].to_string().contains("pods.yaml: document 2 (Service shop/s): spec.ports[0].port"));
     let inputs = d.store.inputs();
@@ -89,8 +89,8 @@ fn yaml_syntax_errors_are_located() {
     d.write("bad.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n");
     d.scan();
     let e = &d.errors()[0];
-    assert_eq!((e.document, e.field.as_str()), (1, "(document)"));
-    assert!(e.message.contains("line"), "{e}");
+    assert_eq!((e.document, e.error.field.as_str()), (1, "(document)"));
+    assert!(e.error.message.contains("line"), "{e}");
 }
 
 /// A file that cannot be read, or fails the precheck, is that file's error: the other
@@ -117,8 +117,8 @@ fn a_file_that_fails_to_read_is_its_own_error() {
         let errors = d.errors();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].file.ends_with("a.yaml"));
-        assert_eq!((errors[0].document, errors[0].field.as_str()), (0, "(file)"));
-        assert!(errors[0].message.contains(expected), "{}", errors[0]);
+        assert_eq!((errors[0].document, errors[0].error.field.as_str()), (0, "(file)"));
+        assert!(errors[0].error.message.contains(expected), "{}", errors[0]);
         assert!(!errors[0].to_string().contains("document 0"), "{}", errors[0]);
         assert_eq!(d.pods(), ["a", "b", "c"], "a's last good pod stays; c is read");
         d.remove("c.yaml");
@@ -133,7 +133,7 @@ fn a_file_that_cannot_be_opened_is_its_own_error() {
     d.scan();
     let errors = d.errors();
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].file.ends_with("loop.yaml") && errors[0].message.contains("cannot read it"));
+    assert!(errors[0].file.ends_with("loop.yaml") && errors[0].error.message.contains("cannot read it"));
     assert_eq!(d.pods(), ["a"]);
     assert!(!d.scan().changed, "the same problem again is no change");
 }
@@ -239,7 +239,7 @@ fn errors_clear_when_a_file_is_renamed() {
 fn refused(errors: &[InputError], file: &str, field: &str) -> InputError {
     let found: Vec<&InputError> = errors.iter().filter(|e| e.file.ends_with(file)).collect();
     assert_eq!(found.len(), 1, "{errors:?}");
-    assert_eq!(found[0].field, field, "{}", found[0]);
+    assert_eq!(found[0].error.field, field, "{}", found[0]);
     found[0].clone()
 }
 
@@ -257,7 +257,8 @@ fn the_first_definition_wins_whatever_the_file_names() {
     let e = refused(&d.store.errors(), "a.yaml", "metadata.name");
     assert_eq!((e.document, e.object.as_deref()), (1, Some("Pod shop/p")));
     assert!(
-        e.message.contains("already defined by Pod shop/p (") && e.message.contains("z.yaml, document 1)")
+        e.error.message.contains("already defined by Pod shop/p (")
+            && e.error.message.contains("z.yaml, document 1)")
     );
 
     // The newcomer goes: nothing about the incumbent changes.
@@ -307,7 +308,7 @@ fn a_pod_address_is_held_by_the_first_pod() {
     d.scan();
     assert_eq!(d.pods(), ["a"]);
     let e = refused(&d.store.errors(), "a.yaml", "status.podIP");
-    assert!(e.message.contains("10.0.0.1 is already the address of Pod shop/a"), "{e}");
+    assert!(e.error.message.contains("10.0.0.1 is already the address of Pod shop/a"), "{e}");
     assert_eq!(e.object.as_deref(), Some("Pod shop/b"));
 
     // A refused pod makes no workload at all.
@@ -336,7 +337,10 @@ fn a_pod_uid_is_held_by_the_first_pod() {
     d.scan();
     assert_eq!(d.pods(), ["a"]);
     let e = refused(&d.store.errors(), "a.yaml", "metadata.uid");
-    assert!(e.message.contains("UID 0a1b is already Pod shop/a (") && e.message.contains("z.yaml"), "{e}");
+    assert!(
+        e.error.message.contains("UID 0a1b is already Pod shop/a (") && e.error.message.contains("z.yaml"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -355,7 +359,10 @@ fn a_service_address_may_not_be_a_pod_address_in_either_order() {
     let inputs = d.store.inputs();
     assert_eq!((inputs.pods.len(), inputs.services.len()), (1, 0));
     let e = refused(&d.store.errors(), "a.yaml", "spec.clusterIP");
-    assert!(e.message.contains("Pod shop/a") && e.message.contains("this Service is refused"), "{e}");
+    assert!(
+        e.error.message.contains("Pod shop/a") && e.error.message.contains("this Service is refused"),
+        "{e}"
+    );
 
     let mut d = Dir::new();
     d.write("z.yaml", &service("10.0.0.1"));
@@ -365,7 +372,7 @@ fn a_service_address_may_not_be_a_pod_address_in_either_order() {
     let inputs = d.store.inputs();
     assert_eq!((inputs.pods.len(), inputs.services.len()), (0, 1));
     let e = refused(&d.store.errors(), "a.yaml", "status.podIP");
-    assert!(e.message.contains("Service shop/s"), "{e}");
+    assert!(e.error.message.contains("Service shop/s"), "{e}");
 }
 
 #[test]

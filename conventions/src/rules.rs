@@ -1,7 +1,8 @@
 //! Kubernetes' own syntax rules (k8s.io/apimachinery `validation`), as the API server applies
-//! them, so a file this control plane accepts is one a cluster would accept too, and no name
-//! or string it serves is longer than Kubernetes allows. Each returns the message for the
-//! field at fault.
+//! them, so a file the control plane accepts is one a cluster would accept too, and no name
+//! or string it serves is longer than Kubernetes allows; the agent applies the same rules to
+//! what it is sent (addresses, labels), so both sides refuse the same things. Each returns
+//! the message for the field at fault.
 
 use std::net::IpAddr;
 

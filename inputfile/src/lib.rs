@@ -4,10 +4,15 @@
 //! nesting and scalars and refuses anchors and aliases. No input holds the thread for more
 //! than a moment: every check is one linear pass that stops at the first problem.
 //!
-//! Independent of the rest of the crate, so the node agent can read its own files with it:
+//! Both the control plane (its input directory) and the node agent (its enrollment file) read
+//! their files with it. It is a crate of its own, not part of `nodemesh-conventions`: it does
+//! I/O (unix file types, `libc` open flags) and is a parser with its own fuzz surface and
+//! limits, while the conventions crate is plain data and rules that any side, tool or test can
+//! depend on without pulling in a file reader; and a change here is not a change to what the
+//! agent and the control plane agree on.
 //!
 //! ```no_run
-//! use nodemesh_controlplane::input_file::{self, Limits};
+//! use nodemesh_input_file::{self as input_file, Limits};
 //! # fn main() -> Result<(), input_file::Problem> {
 //! let (fingerprint, text) = input_file::read("pods.yaml".as_ref(), &Limits::CONTROL_PLANE)?;
 //! input_file::precheck(&text, &Limits::CONTROL_PLANE)?;

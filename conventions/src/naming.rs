@@ -3,7 +3,21 @@
 //! same way and labels its metrics with them (`source_workload`, `source_canonical_service`),
 //! so dashboards group the replicas of one Deployment rather than one series per pod.
 
-use crate::model::{Labels, OwnerReference};
+use serde::{Deserialize, Serialize};
+
+use crate::Labels;
+
+/// One of an object's owners, as Kubernetes lists them in `metadata.ownerReferences` (the
+/// fields naming needs; others are ignored).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    /// The managing controller among the owners.
+    #[serde(default)]
+    pub controller: Option<bool>,
+}
 
 /// Label the ReplicaSet controller puts on its pods: the suffix it added to the Deployment's
 /// name to name the ReplicaSet.

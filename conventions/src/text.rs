@@ -1,7 +1,6 @@
 //! Strings from peers (a control plane's error messages, resource names inside an agent's
 //! NACK reasons, an agent's nonces) reach logs and `/status` on both sides. They are cut to a
-//! bound there, so no peer can make either grow without limit. Shared by the control plane and
-//! the agent.
+//! bound there, so no peer can make either grow without limit.
 
 use std::borrow::Cow;
 
