@@ -17,8 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     admin::SpecSource,
     admin::{self, AdminState},
-    cli::AgentArgs,
-    config::Config,
+    config::{Config, Overrides},
     datapath::{Datapath, DatapathSettings, Occupancy, PinDir, Steering, btf},
     enroll::FileSource,
     flows::{FlowTable, kernel::DropReasons},
@@ -33,10 +32,10 @@ use crate::{
 /// was not there yet, replaced sandboxes).
 const RECHECK: Duration = Duration::from_millis(500);
 
-pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+/// `nodemesh agent`: the configuration file, if any, and the flags that override it.
+pub fn main(config_file: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<()> {
     check_privileges()?;
-    let AgentArgs { config, overrides } = args;
-    let config = Config::load(config.as_deref(), overrides)?;
+    let config = Config::load(config_file, overrides)?;
     crate::logging::init(&config.log);
     tracing::info!(config = %serde_json::to_string(&config)?, "starting");
     run(config)

@@ -1,13 +1,11 @@
-//! The Nodemesh node agent as a library: the `nodemesh` binary's code, and what the fuzz
-//! targets (`fuzz/`) drive: the parsers of everything that comes from outside.
+//! The Nodemesh node agent as a library: what the `nodemesh` binary (`cli/`) runs, and what
+//! the fuzz targets (`fuzz/`) drive: the parsers of everything that comes from outside.
 
 pub mod admin;
 pub mod agent;
 pub mod authz;
 pub mod claims;
-pub mod cli;
 pub mod config;
-pub mod controlplane;
 pub mod datapath;
 pub mod directory;
 pub mod enroll;

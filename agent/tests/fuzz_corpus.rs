@@ -3,12 +3,12 @@
 //! test suite keeps them fixed without cargo-fuzz. `cargo xtask fuzz` runs the fuzzers.
 //!
 //! The hand-made seeds (`seed-*`: valid examples of each input, for the fuzzers to start from)
-//! are built here and must match the committed files; `UPDATE_SEEDS=1 cargo test -p nodemesh
+//! are built here and must match the committed files; `UPDATE_SEEDS=1 cargo test -p nodemesh-agent
 //! --test fuzz_corpus` rewrites them after a deliberate change.
 
 use std::{fs, path::PathBuf};
 
-use nodemesh::fuzzing::TARGETS;
+use nodemesh_agent::fuzzing::TARGETS;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource},
     istio::{security as sec, workload as wl},
@@ -68,14 +68,9 @@ fn the_committed_seeds_are_the_built_ones() {
         ("xds_address", "service", service().encode_to_vec()),
         ("xds_authorization", "allow", authorization().encode_to_vec()),
         ("xds_response", "sync", response().encode_to_vec()),
-        ("snapshot", "state", nodemesh::xds::snapshot::encode(&snapshot())),
+        ("snapshot", "state", nodemesh_agent::xds::snapshot::encode(&snapshot())),
         ("snapshot", "payload", [&[0xff][..], &snapshot().encode_to_vec()].concat()),
         ("flows_query", "top", b"namespace=shop&top=5&by=bytes".to_vec()),
-        (
-            "controlplane_yaml",
-            "two-files",
-            b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {nodemesh.io/intercept: enabled}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: cart-0, namespace: shop, uid: 0a1b, labels: {app: cart}}\nspec: {nodeName: node1, serviceAccountName: cart}\nstatus: {podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}], phase: Running}\n\0apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.10, selector: {app: cart}, ports: [{port: 80, targetPort: 8080}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-web, namespace: shop}\nspec: {action: ALLOW, rules: [{from: [{source: {namespaces: [web]}}], to: [{operation: {ports: [\"8080\"]}}]}]}\n".to_vec(),
-        ),
         ("flows_query", "verdict", b"verdict=denied&state=closed&limit=10&pod=shop/cart-0".to_vec()),
     ];
     let update = std::env::var_os("UPDATE_SEEDS").is_some();
@@ -210,12 +205,15 @@ fn the_seeds_are_accepted() {
     };
     for name in ["docs-example", "two-pods"] {
         let text = String::from_utf8(seed("enrollment", name)).expect("utf-8");
-        nodemesh::enroll::parse(&text).unwrap_or_else(|e| panic!("enrollment {name}: {e}"));
+        nodemesh_agent::enroll::parse(&text).unwrap_or_else(|e| panic!("enrollment {name}: {e}"));
     }
-    nodemesh::config::Config::parse(&String::from_utf8(seed("agent_config", "full")).expect("utf-8"), "seed")
-        .expect("config");
-    let snap = nodemesh::xds::snapshot::decode(&seed("snapshot", "state")).expect("snapshot");
-    nodemesh::xds::state::State::from_snapshot(&snap).expect("its resources check");
+    nodemesh_agent::config::Config::parse(
+        &String::from_utf8(seed("agent_config", "full")).expect("utf-8"),
+        "seed",
+    )
+    .expect("config");
+    let snap = nodemesh_agent::xds::snapshot::decode(&seed("snapshot", "state")).expect("snapshot");
+    nodemesh_agent::xds::state::State::from_snapshot(&snap).expect("its resources check");
     let response = DeltaDiscoveryResponse::decode(seed("xds_response", "sync").as_slice()).expect("response");
-    nodemesh::xds::state::State::check(&response).unwrap_or_else(|e| panic!("response: {e}"));
+    nodemesh_agent::xds::state::State::check(&response).unwrap_or_else(|e| panic!("response: {e}"));
 }

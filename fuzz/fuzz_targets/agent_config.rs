@@ -1,4 +1,4 @@
 #![no_main]
-//! See `nodemesh::fuzzing::agent_config`.
+//! See `nodemesh_agent::fuzzing::agent_config`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh::fuzzing::agent_config(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh_agent::fuzzing::agent_config(data));

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `nodemesh::fuzzing::enrollment`.
+//! See `nodemesh_agent::fuzzing::enrollment`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh::fuzzing::enrollment(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh_agent::fuzzing::enrollment(data));

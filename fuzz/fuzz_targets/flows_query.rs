@@ -1,4 +1,4 @@
 #![no_main]
-//! See `nodemesh::fuzzing::flows_query`.
+//! See `nodemesh_agent::fuzzing::flows_query`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh::fuzzing::flows_query(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh_agent::fuzzing::flows_query(data));

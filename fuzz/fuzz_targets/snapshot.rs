@@ -1,4 +1,4 @@
 #![no_main]
-//! See `nodemesh::fuzzing::snapshot_file`.
+//! See `nodemesh_agent::fuzzing::snapshot_file`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh::fuzzing::snapshot_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh_agent::fuzzing::snapshot_file(data));

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `nodemesh::fuzzing::xds_address`.
+//! See `nodemesh_agent::fuzzing::xds_address`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh::fuzzing::xds_address(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh_agent::fuzzing::xds_address(data));

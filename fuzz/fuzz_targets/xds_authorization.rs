@@ -1,4 +1,4 @@
 #![no_main]
-//! See `nodemesh::fuzzing::xds_authorization`.
+//! See `nodemesh_agent::fuzzing::xds_authorization`.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh::fuzzing::xds_authorization(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nodemesh_agent::fuzzing::xds_authorization(data));

@@ -16,7 +16,7 @@ use crate::sh;
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// The targets: the `[[bin]]` names of fuzz/Cargo.toml (each runs a function of
-/// `nodemesh::fuzzing::TARGETS`, whose corpus replay test fails for a target without corpus).
+/// `nodemesh_agent::fuzzing::TARGETS` and the control plane's corpus test, whose corpus replay test fails for a target without corpus).
 fn targets(fuzz_dir: &Path) -> anyhow::Result<Vec<String>> {
     let manifest = std::fs::read_to_string(fuzz_dir.join("Cargo.toml")).context("reading fuzz/Cargo.toml")?;
     let mut in_bin = false;

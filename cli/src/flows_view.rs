@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::table::Table;
-use crate::report::flows::{Endpoint, FlowRecord, FlowsReport, Verdict};
+use crate::table::Table;
+use nodemesh_agent::report::flows::{Endpoint, FlowRecord, FlowsReport, Verdict};
 
 const COLUMNS: [(&str, usize); 8] = [
     ("SOURCE", 19),
@@ -138,10 +138,10 @@ fn duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::golden::check_golden;
+    use crate::golden::check_golden;
 
     fn fixture() -> FlowsReport {
-        let text = include_str!("../../tests/golden/flows.json");
+        let text = include_str!("../tests/golden/flows.json");
         serde_json::from_str(text).expect("flows fixture")
     }
 

@@ -2,16 +2,16 @@
 
 use std::fmt::Write as _;
 
-use super::table::Table;
-use crate::report::status::programs::{DROP_TRACER, PROXY_SOCK_OPS, SPLICE_VERDICT};
+use crate::table::Table;
+use nodemesh_agent::report::status::programs::{DROP_TRACER, PROXY_SOCK_OPS, SPLICE_VERDICT};
 
 /// Programs attached once for the node, not per pod.
 const NODE_WIDE: [&str; 3] = [SPLICE_VERDICT, PROXY_SOCK_OPS, DROP_TRACER];
-use crate::report::status::{StatusReport, SyncStatus};
+use nodemesh_agent::report::status::{StatusReport, SyncStatus};
 
 fn sync_lines(s: &SyncStatus) -> String {
     let mut out = String::new();
-    let now = crate::xds::unix_now();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let state = match (s.connected, s.from_disk) {
         (true, _) => {
             format!("connected for {}s", now.saturating_sub(s.connected_since_unix_s.unwrap_or(now)))
@@ -172,13 +172,13 @@ pub fn render(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::golden::check_golden;
+    use crate::golden::check_golden;
 
     #[test]
     fn status_matches_the_golden_file() {
         // A real agent's report (local mode, so no clock-dependent sync lines).
         let report: StatusReport =
-            serde_json::from_str(include_str!("../../tests/golden/status.json")).expect("status fixture");
+            serde_json::from_str(include_str!("../tests/golden/status.json")).expect("status fixture");
         check_golden("status.txt", &render(&report));
     }
 }

@@ -1,4 +1,4 @@
-//! Golden files for the CLI's text output (`agent/tests/golden/`). After a deliberate change,
+//! Golden files for the CLI's text output (`cli/tests/golden/`). After a deliberate change,
 //! `UPDATE_GOLDEN=1 cargo test -p nodemesh` rewrites them; review the diff.
 
 /// Compares `actual` with the golden file `name`, and checks it fits 80 columns.

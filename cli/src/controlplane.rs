@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::ControlplaneArgs;
+use crate::commands::ControlplaneArgs;
 
 pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()

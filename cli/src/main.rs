@@ -1,9 +1,20 @@
-//! `nodemesh`: the node agent and its command line, in one binary (the code is the
-//! `nodemesh` library, so the fuzz targets can reach its parsers).
+//! `nodemesh`: the node agent, the reference control plane and the command line, in one
+//! binary. The agent is the `nodemesh-agent` library (so the fuzz targets reach its parsers),
+//! the control plane the `nodemesh-controlplane` one; this crate only parses the command line
+//! and renders what a running agent reports.
 
-use nodemesh::{agent, cli, controlplane, sidecar};
+mod client;
+mod commands;
+mod controlplane;
+mod flows_view;
+#[cfg(test)]
+mod golden;
+mod status_view;
+mod table;
 
 use clap::Parser as _;
+use commands as cli;
+use nodemesh_agent::{agent, sidecar};
 
 // jemalloc from the start: under glibc malloc a long-running proxy's RSS creeps up with
 // fragmentation (ztunnel's experience).
@@ -20,7 +31,7 @@ pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Agent(args) => agent::main(args),
+        cli::Command::Agent(args) => agent::main(args.config.as_deref(), args.overrides),
         cli::Command::Status { json, admin } => cli::status(json, admin),
         cli::Command::Flows(args) => cli::flows(&args),
         cli::Command::Config { json, admin } => cli::config(json, admin),

@@ -1,17 +1,14 @@
-//! Command line: `nodemesh agent` runs the node agent; the other commands ask it things.
-
-mod client;
-mod flows_view;
-#[cfg(test)]
-mod golden;
-mod status_view;
-mod table;
+//! The command line: `nodemesh agent` runs the node agent, `controlplane` the reference
+//! control plane, `sidecar` the benchmark's classic sidecar; `status`, `flows` and `config`
+//! ask a running agent (over its admin API) and render the records of `nodemesh_agent::report`.
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::report::status::StatusReport;
+use nodemesh_agent::report::{flows::FlowsReport, status::StatusReport};
+
+use crate::{client, flows_view, status_view};
 
 #[derive(Debug, Parser)]
 #[command(name = "nodemesh", version, about = "eBPF-accelerated node-level service mesh agent")]
@@ -47,7 +44,7 @@ pub enum Command {
     Controlplane(ControlplaneArgs),
     /// Run as a classic per-pod sidecar proxy behind an nftables/iptables REDIRECT rule (for
     /// comparisons; the node agent never needs it).
-    Sidecar(crate::sidecar::SidecarArgs),
+    Sidecar(nodemesh_agent::sidecar::SidecarArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +53,7 @@ pub struct AgentArgs {
     #[arg(long, env = "NODEMESH_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub overrides: crate::config::Overrides,
+    pub overrides: nodemesh_agent::config::Overrides,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +100,7 @@ pub struct ControlplaneArgs {
     /// Admin API (/status, /ready).
     #[arg(long, default_value = "127.0.0.1:15014")]
     pub admin: SocketAddr,
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = nodemesh_conventions::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// Policies without a selector in this namespace apply mesh-wide.
     #[arg(long, default_value = "istio-system")]
@@ -159,7 +156,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             let value: serde_json::Value = serde_json::from_slice(&body)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         } else {
-            let report: crate::report::flows::FlowsReport = serde_json::from_slice(&body)?;
+            let report: FlowsReport = serde_json::from_slice(&body)?;
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
