@@ -12,6 +12,7 @@
 
 mod backoff;
 mod persist;
+pub mod resources;
 mod session;
 pub mod snapshot;
 pub mod state;

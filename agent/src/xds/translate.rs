@@ -1,10 +1,14 @@
-//! The one place xDS resources become domain types. Every field the agent relies on is
-//! checked; an error names the resource and the field, and becomes the NACK's reason.
+//! The one place xDS resources become domain types (`resources.rs`, `authz::policy`). Every
+//! proto field is destructured, so a new one cannot be ignored silently; every field the
+//! agent relies on is checked; an error names the resource and the field, and becomes the
+//! NACK's reason.
 
 use std::net::IpAddr;
 
 mod extensions;
 
+pub use super::resources::{Address, PortMap, Service, Workload};
+use crate::authz::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
 use nodemesh_conventions::{FieldError, LABELS_EXTENSION, Labels, POD_UID_EXTENSION};
 use nodemesh_proto::{
     envoy::service::discovery::v3::Resource,
@@ -12,9 +16,6 @@ use nodemesh_proto::{
     prost::Message as _,
     type_urls,
 };
-use serde::{Deserialize, Serialize};
-
-use crate::authz::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
 
 #[cfg(test)]
 pub(super) use extensions::tests::labels_extension;
@@ -25,63 +26,6 @@ pub(super) use extensions::tests::labels_extension;
 pub struct Invalid {
     pub resource: String,
     pub error: FieldError,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMap {
-    pub service_port: u16,
-    /// 0: the service names its target port and this workload did not resolve it.
-    pub target_port: u16,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Workload {
-    pub uid: String,
-    pub pod_uid: Option<String>,
-    pub name: String,
-    pub namespace: String,
-    pub ips: Vec<IpAddr>,
-    pub node: String,
-    /// In the mesh (HBONE): its node proxy intercepts it.
-    pub captured: bool,
-    pub trust_domain: String,
-    pub service_account: String,
-    /// The Deployment (StatefulSet, ...) the pod belongs to, and its canonical service and
-    /// revision: what metrics report. Empty when it is the default (the pod, the workload,
-    /// `latest`) or the control plane does not say: most are, and 10,000 workloads held
-    /// cost no heap for them.
-    pub workload_name: String,
-    pub canonical_name: String,
-    pub canonical_revision: String,
-    /// Services it backs: ("namespace/hostname", ports). (A list, not a map: most workloads
-    /// back one service, and a map's node would cost more than the entry.)
-    pub services: Vec<(String, Vec<PortMap>)>,
-    pub authorization_policies: Vec<String>,
-    pub healthy: bool,
-    /// Its pod's labels under `nodemesh.io/` (the `nodemesh.io/labels` extension): the
-    /// per-pod settings (`nodemesh.io/splice`). Most pods have none, and an empty map costs
-    /// no heap.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
-    pub labels: Labels,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    pub name: String,
-    pub namespace: String,
-    pub hostname: String,
-    pub vips: Vec<IpAddr>,
-    pub ports: Vec<PortMap>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "workloads far outnumber services: boxing them would add an allocation to most addresses to save space on few"
-)]
-pub enum Address {
-    Workload(Workload),
-    Service(Service),
 }
 
 struct Ctx<'a> {
@@ -168,19 +112,54 @@ pub fn address(resource: &Resource) -> Result<Address, Invalid> {
 fn ports(ctx: &Ctx<'_>, field: &str, list: &[wl::Port]) -> Result<Vec<PortMap>, Invalid> {
     list.iter()
         .enumerate()
-        .map(|(i, p)| {
+        .map(|(i, wl::Port { service_port, target_port, app_protocol })| {
+            // The protocol matters to the HTTP issue's classify stage; L4 needs only ports.
+            let _ = app_protocol;
             Ok(PortMap {
-                service_port: ctx.port(format!("{field}[{i}].service_port"), p.service_port, false)?,
-                target_port: ctx.port(format!("{field}[{i}].target_port"), p.target_port, true)?,
+                service_port: ctx.port(format!("{field}[{i}].service_port"), *service_port, false)?,
+                target_port: ctx.port(format!("{field}[{i}].target_port"), *target_port, true)?,
             })
         })
         .collect()
 }
 
 fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
-    let uid = ctx.nonempty("workload.uid", &w.uid)?;
-    let ips = w
-        .addresses
+    // Every field named: a field added to the proto does not compile until it is handled
+    // here, or listed as ignored with the reason.
+    let wl::Workload {
+        uid,
+        name,
+        namespace,
+        addresses,
+        tunnel_protocol,
+        trust_domain,
+        service_account,
+        node,
+        canonical_name,
+        canonical_revision,
+        workload_name,
+        services: service_ports,
+        authorization_policies,
+        status,
+        extensions: workload_extensions,
+        // Ignored until the features that use them land: a workload's own name in DNS,
+        // network and gateway (multi-network), waypoints (L7 in ambient), workload type,
+        // tunnels the app speaks itself, cluster, locality (the routing issue), host network
+        // (such pods are never enrolled), capacity (weighted balancing).
+        hostname: _,
+        network: _,
+        waypoint: _,
+        network_gateway: _,
+        workload_type: _,
+        native_tunnel: _,
+        application_tunnel: _,
+        cluster_id: _,
+        locality: _,
+        network_mode: _,
+        capacity: _,
+    } = w;
+    let uid = ctx.nonempty("workload.uid", &uid)?;
+    let ips = addresses
         .iter()
         .enumerate()
         .map(|(i, a)| {
@@ -192,10 +171,10 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let tunnel = wl::TunnelProtocol::try_from(w.tunnel_protocol)
-        .map_err(|_| ctx.err("workload.tunnel_protocol", format!("unknown value {}", w.tunnel_protocol)))?;
+    let tunnel = wl::TunnelProtocol::try_from(tunnel_protocol)
+        .map_err(|_| ctx.err("workload.tunnel_protocol", format!("unknown value {tunnel_protocol}")))?;
     let (mut pod_uid, mut labels) = (None, Labels::new());
-    for (i, ext) in w.extensions.iter().enumerate() {
+    for (i, ext) in workload_extensions.iter().enumerate() {
         let field = || format!("workload.extensions[{i}].config");
         match ext.name.as_str() {
             POD_UID_EXTENSION => pod_uid = Some(extensions::pod_uid(ctx, &field(), ext)?),
@@ -203,25 +182,25 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
             _ => {}
         }
     }
-    let mut services = Vec::with_capacity(w.services.len());
-    for (key, list) in &w.services {
+    let mut services = Vec::with_capacity(service_ports.len());
+    for (key, list) in &service_ports {
         services.push((key.clone(), ports(ctx, &format!("workload.services[{key:?}].ports"), &list.ports)?));
     }
     Ok(Workload {
         pod_uid,
-        name: ctx.nonempty("workload.name", &w.name)?,
-        namespace: ctx.nonempty("workload.namespace", &w.namespace)?,
+        name: ctx.nonempty("workload.name", &name)?,
+        namespace: ctx.nonempty("workload.namespace", &namespace)?,
         ips,
-        node: ctx.bounded("workload.node", &w.node)?,
+        node: ctx.bounded("workload.node", &node)?,
         captured: tunnel == wl::TunnelProtocol::Hbone,
-        trust_domain: ctx.bounded("workload.trust_domain", &w.trust_domain)?,
-        service_account: ctx.bounded("workload.service_account", &w.service_account)?,
-        canonical_name: unless_default(w.canonical_name, or_default(&w.workload_name, &w.name)),
-        workload_name: unless_default(w.workload_name, &w.name),
-        canonical_revision: unless_default(w.canonical_revision, "latest"),
+        trust_domain: ctx.bounded("workload.trust_domain", &trust_domain)?,
+        service_account: ctx.bounded("workload.service_account", &service_account)?,
+        canonical_name: unless_default(canonical_name, or_default(&workload_name, &name)),
+        workload_name: unless_default(workload_name, &name),
+        canonical_revision: unless_default(canonical_revision, "latest"),
         services,
-        authorization_policies: w.authorization_policies,
-        healthy: w.status != wl::WorkloadStatus::Unhealthy as i32,
+        authorization_policies,
+        healthy: status != wl::WorkloadStatus::Unhealthy as i32,
         labels,
         uid,
     })
@@ -237,8 +216,28 @@ fn or_default<'s>(value: &'s str, default: &'s str) -> &'s str {
 }
 
 fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
-    let vips = s
-        .addresses
+    // Every field named, as in `workload`.
+    let wl::Service {
+        name,
+        namespace,
+        hostname,
+        addresses,
+        ports: service_ports,
+        // Ignored until the features that use them land: SANs and waypoints (the identity
+        // and L7 issues), load balancing and IP families (the routing issue), extensions
+        // (none defined for services), canonical, waypoint use and visibility (multi-cluster
+        // and ambient gateways).
+        subject_alt_names: _,
+        waypoint: _,
+        load_balancing: _,
+        ip_families: _,
+        extensions: _,
+        canonical: _,
+        ingress_use_waypoint: _,
+        weighted_waypoints: _,
+        visibility: _,
+    } = s;
+    let vips = addresses
         .iter()
         .enumerate()
         .map(|(i, a)| {
@@ -251,11 +250,11 @@ fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Service {
-        name: ctx.nonempty("service.name", &s.name)?,
-        namespace: ctx.nonempty("service.namespace", &s.namespace)?,
-        hostname: ctx.nonempty("service.hostname", &s.hostname)?,
+        name: ctx.nonempty("service.name", &name)?,
+        namespace: ctx.nonempty("service.namespace", &namespace)?,
+        hostname: ctx.nonempty("service.hostname", &hostname)?,
         vips,
-        ports: ports(ctx, "service.ports", &s.ports)?,
+        ports: ports(ctx, "service.ports", &service_ports)?,
     })
 }
 
