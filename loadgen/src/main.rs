@@ -1,4 +1,5 @@
-//! `nm-loadgen`: load for the benchmark, independent of the proxy under test (std only).
+//! `nm-loadgen`: load for the benchmark, independent of the proxy under test (it shares no
+//! code with it; `--async` runs on tokio, the blocking modes on std alone).
 //!
 //! Wire protocol: the client's first 4 bytes (big endian) say what the connection does.
 //! - `n` in 1..2^31: request/response; the server answers every `n`-byte request with `n` bytes.
@@ -7,9 +8,11 @@
 //! - `VERIFY` (u32::MAX - 1): checked bulk streams both ways (`verify.rs`).
 //!
 //! Commands print one JSON line:
-//! - `server --port P`
-//! - `rr --target A --size S --conns C --seconds D`: C persistent connections, one request
-//!   in flight each; requests per second and latency percentiles.
+//! - `server --port P [--async [--threads N]]`
+//! - `rr --target A --size S --conns C --seconds D [--async [--threads N]]`: C persistent
+//!   connections, one request in flight each; requests per second and latency percentiles.
+//!   Blocking: one thread per connection. `--async`: tasks on a tokio runtime of N worker
+//!   threads (default: one per CPU), as event-driven clients are (`event.rs`).
 //! - `crr --target A --size S --conns C --seconds D`: connect, one request, close, again.
 //!   `--count N` instead stops after N connections in all (however long they take).
 //! - `stream --target A --seconds D`: one connection sending as fast as it can.
@@ -24,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod event;
 mod verify;
 
 const STREAM: u32 = u32::MAX;
@@ -33,7 +37,9 @@ const WARMUP: Duration = Duration::from_millis(200);
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("server") if is_async(&args) => event::server(&args[1..]),
         Some("server") => server(&args[1..]),
+        Some("rr") if is_async(&args) => event::rr(&args[1..]),
         Some("rr") => rr(&args[1..], false),
         Some("crr") => rr(&args[1..], true),
         Some("stream") => stream(&args[1..]),
@@ -47,6 +53,10 @@ fn main() {
         eprintln!("nm-loadgen: {e}");
         std::process::exit(1);
     }
+}
+
+fn is_async(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--async")
 }
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> io::Result<T> {
@@ -193,14 +203,19 @@ fn rr(args: &[String], new_connection_each: bool) -> io::Result<()> {
         all.extend(latencies);
         errors += e;
     }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0)
-    };
     let rate = if count > 0 {
         all.len() as f64 / started.elapsed().as_secs_f64()
     } else {
         all.len() as f64 / seconds
+    };
+    report(all, errors, rate)
+}
+
+/// Prints the JSON line of a request/response run: its rate, latency percentiles, errors.
+fn report(mut all: Vec<u32>, errors: u64, rate: f64) -> io::Result<()> {
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0)
     };
     println!(
         "{{\"count\":{},\"rate\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"errors\":{errors}}}",

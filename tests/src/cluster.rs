@@ -18,7 +18,8 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd::{self, ip};
 
-/// Name prefixes of everything a cluster creates (for `sweep_stale`).
+/// Name prefixes of everything a cluster creates (for `sweep_stale`), each followed by an id
+/// that starts with the creating process's id.
 const NETNS_PREFIX: &str = "nmt-";
 const CGROUP_PREFIX: &str = "nodemesh-test-";
 const BPFFS_PREFIX: &str = "nodemesh-test-";
@@ -343,9 +344,11 @@ pub(crate) fn cgroup2_mount() -> anyhow::Result<PathBuf> {
 }
 
 pub(crate) fn sweep_stale() {
+    let alive = live_ids();
+    let stale = |rest: &str| owner_id(rest).is_some_and(|id| !alive.contains(&id));
     if let Ok(list) = cmd::run("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if name.starts_with(NETNS_PREFIX) {
+            if name.strip_prefix(NETNS_PREFIX).is_some_and(stale) {
                 let _ = cmd::run("ip", &["netns", "del", name]);
             }
         }
@@ -354,18 +357,40 @@ pub(crate) fn sweep_stale() {
         && let Ok(entries) = fs::read_dir(&root)
     {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(CGROUP_PREFIX) {
+            if e.file_name().to_string_lossy().strip_prefix(CGROUP_PREFIX).is_some_and(stale) {
                 remove_cgroup(&e.path());
             }
         }
     }
     if let Ok(entries) = fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(BPFFS_PREFIX) {
+            if e.file_name().to_string_lossy().strip_prefix(BPFFS_PREFIX).is_some_and(stale) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
     }
+}
+
+/// The process id (as a cluster id carries it, modulo 100,000) in a name after its prefix:
+/// the first of two numbers in a row (`<pid>-<n>-…` or `<tag>-<pid>-<n>`).
+fn owner_id(rest: &str) -> Option<u32> {
+    let parts: Vec<&str> = rest.split('-').collect();
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    parts.windows(2).find(|w| number(w[0]) && number(w[1])).and_then(|w| w[0].parse().ok())
+}
+
+/// Cluster ids of running processes: what another test or benchmark on this machine is
+/// still using, which a sweep must leave alone.
+fn live_ids() -> std::collections::HashSet<u32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .map(|pid| pid % 100_000)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A fake node: a namespace with a pod bridge, an uplink to the fabric, and (once started)
@@ -734,4 +759,17 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(25));
     }
     bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_id;
+
+    #[test]
+    fn owner_ids() {
+        assert_eq!(owner_id("23425-0-node1-mesh-client"), Some(23425));
+        assert_eq!(owner_id("bench-23425-0"), Some(23425));
+        assert_eq!(owner_id("23425-1-node2"), Some(23425));
+        assert_eq!(owner_id("unrelated"), None);
+    }
 }

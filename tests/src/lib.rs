@@ -57,8 +57,8 @@ pub fn nodemesh_bin() -> PathBuf {
     candidate
 }
 
-/// Removes what crashed test runs left behind (by our name prefixes only). Not for use while
-/// tests run: it would take their resources too.
+/// Removes what crashed test runs left behind (by our name prefixes only), and only where the
+/// process that created it has gone: a test or benchmark running alongside keeps its own.
 pub fn sweep_stale() {
     cluster::sweep_stale();
 }

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 pub use measure::Settings;
 
+/// Other work (in CPUs) above which a run is flagged as taken on a busy machine.
+const BUSY_MACHINE_CPUS: f64 = 0.2;
 /// The `--only` name of the control-plane benchmark.
 const CONTROL_PLANE: &str = "controlplane";
 /// The `--only` name of the splice stress run.
@@ -162,15 +164,24 @@ fn data_path(
                 format!("scenario {}\n{}", scenario.name, logs.join("\n"))
             })?;
             line.push_str(&format!(
-                " {} {:.0}µs/{:.1}Gbps/{:.0}cps;",
+                " {} {:.0}µs/{:.0}rps/{:.1}Gbps/{:.0}cps (other work {:.1} CPUs);",
                 scenario.name,
                 sample["rr1_spin_p50_us"].as_f64().unwrap_or(0.0),
+                sample["rr64_rps"].as_f64().unwrap_or(0.0),
                 sample["tput_gbps"].as_f64().unwrap_or(0.0),
-                sample["crr_cps"].as_f64().unwrap_or(0.0)
+                sample["crr_cps"].as_f64().unwrap_or(0.0),
+                sample["background_cpus"].as_f64().unwrap_or(0.0),
             ));
             raw.entry(scenario.name.to_owned()).or_default().push(sample);
         }
         println!("{line} ({:.0}s)", started.elapsed().as_secs_f64());
+    }
+    let busiest = raw.values().flatten().filter_map(|s| s["background_cpus"].as_f64()).fold(0.0, f64::max);
+    if busiest > BUSY_MACHINE_CPUS {
+        println!(
+            "warning: other work kept up to {busiest:.1} CPUs busy between measurements; rates on a \
+             busy machine measure its scheduler more than the path (docs/bench.md, Method)"
+        );
     }
     if args.show_status {
         for agent in [&topo.agent1, &topo.agent2] {

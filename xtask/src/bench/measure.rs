@@ -1,12 +1,12 @@
 //! One scenario's measurements in one round, each a run of `nm-loadgen` in the client pod.
 
-use std::{net::IpAddr, path::Path, process::Command};
+use std::{net::IpAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use nodemesh_testbed::tools::CpuHogs;
 use serde_json::{Value, json};
 
-use super::topology::{Scenario, Topology};
+use super::topology::{ASYNC_OFFSET, Scenario, Topology};
 
 /// Sizes and durations, all from flags (defaults in docs/bench.md).
 #[derive(Clone, Debug)]
@@ -31,7 +31,7 @@ impl Settings {
 }
 
 /// Every metric of one scenario in one round (the keys of results.json).
-pub const METRICS: [&str; 12] = [
+pub const METRICS: [&str; 15] = [
     "rr1_p50_us",
     "rr1_p99_us",
     "rr1_rps",
@@ -40,10 +40,13 @@ pub const METRICS: [&str; 12] = [
     "rr64_rps",
     "rr64_p50_us",
     "rr64_p99_us",
+    "rr64_cpu_us",
+    "rr64_threads_rps",
     "tput_gbps",
     "crr_cps",
     "agent_rss_kib",
     "agent_cpu_s",
+    "background_cpus",
 ];
 
 pub fn run(
@@ -53,30 +56,45 @@ pub fn run(
     bin_dir: &Path,
 ) -> anyhow::Result<Value> {
     topo.prepare(scenario)?;
+    // What the rest of the machine is doing, with nothing of ours running.
+    let background = busy_cpus(Duration::from_secs(1))?;
     let loadgen = bin_dir.join("nm-loadgen");
     let pids = topo.proxy_pids(scenario.proxies);
     let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<anyhow::Result<f64>>()?;
+    let event_target = target(scenario.server, scenario.port + ASYNC_OFFSET);
     let target = target(scenario.server, scenario.port);
     let secs = settings.seconds.to_string();
     let (rr_size, crr_size) = (settings.rr_size.to_string(), settings.crr_size.to_string());
     let (rr_conns, crr_conns) = (settings.rr_conns.to_string(), settings.crr_conns.to_string());
 
-    let rr1 = load(
+    let rr1_args = ["rr", "--target", &target, "--size", &rr_size, "--conns", "1", "--seconds", &secs];
+    let rr1 = load(topo, scenario, &loadgen, &rr1_args)?;
+    let rr1_spin = {
+        let _spinners = CpuHogs::start_idle()?;
+        load(topo, scenario, &loadgen, &rr1_args)?
+    };
+    // Concurrency 64 as event-driven apps make it (client and server on tokio), with the CPU
+    // the whole path spent per request; then as one blocking thread per connection makes it.
+    let path_before = path_cpu_seconds(topo, scenario)?;
+    let rr64 = load(
         topo,
         scenario,
         &loadgen,
-        &["rr", "--target", &target, "--size", &rr_size, "--conns", "1", "--seconds", &secs],
+        &[
+            "rr",
+            "--async",
+            "--target",
+            &event_target,
+            "--size",
+            &rr_size,
+            "--conns",
+            &rr_conns,
+            "--seconds",
+            &secs,
+        ],
     )?;
-    let rr1_spin = {
-        let _spinners = CpuHogs::start_idle()?;
-        load(
-            topo,
-            scenario,
-            &loadgen,
-            &["rr", "--target", &target, "--size", &rr_size, "--conns", "1", "--seconds", &secs],
-        )?
-    };
-    let rr64 = load(
+    let path_cpu = path_cpu_seconds(topo, scenario)? - path_before;
+    let rr64_threads = load(
         topo,
         scenario,
         &loadgen,
@@ -101,6 +119,9 @@ pub fn run(
         "rr64_rps": rr64["rate"],
         "rr64_p50_us": rr64["p50_us"],
         "rr64_p99_us": rr64["p99_us"],
+        "rr64_cpu_us": (path_cpu * 1e6 / rr64["count"].as_f64().unwrap_or(0.0).max(1.0) * 10.0).round() / 10.0,
+        "rr64_threads_rps": rr64_threads["rate"],
+        "background_cpus": (background * 100.0).round() / 100.0,
         "tput_gbps": tput["gbps"],
         "crr_cps": crr["rate"],
         "agent_rss_kib": rss,
@@ -151,4 +172,52 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("VmRSS of {pid}"))
+}
+
+/// CPU time / wall time: how many of the machine's CPUs were busy over `window` (from
+/// /proc/stat: all but idle and iowait).
+pub fn busy_cpus(window: Duration) -> anyhow::Result<f64> {
+    fn sample() -> anyhow::Result<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("/proc/stat is empty")?;
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+        anyhow::ensure!(ticks.len() >= 5, "/proc/stat: {line}");
+        let idle = ticks[3] + ticks[4];
+        Ok((ticks.iter().sum::<u64>() - idle, idle))
+    }
+    let (busy0, idle0) = sample()?;
+    std::thread::sleep(window);
+    let (busy1, idle1) = sample()?;
+    let (busy, idle) = ((busy1 - busy0) as f64, (idle1 - idle0) as f64);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    Ok(if busy + idle > 0.0 { cpus * busy / (busy + idle) } else { 0.0 })
+}
+
+/// CPU seconds used so far by everything that carries the scenario's load: the client pod
+/// and the scenario's server pod (their cgroups: every process of theirs, with the softirq
+/// work done in their syscalls), the scenario's proxies, and the kernel's worker threads
+/// (where the splice's psock work runs, and softirqs deferred under load).
+fn path_cpu_seconds(topo: &Topology, scenario: &Scenario) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for dir in [&topo.client.cgroup_dir, topo.server_cgroup(scenario.server)] {
+        let stat = std::fs::read_to_string(dir.join("cpu.stat"))?;
+        let usec: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("usage_usec in {}", dir.display()))?;
+        total += usec as f64 / 1e6;
+    }
+    for pid in topo.proxy_pids(scenario.proxies) {
+        total += cpu_seconds(pid)?;
+    }
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("kworker") || comm.starts_with("ksoftirqd") {
+            // A worker may exit between the listing and the read.
+            total += cpu_seconds(pid).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
 }

@@ -12,7 +12,9 @@
 //! | `mesh_nosockmap` | 9100 | the agent, splice off (the label flipped to `disabled`) |
 //! | `sidecar` | 9102, excluded from interception | nftables REDIRECT in the client pod to a sidecar process in that pod |
 //!
-//! and the same for `xnode_*` against a server pod on node 2.
+//! and the same for `xnode_*` against a server pod on node 2. Each port has an event-driven
+//! twin three above it (`nm-loadgen server --async` on 9103–9105, excluded alike), which the
+//! concurrency-64 load uses.
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +31,8 @@ use nodemesh_testbed::{Agent, AgentOptions, Cluster, Node, Pod, PodOptions, tool
 pub const MESH_PORT: u16 = 9100;
 const DIRECT_PORT: u16 = 9101;
 const SIDECAR_PORT: u16 = 9102;
+/// `nm-loadgen server --async` listens on each of the ports above plus this.
+pub const ASYNC_OFFSET: u16 = 3;
 /// The sidecar's listener (15001 is the agent's, in the same pod) and the SO_MARK its own
 /// connections carry so the REDIRECT rule skips them (Istio's 1337).
 const SIDECAR_LISTEN: u16 = 15101;
@@ -93,11 +97,15 @@ impl Topology {
                 let mut cmd = Command::new(&loadgen);
                 cmd.args(["server", "--port", &port.to_string()]);
                 pod.spawn(cmd)?;
+                let mut cmd = Command::new(&loadgen);
+                cmd.args(["server", "--async", "--port", &(port + ASYNC_OFFSET).to_string()]);
+                pod.spawn(cmd)?;
             }
         }
         for pod in [&server, &server2] {
             for port in [MESH_PORT, DIRECT_PORT, SIDECAR_PORT] {
                 tools::wait_listening(&pod.netns_path(), port)?;
+                tools::wait_listening(&pod.netns_path(), port + ASYNC_OFFSET)?;
             }
         }
 
@@ -112,8 +120,12 @@ impl Topology {
             splice_network_legs: Some(false),
             binary: Some(nodemesh),
             extra_config: format!(
-                "excluded_outbound_ports: [{DIRECT_PORT}, {SIDECAR_PORT}]\n\
-                 excluded_inbound_ports: [{DIRECT_PORT}, {SIDECAR_PORT}]\n{agent_config}\n"
+                "excluded_outbound_ports: [{d}, {s}, {da}, {sa}]\n\
+                 excluded_inbound_ports: [{d}, {s}, {da}, {sa}]\n{agent_config}\n",
+                d = DIRECT_PORT,
+                s = SIDECAR_PORT,
+                da = DIRECT_PORT + ASYNC_OFFSET,
+                sa = SIDECAR_PORT + ASYNC_OFFSET,
             ),
             ..Default::default()
         };
@@ -172,6 +184,11 @@ impl Topology {
         Ok(())
     }
 
+    /// The cgroup of the server pod at `ip`.
+    pub fn server_cgroup(&self, ip: IpAddr) -> &PathBuf {
+        if ip == IpAddr::from(self.server2.ipv4) { &self.server2.cgroup_dir } else { &self.server.cgroup_dir }
+    }
+
     /// Process ids whose CPU and memory count as the scenario's proxy.
     pub fn proxy_pids(&self, proxies: Proxies) -> Vec<u32> {
         match proxies {
@@ -188,7 +205,8 @@ impl Topology {
 fn start_sidecar(pod: &Pod, nodemesh: &PathBuf) -> anyhow::Result<u32> {
     let rules = format!(
         "table ip nmsidecar {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    \
-         meta mark {SIDECAR_MARK} return\n    tcp dport {SIDECAR_PORT} redirect to :{SIDECAR_LISTEN}\n  }}\n}}\n"
+         meta mark {SIDECAR_MARK} return\n    tcp dport {{ {SIDECAR_PORT}, {sidecar_async} }} redirect to :{SIDECAR_LISTEN}\n  }}\n}}\n",
+        sidecar_async = SIDECAR_PORT + ASYNC_OFFSET,
     );
     let rules_file = std::env::temp_dir().join(format!("nodemesh-sidecar-{}.nft", std::process::id()));
     std::fs::write(&rules_file, rules)?;
