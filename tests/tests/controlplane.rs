@@ -311,3 +311,52 @@ fn a_grpcio_client_built_from_our_protos_receives_well_formed_addresses() {
     assert_eq!(svc["addresses"], json!(["10.96.0.10"]));
     assert_eq!(svc["ports"], json!([[80, 8080]]));
 }
+
+/// The per-pod `nodemesh.io/splice` label works with a control plane too (it reaches the
+/// agent in the `nodemesh.io/labels` Workload extension): a pod labelled `disabled` has its
+/// connections copied while its unlabelled neighbour's are spliced. Before the labels were
+/// carried, xDS pods had none and both were spliced.
+#[test]
+fn a_pods_splice_label_reaches_the_agent_over_xds() {
+    let cluster = Cluster::new("cp-labels").expect("cluster");
+    let node = cluster.add_node("node1", 1).expect("node1");
+    let mut cp = cluster.add_control_plane().expect("cp");
+    let plain = node.add_pod("mesh", "plain", PodOptions::default()).expect("pod");
+    let labelled = PodOptions {
+        labels: [("nodemesh.io/splice".to_owned(), "disabled".to_owned())].into(),
+        ..PodOptions::default()
+    };
+    let nosplice = node.add_pod("mesh", "nosplice", labelled).expect("pod");
+    let server = node.add_pod("mesh", "server", PodOptions::default()).expect("pod");
+    cp.write_namespace("mesh", true).expect("namespace");
+    cp.write_pods(&[&node]).expect("pods");
+    cp.start().expect("start cp");
+    server.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
+    tools::wait_listening(&server.netns_path(), BULK_PORT).expect("listening");
+    let agent = node
+        .start_agent(&AgentOptions {
+            xds_address: Some(cp.xds_address()),
+            splice: true,
+            ..Default::default()
+        })
+        .expect("agent");
+    agent
+        .wait_enrolled(&["mesh/nosplice", "mesh/plain", "mesh/server"], Duration::from_secs(15))
+        .expect("enrolled");
+
+    for pod in [&plain, &nosplice] {
+        // Enough bytes to cross the hand-off threshold.
+        let out = pod.output(tools::bulk_client(IpAddr::from(server.ipv4), BULK_PORT, 1 << 20, 1 << 20));
+        let r = tools::json_result("bulk", &out.expect("run")).expect("bulk");
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let spliced = |name: &str| agent.pod_stats(name).expect("stats")["outbound"]["spliced"].as_u64();
+    let accepted = |name: &str| agent.pod_stats(name).expect("stats")["outbound"]["accepted"].as_u64();
+    assert_eq!((accepted("mesh/plain"), spliced("mesh/plain")), (Some(1), Some(1)));
+    assert_eq!((accepted("mesh/nosplice"), spliced("mesh/nosplice")), (Some(1), Some(0)));
+    let status = agent.status().expect("status");
+    let pods = status["pods"].as_array().expect("pods");
+    let splice_of = |name: &str| pods.iter().find(|p| p["name"] == name).map(|p| p["splice"].clone());
+    assert_eq!(splice_of("mesh/nosplice"), Some(json!(false)), "{status:#}");
+    assert_eq!(splice_of("mesh/plain"), Some(json!(true)));
+}
