@@ -83,7 +83,7 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     };
     // A crash from here on resets the upstream too (see `forward::reset`).
     forward::reset(&upstream);
-    record.allow(route.network_leg, &client, &upstream);
+    record.allow(accepted, &route, &client, &upstream);
     let (relayed, result) = relay::relay(
         &mut client,
         &mut upstream,

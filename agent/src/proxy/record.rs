@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use super::{
     context::{Accepted, Classified, Party},
     relay::{Counters, Relayed},
-    route::NetworkLeg,
+    route::{NetworkLeg, Route},
     stats::DirectionStats,
 };
 use crate::{
@@ -59,24 +59,17 @@ impl<'t> Record<'t> {
     }
 
     /// Connected: from here on the flow is joined with the kernel's records of the socket
-    /// that faces the network.
-    pub fn allow(&self, leg: NetworkLeg, client: &TcpStream, upstream: &TcpStream) {
-        let ids = match leg {
+    /// that faces the network (its cookie, and its veth 5-tuple from the addresses the stages
+    /// already know).
+    pub fn allow(&self, accepted: &Accepted, route: &Route, client: &TcpStream, upstream: &TcpStream) {
+        let ids = match route.network_leg {
             NetworkLeg::Accepted => KernelIds {
                 cookie: socket_cookie(client).ok(),
-                veth: client
-                    .local_addr()
-                    .ok()
-                    .zip(client.peer_addr().ok())
-                    .map(|(pod, peer)| veth_key(pod, peer)),
+                veth: Some(veth_key(accepted.local, accepted.peer)),
             },
             NetworkLeg::Upstream => KernelIds {
                 cookie: socket_cookie(upstream).ok(),
-                veth: upstream
-                    .local_addr()
-                    .ok()
-                    .zip(upstream.peer_addr().ok())
-                    .map(|(pod, peer)| veth_key(pod, peer)),
+                veth: upstream.local_addr().ok().map(|local| veth_key(local, route.endpoint)),
             },
             NetworkLeg::None => KernelIds { cookie: socket_cookie(upstream).ok(), veth: None },
         };

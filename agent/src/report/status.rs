@@ -49,6 +49,8 @@ pub struct CounterReport {
     pub count: u64,
 }
 
+/// A per-pod hook, as status names it. What each one attaches (program, target, pin name) is
+/// the datapath's: `datapath/hooks.rs` implements it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
