@@ -9,6 +9,7 @@ use super::context::Classified;
 
 /// `Err` carries the flow's reason (`denied_by:<namespace>/<name>`, ...).
 pub fn authorize(classified: &Classified, policies: &Policies) -> Result<(), String> {
+    // No original destination: nothing to check against; the route stage refuses it.
     let Some(dst) = classified.original else { return Ok(()) };
     if classified.authenticated && classified.local_destination.is_none() {
         return Ok(());

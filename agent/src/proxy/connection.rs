@@ -50,13 +50,6 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     tracing::debug!(destination = ?classified.original, protocol = ?classified.protocol, "classified");
     let record = Record::open(&state.flows, accepted, &classified, accepted.pod.stats.of(accepted.direction));
 
-    let route = match route::route(accepted, &classified, state.settings.route()) {
-        Ok(route) => route,
-        Err(reason) => {
-            record.fail(reason);
-            return Err(io::Error::new(io::ErrorKind::NotFound, reason));
-        }
-    };
     // A pod of this node: the proxy is its inbound side too, and counts it there.
     let local_inbound = classified.local_destination.as_ref().map(|pod| &pod.stats.inbound);
     if let Some(inbound) = local_inbound {
@@ -71,6 +64,14 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
         return Ok(());
     }
     drop(directory);
+
+    let route = match route::route(accepted, &classified, state.settings.route()) {
+        Ok(route) => route,
+        Err(reason) => {
+            record.fail(reason);
+            return Err(io::Error::new(io::ErrorKind::NotFound, reason));
+        }
+    };
 
     let mut upstream = match connect::connect(&route, state.settings.connect_timeout).await {
         Ok(upstream) => upstream,
