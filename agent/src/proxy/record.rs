@@ -98,3 +98,62 @@ impl<'t> Record<'t> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, atomic::Ordering::Relaxed};
+
+    use super::*;
+    use crate::{
+        flows::FlowTable,
+        proxy::{classify::classify, context::Accepted, relay::Relayed, testing::pod},
+        report::flows::Direction,
+    };
+
+    fn opened(table: &FlowTable, stats: &DirectionStats, f: impl FnOnce(&Record<'_>)) {
+        let web = pod("shop/web-1", &["10.0.0.1"]);
+        let accepted = Accepted {
+            direction: Direction::Outbound,
+            pod: Arc::clone(&web),
+            peer: "127.0.0.1:40000".parse().expect("addr"),
+            local: "127.0.0.1:15001".parse().expect("addr"),
+        };
+        let directory = crate::directory::Directory::default();
+        let classified =
+            classify(&accepted, Some("10.0.0.9:80".parse().expect("addr")), &directory, |_| None);
+        let record = Record::open(table, &accepted, &classified, stats);
+        f(&record);
+    }
+
+    #[test]
+    fn a_denial_is_a_closed_flow_with_its_reason_and_a_failed_count() {
+        let (table, stats) = (FlowTable::new(16, Arc::default(), None), DirectionStats::default());
+        opened(&table, &stats, |r| r.deny("denied_by:shop/no-web".into()));
+        let flows = table.records();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(
+            (flows[0].verdict, flows[0].reason.as_deref()),
+            (Verdict::Denied, Some("denied_by:shop/no-web"))
+        );
+        assert!(!flows[0].active);
+        assert_eq!(stats.failed.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_relayed_flow_hands_its_bytes_to_the_pods_counters() {
+        let (table, stats) = (FlowTable::new(16, Arc::default(), None), DirectionStats::default());
+        opened(&table, &stats, |r| {
+            let counters = r.counters();
+            counters.sent.fetch_add(100, Relaxed);
+            counters.received.fetch_add(7, Relaxed);
+            // While it is open the flow is active and shows its bytes.
+            let live = table.records();
+            assert!(live[0].active);
+            assert_eq!((live[0].bytes_sent, live[0].bytes_received), (100, 7));
+            r.finish(Relayed::Spliced);
+        });
+        assert_eq!((stats.bytes_sent.load(Relaxed), stats.bytes_received.load(Relaxed)), (100, 7));
+        assert_eq!((stats.spliced.load(Relaxed), stats.failed.load(Relaxed)), (1, 0));
+        assert!(!table.records()[0].active);
+    }
+}
