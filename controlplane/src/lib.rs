@@ -4,6 +4,7 @@
 //! Run as `nodemesh controlplane`.
 
 pub mod admin;
+pub mod ca;
 pub mod fuzzing;
 mod inputs;
 pub mod model;

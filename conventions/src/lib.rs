@@ -6,12 +6,14 @@
 //! side (and any tool or test) can depend on it for nothing.
 
 mod field;
+pub mod identity;
 mod labels;
 pub mod naming;
 pub mod rules;
 pub mod text;
 
 pub use field::FieldError;
+pub use identity::SpiffeId;
 pub use labels::{DISABLED, ENABLED, INTERCEPT_LABEL, Labels, MESH_LABEL_PREFIX, captured, mesh_labels};
 pub use naming::OwnerReference;
 
