@@ -107,6 +107,20 @@ pub struct ControlplaneArgs {
     pub root_namespace: String,
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Serve Istio's certificate authority (CreateCertificate) beside xDS, with its root kept
+    /// in this state directory (generated on first start; the key file is mode 0600).
+    #[arg(long, conflicts_with = "cacerts")]
+    pub ca_state_dir: Option<PathBuf>,
+    /// Serve the certificate authority as an intermediate from Istio's `cacerts` files
+    /// (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
+    #[arg(long)]
+    pub cacerts: Option<PathBuf>,
+    /// The nodes' bootstrap tokens: one file per node, named after it (docs/controlplane.md).
+    #[arg(long)]
+    pub node_token_dir: Option<PathBuf>,
+    /// A workload certificate's lifetime in seconds, when the request does not ask.
+    #[arg(long, default_value_t = 86_400)]
+    pub cert_lifetime_s: u64,
 }
 
 pub fn status(json: bool, admin: SocketAddr) -> anyhow::Result<()> {

@@ -8,12 +8,33 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::commands::ControlplaneArgs;
 
+/// The CA's settings, when a root source is given (it then needs the node tokens).
+fn ca_settings(args: &ControlplaneArgs) -> anyhow::Result<Option<nodemesh_controlplane::CaSettings>> {
+    use nodemesh_controlplane::ca::CaSource;
+    let source = match (&args.ca_state_dir, &args.cacerts) {
+        (Some(dir), _) => CaSource::StateDir(dir.clone()),
+        (None, Some(dir)) => CaSource::CaCerts(dir.clone()),
+        (None, None) => return Ok(None),
+    };
+    let Some(node_tokens) = args.node_token_dir.clone() else {
+        anyhow::bail!(
+            "--node-token-dir is required with a certificate authority: nodes authenticate with its tokens"
+        );
+    };
+    Ok(Some(nodemesh_controlplane::CaSettings {
+        source,
+        node_tokens,
+        default_lifetime: Duration::from_secs(args.cert_lifetime_s.max(1)),
+    }))
+}
+
 pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    let ca = ca_settings(&args)?;
     let settings = nodemesh_controlplane::Settings {
         config_dir: args.config_dir,
         listen: args.listen,
@@ -25,6 +46,7 @@ pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         poll: Duration::from_secs(2),
+        ca,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nm-cp").build()?;
     runtime.block_on(async {

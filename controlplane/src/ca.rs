@@ -14,6 +14,7 @@
 //! authorization, in the gRPC service).
 
 mod files;
+pub mod service;
 
 use std::{path::Path, time::Duration};
 
@@ -26,6 +27,7 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use time::OffsetDateTime;
 
 pub use files::CaSource;
+pub use service::{CaCounters, CertificateService, NodeTokens};
 
 /// A workload certificate's lifetime when the request does not say.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);

@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use nodemesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use nodemesh_proto::{
+    envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+    istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer,
+};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -40,6 +43,19 @@ pub struct Settings {
     pub mesh: MeshSettings,
     /// How often the directory is re-read even without an inotify event (a safety net).
     pub poll: Duration,
+    /// The certificate authority, served beside xDS when set.
+    pub ca: Option<CaSettings>,
+}
+
+/// The certificate authority's settings (`ca.rs`).
+#[derive(Clone, Debug)]
+pub struct CaSettings {
+    /// Where the signing key and certificates come from.
+    pub source: ca::CaSource,
+    /// One file per node holding its bootstrap token (`ca::NodeTokens`).
+    pub node_tokens: PathBuf,
+    /// A workload certificate's lifetime when the request does not ask for one.
+    pub default_lifetime: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +72,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the certificate authority: {0}")]
+    Ca(#[from] ca::CaError),
     #[error("serving xDS on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -84,6 +102,11 @@ pub async fn serve(
     admin: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    // A CA that cannot start is a start-up error, before anything is served.
+    let authority = match &settings.ca {
+        Some(ca) => Some(Arc::new(ca::Authority::load(&ca.source, &settings.mesh.trust_domain)?)),
+        None => None,
+    };
     let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
     // Watching before the first scan: no change made after that scan goes unnoticed.
     let directory = inputs::Watch::start(&settings.config_dir, settings.poll);
@@ -103,6 +126,7 @@ pub async fn serve(
     let served = Arc::new(Mutex::new(admin::Served::default()));
     inputs::record(&served, &first, store.errors());
     let (world_tx, world_rx) = watch::channel(Arc::new(first));
+    let world_watch = world_rx.clone();
     inputs::InputLoop {
         watch: directory,
         store,
@@ -130,10 +154,21 @@ pub async fn serve(
     let ads = AggregatedDiscoveryServiceServer::new(server::Ads::new(world_rx, registry, stopping.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
+    let certificates = match (&settings.ca, authority) {
+        (Some(ca), Some(authority)) => {
+            tracing::info!(source = ?ca.source, trust_domain = authority.trust_domain(), "certificate authority ready");
+            let tokens = ca::NodeTokens::new(ca.node_tokens.clone());
+            let service =
+                ca::CertificateService::new(authority, world_watch.clone(), tokens, ca.default_lifetime);
+            Some(IstioCertificateServiceServer::new(service))
+        }
+        _ => None,
+    };
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: settings.listen, source })?;
-    tracing::info!(%addr, dir = %settings.config_dir.display(), "serving delta xDS");
+    tracing::info!(%addr, dir = %settings.config_dir.display(), ca = certificates.is_some(), "serving delta xDS");
     let serving = nodemesh_proto::tonic::transport::Server::builder()
         .add_service(ads)
+        .add_optional_service(certificates)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stopping));
     tokio::pin!(serving, shutdown);
     let served = |result: Result<(), nodemesh_proto::tonic::transport::Error>| {

@@ -97,6 +97,9 @@ impl Delta {
 pub struct NodeInfo {
     namespaces: HashSet<String>,
     policies: HashSet<String>,
+    /// (namespace, service account) of the captured pods placed here: the identities the
+    /// CA signs for this node's agent.
+    identities: HashSet<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +180,10 @@ impl World {
             let info = world.nodes.entry(node.clone()).or_default();
             info.namespaces.insert(ns.clone());
             info.policies.extend(policies.iter().cloned());
+            if captured {
+                let sa = pod.spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+                info.identities.insert((ns.clone(), sa));
+            }
             let name: Arc<str> = encode::workload_uid(pod, mesh).into();
             let entry = match previous.and_then(|p| p.pod_memos.get(&name)) {
                 Some(memo) if memo.reusable(pod, captured, &backing, &policies) => Arc::clone(&memo.entry),
@@ -216,6 +223,14 @@ impl World {
             world.diff_from(previous);
         }
         world
+    }
+
+    /// Whether a captured pod with this namespace and service account is placed on `node`:
+    /// only then may that node's agent hold the identity's certificate.
+    pub fn hosts_identity(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|info| info.identities.contains(&(namespace.to_owned(), service_account.to_owned())))
     }
 
     /// Whether `node` gets `entry` without asking for it by name.

@@ -42,6 +42,7 @@ async fn serve_returns_within_a_second_while_streams_are_open() {
         admin: admin.local_addr().expect("addr"),
         mesh: MeshSettings::default(),
         poll: Duration::from_secs(60),
+        ca: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(nodemesh_controlplane::serve(settings, xds, admin, async {

@@ -34,6 +34,14 @@ pub struct Cp {
 
 impl Cp {
     pub async fn start(files: &[(&str, String)]) -> Self {
+        Self::start_with_ca(files, None).await
+    }
+
+    /// The same, serving the certificate authority too.
+    pub async fn start_with_ca(
+        files: &[(&str, String)],
+        ca: Option<nodemesh_controlplane::CaSettings>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, text) in files {
             write(dir.path(), name, text);
@@ -47,6 +55,7 @@ impl Cp {
             admin: admin_addr,
             mesh: MeshSettings::default(),
             poll: Duration::from_secs(60),
+            ca,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
