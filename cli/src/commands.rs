@@ -121,6 +121,13 @@ pub struct ControlplaneArgs {
     /// A workload certificate's lifetime in seconds, when the request does not ask.
     #[arg(long, default_value_t = 86_400)]
     pub cert_lifetime_s: u64,
+    /// With a certificate authority: xDS and the CA over TLS on this address too (istiod's
+    /// 15012), with a serving certificate from the mesh's root.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub tls_listen: SocketAddr,
+    /// A name (DNS name or address) clients reach the TLS port by; repeat for more.
+    #[arg(long = "tls-name", default_value = "localhost")]
+    pub tls_names: Vec<String>,
 }
 
 pub fn status(json: bool, admin: SocketAddr) -> anyhow::Result<()> {

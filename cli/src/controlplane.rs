@@ -25,6 +25,8 @@ fn ca_settings(args: &ControlplaneArgs) -> anyhow::Result<Option<nodemesh_contro
         source,
         node_tokens,
         default_lifetime: Duration::from_secs(args.cert_lifetime_s.max(1)),
+        tls_listen: Some(args.tls_listen),
+        tls_names: args.tls_names.clone(),
     }))
 }
 

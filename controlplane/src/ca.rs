@@ -130,6 +130,33 @@ impl Authority {
         Ok(chain)
     }
 
+    /// A serving certificate for the control plane itself (the TLS port): DNS names and
+    /// addresses as SANs, server authentication only. Returns the chain (PEM, leaf first) and
+    /// the new key (PEM), which stays in memory.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(CaError::Sign)?;
+        for name in names {
+            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into().map_err(CaError::Sign)?),
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after =
+            now + time::Duration::try_from(lifetime).map_err(|e| CaError::Invalid(e.to_string()))?;
+        params.serial_number = Some(self.serial()?);
+        params.distinguished_name.push(DnType::CommonName, "nodemesh control plane");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_pem(&self.chain[0], &self.signing_key).map_err(CaError::Sign)?;
+        let cert = params.signed_by(&key, &issuer).map_err(CaError::Sign)?;
+        let chain: String = std::iter::once(cert.pem()).chain(self.chain.iter().cloned()).collect();
+        Ok((chain, key.serialize_pem()))
+    }
+
     /// A random positive 128-bit serial number.
     fn serial(&self) -> Result<SerialNumber, CaError> {
         let mut bytes = [0u8; 16];

@@ -56,7 +56,16 @@ pub struct CaSettings {
     pub node_tokens: PathBuf,
     /// A workload certificate's lifetime when the request does not ask for one.
     pub default_lifetime: Duration,
+    /// The TLS port (istiod's 15012): xDS and the CA, with a serving certificate from this
+    /// CA for `tls_names`.
+    pub tls_listen: Option<SocketAddr>,
+    /// The names (DNS names or addresses) clients reach the control plane by.
+    pub tls_names: Vec<String>,
 }
+
+/// How long the control plane's own serving certificate lasts; a new one is made at every
+/// start.
+const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -154,6 +163,17 @@ pub async fn serve(
     let ads = AggregatedDiscoveryServiceServer::new(server::Ads::new(world_rx, registry, stopping.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
+    let tls = match (&settings.ca, &authority) {
+        (Some(ca), Some(authority)) if ca.tls_listen.is_some() => {
+            let (chain, key) = authority.issue_server(&ca.tls_names, SERVING_CERT_LIFETIME)?;
+            let identity = nodemesh_proto::tonic::transport::Identity::from_pem(chain, key);
+            let addr = ca.tls_listen.unwrap_or(settings.listen);
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+            Some((listener, nodemesh_proto::tonic::transport::ServerTlsConfig::new().identity(identity)))
+        }
+        _ => None,
+    };
     let certificates = match (&settings.ca, authority) {
         (Some(ca), Some(authority)) => {
             tracing::info!(source = ?ca.source, trust_domain = authority.trust_domain(), "certificate authority ready");
@@ -166,6 +186,22 @@ pub async fn serve(
     };
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: settings.listen, source })?;
     tracing::info!(%addr, dir = %settings.config_dir.display(), ca = certificates.is_some(), "serving delta xDS");
+    if let Some((tls_listener, config)) = tls {
+        let tls_addr = tls_listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+        let server = nodemesh_proto::tonic::transport::Server::builder()
+            .tls_config(config)
+            .map_err(|source| Error::Serve { addr: tls_addr, source })?
+            .add_service(ads.clone())
+            .add_optional_service(certificates.clone());
+        tracing::info!(addr = %tls_addr, "serving delta xDS and the CA over TLS");
+        let tls_stopping = stopping.clone();
+        tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(tls_listener);
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stopped(tls_stopping)).await {
+                tracing::error!(addr = %tls_addr, error = %e, "the TLS port failed");
+            }
+        });
+    }
     let serving = nodemesh_proto::tonic::transport::Server::builder()
         .add_service(ads)
         .add_optional_service(certificates)

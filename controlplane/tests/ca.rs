@@ -32,6 +32,7 @@ fn request(token: &str, identity: &str) -> Request<IstioCertificateRequest> {
 #[tokio::test]
 async fn a_node_gets_certificates_for_the_identities_it_hosts_only() {
     let state = tempfile::tempdir().expect("tempdir");
+    let tls_addr = free_port();
     let tokens = state.path().join("tokens");
     std::fs::create_dir_all(&tokens).expect("mkdir");
     std::fs::write(tokens.join("node1"), NODE1).expect("token");
@@ -47,6 +48,8 @@ async fn a_node_gets_certificates_for_the_identities_it_hosts_only() {
         source: CaSource::StateDir(state.path().to_owned()),
         node_tokens: tokens,
         default_lifetime: Duration::from_secs(3600),
+        tls_listen: Some(tls_addr),
+        tls_names: vec!["localhost".into(), "127.0.0.1".into()],
     };
     let cp = Cp::start_with_ca(&files, Some(ca)).await;
     let mut client =
@@ -73,4 +76,47 @@ async fn a_node_gets_certificates_for_the_identities_it_hosts_only() {
         .await
         .expect_err("no node");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // The TLS port serves the same, with a certificate from the mesh's root for the names
+    // clients use; a client that trusts another root refuses it.
+    let tls = |root: &str| {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(root))
+            .domain_name("localhost")
+    };
+    let endpoint = format!("https://localhost:{}", tls_addr.port());
+    let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+        .expect("uri")
+        .tls_config(tls(&root))
+        .expect("tls")
+        .connect()
+        .await
+        .expect("TLS with the mesh root");
+    let mut secure = IstioCertificateServiceClient::new(channel);
+    let chain = secure
+        .create_certificate(request(NODE1, cart))
+        .await
+        .expect("issued over TLS")
+        .into_inner()
+        .cert_chain;
+    assert_eq!(chain[1], root);
+    let other_root = tempfile::tempdir().expect("tempdir");
+    let other = nodemesh_controlplane::ca::Authority::load(
+        &CaSource::StateDir(other_root.path().to_owned()),
+        "cluster.local",
+    )
+    .expect("another CA");
+    let refused = tonic::transport::Channel::from_shared(endpoint)
+        .expect("uri")
+        .tls_config(tls(other.root_pem()))
+        .expect("tls")
+        .connect()
+        .await;
+    assert!(refused.is_err(), "a client trusting another root must not connect");
+}
+
+/// A port free on loopback right now.
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
 }
