@@ -400,14 +400,39 @@ impl DeltaStream {
 /// control plane hold unbounded state.
 const MAX_NAMES: usize = 200_000;
 
-/// The node an agent runs on: `metadata.NODE_NAME` (what ztunnel sends), else the id's
-/// "<kind>~<node>" form.
+/// The node an agent runs on: `metadata.NODE_NAME`, which Istio defines and ztunnel, our
+/// agent and istiod's other clients send. Not the node id: ztunnel's is
+/// `ztunnel~<pod IP>~<pod>.<ns>~<ns>.svc.cluster.local`, whose second field is an address,
+/// and a client placed on a node named after it would get that node's view (none) and,
+/// from the CA, its identities. A stream without it is refused with the reason.
 fn node_name(node: Option<&Node>) -> Option<String> {
-    let node = node?;
-    let from_metadata =
-        node.metadata.as_ref().and_then(|m| m.fields.get("NODE_NAME")).and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
-            _ => None,
+    let metadata = node?.metadata.as_ref()?;
+    match &metadata.fields.get("NODE_NAME")?.kind {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod node_tests {
+    use nodemesh_proto::prost_types::{Struct, Value};
+
+    use super::*;
+
+    fn node(id: &str, node_name: Option<&str>) -> Node {
+        let metadata = node_name.map(|n| Struct {
+            fields: [("NODE_NAME".to_owned(), Value { kind: Some(Kind::StringValue(n.into())) })].into(),
         });
-    from_metadata.or_else(|| node.id.split('~').nth(1).filter(|s| !s.is_empty()).map(str::to_owned))
+        Node { id: id.into(), metadata, ..Default::default() }
+    }
+
+    #[test]
+    fn the_node_is_the_metadata_never_the_id() {
+        let ztunnel = "ztunnel~10.244.1.7~ztunnel-x2x4z.istio-system~istio-system.svc.cluster.local";
+        assert_eq!(node_name(Some(&node(ztunnel, Some("worker-1")))).as_deref(), Some("worker-1"));
+        assert_eq!(node_name(Some(&node(ztunnel, None))), None, "an address is not a node");
+        assert_eq!(node_name(Some(&node("nodemesh~node1", None))), None);
+        assert_eq!(node_name(Some(&node("nodemesh~node1", Some("")))), None);
+        assert_eq!(node_name(None), None);
+    }
 }
