@@ -108,22 +108,14 @@ impl Authority {
         // Parsing checks the CSR's own signature: the caller holds the key.
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::Csr)?;
         let lifetime = if lifetime.is_zero() { DEFAULT_LIFETIME } else { lifetime.min(MAX_LIFETIME) };
-        let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        params.not_before = now - BACKDATE;
-        params.not_after =
-            now + time::Duration::try_from(lifetime).map_err(|e| CaError::Invalid(e.to_string()))?;
-        params.serial_number = Some(self.serial()?);
-        // An empty subject makes the SAN extension critical, as Istio's certificates have it.
-        params.distinguished_name = DistinguishedName::new();
+        // An empty subject (from `leaf_params`) makes the SAN extension critical, as Istio's
+        // certificates have it.
+        let mut params = self.leaf_params(lifetime)?;
         let uri = identity.to_string().try_into().map_err(CaError::Sign)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let issuer = Issuer::from_ca_cert_pem(&self.chain[0], &self.signing_key).map_err(CaError::Sign)?;
-        let leaf = params.signed_by(&csr.public_key, &issuer).map_err(CaError::Sign)?;
+        let leaf = self.sign(&params, &csr.public_key)?;
         let mut chain = Vec::with_capacity(self.chain.len() + 1);
         chain.push(leaf.pem());
         chain.extend(self.chain.iter().cloned());
@@ -135,26 +127,43 @@ impl Authority {
     /// the new key (PEM), which stays in memory.
     pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<(String, String), CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(CaError::Sign)?;
+        let mut params = self.leaf_params(lifetime)?;
+        params.distinguished_name.push(DnType::CommonName, "nodemesh control plane");
         for name in names {
             params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
                 Err(_) => SanType::DnsName(name.clone().try_into().map_err(CaError::Sign)?),
             });
         }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = self.sign(&params, &key)?;
+        let chain: String = std::iter::once(cert.pem()).chain(self.chain.iter().cloned()).collect();
+        Ok((chain, key.serialize_pem()))
+    }
+
+    /// What every certificate this CA signs has: validity from two minutes ago for
+    /// `lifetime`, a random serial, an empty subject, a TLS end's key usages, and the issuer's
+    /// key identifier.
+    fn leaf_params(&self, lifetime: Duration) -> Result<CertificateParams, CaError> {
+        let mut params = CertificateParams::default();
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after =
             now + time::Duration::try_from(lifetime).map_err(|e| CaError::Invalid(e.to_string()))?;
         params.serial_number = Some(self.serial()?);
-        params.distinguished_name.push(DnType::CommonName, "nodemesh control plane");
+        params.distinguished_name = DistinguishedName::new();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        Ok(params)
+    }
+
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<rcgen::Certificate, CaError> {
         let issuer = Issuer::from_ca_cert_pem(&self.chain[0], &self.signing_key).map_err(CaError::Sign)?;
-        let cert = params.signed_by(&key, &issuer).map_err(CaError::Sign)?;
-        let chain: String = std::iter::once(cert.pem()).chain(self.chain.iter().cloned()).collect();
-        Ok((chain, key.serialize_pem()))
+        params.signed_by(public_key, &issuer).map_err(CaError::Sign)
     }
 
     /// A random positive 128-bit serial number.
