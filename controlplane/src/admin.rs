@@ -21,6 +21,8 @@ pub struct Served {
 pub struct AdminState {
     pub served: Arc<Mutex<Served>>,
     pub registry: Registry,
+    /// The certificate authority's counts, when it is served.
+    pub ca: Option<Arc<crate::ca::CaCounters>>,
 }
 
 /// Serves until `shutdown` resolves.
@@ -39,5 +41,14 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let served = s.served.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut agents: Vec<_> = s.registry.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
     agents.sort_by(|a, b| a.node.cmp(&b.node));
-    Json(serde_json::json!({ "served": served, "agents": agents }))
+    let ca = s.ca.as_ref().map(|c| {
+        use std::sync::atomic::Ordering::Relaxed;
+        serde_json::json!({
+            "issued": c.issued.load(Relaxed),
+            "denied": c.denied.load(Relaxed),
+            "unauthenticated": c.unauthenticated.load(Relaxed),
+            "invalid": c.invalid.load(Relaxed),
+        })
+    });
+    Json(serde_json::json!({ "served": served, "agents": agents, "ca": ca }))
 }

@@ -152,7 +152,8 @@ pub async fn serve(
 
     let registry = server::Registry::default();
     let (stop, stopping) = watch::channel(false);
-    let admin_state = admin::AdminState { served, registry: Arc::clone(&registry) };
+    let ca_counters = authority.as_ref().map(|_| Arc::new(ca::CaCounters::default()));
+    let admin_state = admin::AdminState { served, registry: Arc::clone(&registry), ca: ca_counters.clone() };
     let admin_stopping = stopping.clone();
     tokio::spawn(async move {
         if let Err(e) = admin::serve(admin, admin_state, stopped(admin_stopping)).await {
@@ -179,7 +180,8 @@ pub async fn serve(
             tracing::info!(source = ?ca.source, trust_domain = authority.trust_domain(), "certificate authority ready");
             let tokens = ca::NodeTokens::new(ca.node_tokens.clone());
             let service =
-                ca::CertificateService::new(authority, world_watch.clone(), tokens, ca.default_lifetime);
+                ca::CertificateService::new(authority, world_watch.clone(), tokens, ca.default_lifetime)
+                    .with_counters(ca_counters.clone().unwrap_or_default());
             Some(IstioCertificateServiceServer::new(service))
         }
         _ => None,

@@ -76,6 +76,12 @@ async fn a_node_gets_certificates_for_the_identities_it_hosts_only() {
         .await
         .expect_err("no node");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let status = cp.status().await;
+    assert_eq!(
+        status["ca"],
+        serde_json::json!({"issued": 1, "denied": 1, "unauthenticated": 1, "invalid": 0}),
+        "{status:#}"
+    );
 
     // The TLS port serves the same, with a certificate from the mesh's root for the names
     // clients use; a client that trusts another root refuses it.

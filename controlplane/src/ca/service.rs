@@ -92,6 +92,12 @@ impl CertificateService {
         Self { authority, world, tokens, default_lifetime, counters: Arc::default() }
     }
 
+    /// Counts into `counters` (shared with `/status`).
+    pub fn with_counters(mut self, counters: Arc<CaCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
     fn authorize(&self, request: &Request<IstioCertificateRequest>) -> Result<(String, SpiffeId), Status> {
         let token = request
             .metadata()
