@@ -165,13 +165,17 @@ pub async fn serve(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let tls = match (&settings.ca, &authority) {
-        (Some(ca), Some(authority)) if ca.tls_listen.is_some() => {
-            let (chain, key) = authority.issue_server(&ca.tls_names, SERVING_CERT_LIFETIME)?;
+        (Some(CaSettings { tls_listen: Some(addr), tls_names, .. }), Some(authority)) => {
+            let (chain, key) = authority.issue_server(tls_names, SERVING_CERT_LIFETIME)?;
             let identity = nodemesh_proto::tonic::transport::Identity::from_pem(chain, key);
-            let addr = ca.tls_listen.unwrap_or(settings.listen);
+            let addr = *addr;
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
-            Some((listener, nodemesh_proto::tonic::transport::ServerTlsConfig::new().identity(identity)))
+            Some((
+                addr,
+                listener,
+                nodemesh_proto::tonic::transport::ServerTlsConfig::new().identity(identity),
+            ))
         }
         _ => None,
     };
@@ -188,8 +192,8 @@ pub async fn serve(
     };
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: settings.listen, source })?;
     tracing::info!(%addr, dir = %settings.config_dir.display(), ca = certificates.is_some(), "serving delta xDS");
-    if let Some((tls_listener, config)) = tls {
-        let tls_addr = tls_listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    if let Some((asked, tls_listener, config)) = tls {
+        let tls_addr = tls_listener.local_addr().map_err(|source| Error::Bind { addr: asked, source })?;
         let server = nodemesh_proto::tonic::transport::Server::builder()
             .tls_config(config)
             .map_err(|source| Error::Serve { addr: tls_addr, source })?
