@@ -202,5 +202,6 @@ pub fn report(s: &AdminState) -> StatusReport {
             .collect(),
         proxy: totals,
         memory: crate::memory::now(),
+        certificates: s.proxy.hbone().map(|h| h.identities.report()).unwrap_or_default(),
     }
 }

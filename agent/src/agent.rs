@@ -21,8 +21,9 @@ use crate::{
     datapath::{Datapath, DatapathSettings, Occupancy, PinDir, Steering, btf},
     enroll::FileSource,
     flows::{FlowTable, kernel::DropReasons},
+    identity::{CaClient, CaSettings, IdentityManager, MeshRoots},
     pods::{cgroup, netns},
-    proxy::{Proxy, ProxyMaps, ProxySettings},
+    proxy::{Proxy, ProxyMaps, ProxySettings, hbone::Hbone},
     reconcile::Reconciler,
     spec::NodeSpec,
     xds,
@@ -99,6 +100,36 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     let handles = datapath.handles()?;
     let datapath = Arc::new(Mutex::new(datapath));
 
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    // The mesh root and the CA, checked before anything attaches: a wrong or missing root is
+    // a start-up error, not a stream of handshake failures later.
+    let roots = match &config.mesh_root {
+        Some(path) => Some(Arc::new(MeshRoots::load(path)?)),
+        None => None,
+    };
+    let hbone = match (config.ca(), &roots, &config.node_token_file) {
+        (Some(ca), Some(roots), Some(token_file)) => {
+            crate::identity::ca_client::read_token(token_file)?;
+            // The CA's channel lives on the control runtime, with the certificate refreshes.
+            let _control = control.enter();
+            let client = CaClient::new(
+                CaSettings {
+                    address: ca.to_owned(),
+                    token_file: token_file.clone(),
+                    cluster_id: config.cluster_id.clone(),
+                    lifetime: Duration::from_secs(config.cert_lifetime_s),
+                },
+                roots,
+            )?;
+            tracing::info!(ca, "workload identities on: HBONE (mutual TLS) between nodes");
+            Some(Arc::new(Hbone::new(IdentityManager::new(client, Arc::clone(roots)), config.ports.hbone)))
+        }
+        _ => None,
+    };
+
     let data_plane = tokio::runtime::Builder::new_multi_thread()
         .thread_name("nm-data")
         .enable_all()
@@ -108,6 +139,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         ProxySettings {
             outbound_port: config.ports.outbound,
             inbound_port: config.ports.inbound,
+            hbone_port: config.ports.hbone,
             connect_timeout: config.connect_timeout,
             max_buffer_bytes: config.max_buffer_bytes,
             splice: config.splice,
@@ -125,16 +157,24 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         },
         FlowTable::new(config.flows_max_closed, drop_reasons, Some(handles.kernel_records)),
         data_plane.handle().clone(),
+        hbone.clone(),
     );
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the control runtime")?;
+    if let Some(hbone) = &hbone {
+        let hbone = Arc::clone(hbone);
+        data_plane.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                hbone.pool.sweep(crate::proxy::hbone::POOL_IDLE);
+            }
+        });
+    }
 
     let config = Arc::new(config);
     let handles = ControlHandles { steering: handles.steering, occupancy: handles.occupancy };
     control.block_on(control_plane(
         Arc::clone(&config),
+        roots,
         Arc::clone(&datapath),
         handles,
         proxy,
@@ -160,6 +200,7 @@ struct ControlHandles {
 
 async fn control_plane(
     config: Arc<Config>,
+    roots: Option<Arc<MeshRoots>>,
     datapath: Arc<Mutex<Datapath>>,
     handles: ControlHandles,
     proxy: Proxy,
@@ -181,6 +222,9 @@ async fn control_plane(
                 address: address.clone(),
                 node_name: config.node_name.clone(),
                 snapshot: config.xds_snapshot.clone(),
+                roots: roots.clone().filter(|_| address.starts_with("https://")),
+                token_file: config.node_token_file.clone(),
+                cluster_id: config.cluster_id.clone(),
             });
             xds = Some(Arc::clone(&shared));
             (rx, SpecSource::ControlPlane(shared))
@@ -216,6 +260,12 @@ async fn control_plane(
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
         let spec = Arc::clone(&spec_rx.borrow_and_update());
+        // Certificates are asked for as soon as a pod's identity is known, so they are there
+        // (or on their way) when its first connection comes.
+        if let Some(hbone) = proxy.hbone() {
+            hbone.identities.sync(&identities(&spec));
+            hbone.retain_identities();
+        }
         reconciler.reconcile(&spec).await;
         ready.store(true, std::sync::atomic::Ordering::Release);
         tokio::select! {
@@ -237,6 +287,17 @@ async fn control_plane(
     }
     admin.abort();
     Ok(())
+}
+
+/// The identities of the node's intercepted pods, with how many pods have each.
+fn identities(spec: &NodeSpec) -> std::collections::BTreeMap<String, usize> {
+    let mut wanted = std::collections::BTreeMap::new();
+    for pod in spec.intercepted() {
+        if let Some(workload) = pod.ips.iter().find_map(|ip| spec.directory.workload(ip)) {
+            *wanted.entry(workload.identity.to_string()).or_default() += 1;
+        }
+    }
+    wanted
 }
 
 /// The capabilities the agent uses: CAP_BPF (load programs), CAP_NET_ADMIN (attach to

@@ -37,8 +37,9 @@ pub struct Policies {
 #[derive(Clone, Copy, Debug)]
 pub struct Caller<'a> {
     pub ip: IpAddr,
-    /// The workload when authenticated (a pod of this node, seen from inside it).
-    pub workload: Option<&'a WorkloadRef>,
+    /// The SPIFFE identity when authenticated: a pod of this node, seen from inside it, or an
+    /// HBONE peer, by the certificate it presented.
+    pub identity: Option<&'a str>,
 }
 
 impl Policies {
@@ -97,12 +98,11 @@ fn rule_matches(clauses: &[Vec<MatchSpec>], to: SocketAddr, source: &Caller<'_>)
 
 /// Every non-empty field holds: a listed value matches, and no value of a `not_` list does.
 fn spec_matches(m: &MatchSpec, to: SocketAddr, source: &Caller<'_>) -> bool {
-    let w = source.workload;
     // `cluster.local/ns/<ns>/sa/<sa>`: the SPIFFE identity without its scheme, as policies
-    // write principals.
-    let principal = w.map(|w| w.identity.strip_prefix("spiffe://").unwrap_or(&w.identity));
-    let namespace = w.map(|w| &*w.namespace);
-    let service_account = principal.and_then(|p| p.rsplit_once("/sa/")).map(|(_, sa)| sa);
+    // write principals; the namespace and service account are the identity's, as ztunnel
+    // reads them.
+    let principal = source.identity.map(|id| id.strip_prefix("spiffe://").unwrap_or(id));
+    let (namespace, service_account) = principal.and_then(namespace_and_account).unzip();
     let strs =
         |list: &[StrMatch], value: Option<&str>| value.is_some_and(|v| list.iter().any(|s| s.matches(v)));
     let accounts = |list: &[(String, String)]| matches!((namespace, service_account), (Some(ns), Some(sa)) if list.iter().any(|(n, s)| n == ns && s == sa));
@@ -121,6 +121,15 @@ fn spec_matches(m: &MatchSpec, to: SocketAddr, source: &Caller<'_>) -> bool {
         && !cidrs(&m.not_destination_ips, to.ip())
         && positive(m.destination_ports.is_empty(), ports(&m.destination_ports))
         && !ports(&m.not_destination_ports)
+}
+
+/// `<td>/ns/<ns>/sa/<sa>` → (ns, sa).
+fn namespace_and_account(principal: &str) -> Option<(&str, &str)> {
+    let mut parts = principal.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
+        _ => None,
+    }
 }
 
 impl StrMatch {
@@ -180,7 +189,7 @@ mod tests {
     #[test]
     fn nothing_applies_so_everything_is_allowed() {
         let (cart, frontend) = workloads();
-        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), identity: Some(&frontend.identity) };
         assert_eq!(Policies::default().check(&cart, TO, &source), Ok(()));
     }
 
@@ -194,10 +203,10 @@ mod tests {
             Action::Allow,
             vec![vec![vec![from_namespace("web")]]],
         ));
-        let authenticated = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let authenticated = Caller { ip: IpAddr::from([10, 0, 0, 2]), identity: Some(&frontend.identity) };
         assert_eq!(p.check(&cart, TO, &authenticated), Ok(()));
         // The same address in plaintext from elsewhere proves nothing.
-        let claimed = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: None };
+        let claimed = Caller { ip: IpAddr::from([10, 0, 0, 2]), identity: None };
         assert_eq!(p.check(&cart, TO, &claimed), Err("no_allow_policy_matched".into()));
         // The frontend is not selected, so nothing applies to it.
         assert_eq!(p.check(&frontend, TO, &claimed), Ok(()));
@@ -206,7 +215,7 @@ mod tests {
     #[test]
     fn deny_wins_and_matches_ports_principals_and_addresses() {
         let (cart, frontend) = workloads();
-        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), identity: Some(&frontend.identity) };
         let mut p = Policies::default();
         p.insert(policy("allow-all", Scope::Namespace, Action::Allow, vec![vec![]]));
         let port = MatchSpec { destination_ports: vec![8080], ..Default::default() };
@@ -222,7 +231,7 @@ mod tests {
         ));
         assert_eq!(p.check(&cart, TO, &source), Err("denied_by:shop/no-frontend-on-8080".into()));
         assert_eq!(p.check(&cart, SocketAddr::new(TO.ip(), 9090), &source), Ok(()));
-        let elsewhere = Caller { ip: IpAddr::from([192, 168, 1, 9]), workload: None };
+        let elsewhere = Caller { ip: IpAddr::from([192, 168, 1, 9]), identity: None };
         assert_eq!(p.check(&cart, TO, &elsewhere), Ok(()), "no principal, so the DENY does not match");
 
         let mut p = Policies::default();
@@ -238,7 +247,7 @@ mod tests {
     #[test]
     fn an_allow_policy_without_rules_denies_and_dry_runs_are_not_enforced() {
         let (cart, frontend) = workloads();
-        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), workload: Some(&frontend) };
+        let source = Caller { ip: IpAddr::from([10, 0, 0, 2]), identity: Some(&frontend.identity) };
         let mut p = Policies::default();
         let mut dry = policy("deny-all-dry", Scope::Namespace, Action::Deny, vec![vec![]]);
         dry.dry_run = true;

@@ -24,10 +24,24 @@ pub struct Config {
     pub cgroup_root: Option<PathBuf>,
     /// Local mode: the node's pods and namespaces (docs/enrollment.md).
     pub enrollment_file: Option<PathBuf>,
-    /// Control-plane mode: delta xDS server, e.g. `http://istiod.istio-system:15010`.
+    /// Control-plane mode: delta xDS server, e.g. `https://istiod.istio-system:15012` (TLS,
+    /// checked against `mesh_root`) or `http://...:15010` (plaintext, for local use).
     pub xds_address: Option<String>,
     /// Where the last state accepted from the control plane is kept.
     pub xds_snapshot: PathBuf,
+    /// The mesh root (PEM): what the control plane's TLS certificate and every workload
+    /// certificate must chain to. Required for an `https://` control plane and for HBONE.
+    pub mesh_root: Option<PathBuf>,
+    /// The node's bootstrap token for the CA (docs/security.md). Setting it turns workload
+    /// identities and HBONE on: certificates for the enrolled pods' identities, mutual TLS
+    /// between nodes.
+    pub node_token_file: Option<PathBuf>,
+    /// The CA (`https://host:15012`); defaults to the control plane's address.
+    pub ca_address: Option<String>,
+    /// Sent to the CA and the control plane as `clusterid`, as ztunnel sends it.
+    pub cluster_id: String,
+    /// The workload certificate lifetime asked of the CA, in seconds (the CA may cap it).
+    pub cert_lifetime_s: u64,
     /// Admin API (status, config dump, flows, logging); loopback in the node's namespace.
     pub admin_addr: SocketAddr,
     /// Prometheus metrics (`/metrics`).
@@ -106,6 +120,11 @@ impl Default for Config {
             enrollment_file: None,
             xds_address: None,
             xds_snapshot: PathBuf::from("/var/lib/nodemesh/xds-snapshot.pb"),
+            mesh_root: None,
+            node_token_file: None,
+            ca_address: None,
+            cluster_id: "Kubernetes".into(),
+            cert_lifetime_s: 86_400,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], ports::ADMIN)),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], ports::METRICS)),
             readiness_addr: SocketAddr::from(([0, 0, 0, 0], ports::READINESS)),
@@ -165,6 +184,18 @@ pub struct Overrides {
     /// Where to keep the last state accepted from the control plane.
     #[arg(long)]
     pub xds_snapshot: Option<PathBuf>,
+    /// The mesh root certificate (PEM) the control plane and workload certificates chain to.
+    #[arg(long)]
+    pub mesh_root: Option<PathBuf>,
+    /// The node's bootstrap token for the CA; turns workload identities and HBONE on.
+    #[arg(long)]
+    pub node_token_file: Option<PathBuf>,
+    /// The CA, e.g. https://nodemesh-controlplane:15012 (defaults to the control plane).
+    #[arg(long)]
+    pub ca_address: Option<String>,
+    /// Workload certificate lifetime asked of the CA, in seconds.
+    #[arg(long)]
+    pub cert_lifetime_s: Option<u64>,
     /// Admin API address.
     #[arg(long)]
     pub admin_addr: Option<SocketAddr>,
@@ -194,10 +225,26 @@ impl Config {
             enrollment_file,
             xds_address,
             xds_snapshot,
+            mesh_root,
+            node_token_file,
+            ca_address,
+            cert_lifetime_s,
             admin_addr,
             splice,
             log,
         } = overrides;
+        if mesh_root.is_some() {
+            config.mesh_root = mesh_root;
+        }
+        if node_token_file.is_some() {
+            config.node_token_file = node_token_file;
+        }
+        if ca_address.is_some() {
+            config.ca_address = ca_address;
+        }
+        if let Some(v) = cert_lifetime_s {
+            config.cert_lifetime_s = v;
+        }
         if let Some(v) = node_name {
             config.node_name = v;
         }
@@ -272,6 +319,40 @@ impl Config {
                 format!("{address:?} needs a scheme, e.g. http://host:15010"),
             ));
         }
+        let tls_control_plane = self.xds_address.as_deref().is_some_and(|a| a.starts_with("https://"));
+        if tls_control_plane && self.mesh_root.is_none() {
+            return Err(invalid(
+                "mesh_root",
+                "required with an https:// control plane: the root its certificate must chain to".into(),
+            ));
+        }
+        if self.node_token_file.is_some() {
+            match self.ca() {
+                None => {
+                    return Err(invalid(
+                        "ca_address",
+                        "node_token_file turns identities on: set ca_address, or an https:// xds_address"
+                            .into(),
+                    ));
+                }
+                Some(ca) if !ca.starts_with("https://") => {
+                    return Err(invalid(
+                        "ca_address",
+                        format!("{ca:?} must be https:// (the CA is reached over TLS)"),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if self.mesh_root.is_none() {
+                return Err(invalid(
+                    "mesh_root",
+                    "required with node_token_file: the root certificates chain to".into(),
+                ));
+            }
+        }
+        if !(1..=90 * 86_400).contains(&self.cert_lifetime_s) {
+            return Err(invalid("cert_lifetime_s", "must be between 1 and 7776000 (90 days)".into()));
+        }
         if !self.bpffs_dir.is_absolute() {
             return Err(invalid("bpffs_dir", format!("{} is not absolute", self.bpffs_dir.display())));
         }
@@ -309,6 +390,15 @@ impl Config {
             return Err(invalid("log", format!("{:?} is not a log filter", self.log)));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The CA's address when identities are on: `ca_address`, else an `https://` control
+    /// plane (which serves the CA on its TLS port).
+    pub fn ca(&self) -> Option<&str> {
+        self.node_token_file.as_ref()?;
+        self.ca_address.as_deref().or(self.xds_address.as_deref().filter(|a| a.starts_with("https://")))
     }
 }
 

@@ -159,6 +159,8 @@ pub fn parse_after(text: &str, previous: &NodeSpec) -> Result<NodeSpec, FieldErr
             canonical_service: &naming::canonical_service(&pod.labels, &workload),
             canonical_revision: &naming::canonical_revision(&pod.labels),
             policies: &[],
+            // The local file has no CA and no other node: no HBONE.
+            captured: false,
         };
         directory.workload(&ips, names, []);
         pods.push(PodSpec {

@@ -43,6 +43,7 @@ pub struct LiveFlow {
     source: Endpoint,
     destination: Endpoint,
     service: Option<String>,
+    mtls_peer: Option<Arc<str>>,
     labels: Arc<SeriesLabels>,
     /// Bytes from source to destination, and back, as the proxy moved them (while spliced:
     /// up to the hand-off; the kernel's records have the rest until the splice ends).
@@ -122,6 +123,8 @@ impl LiveFlow {
             source: self.source.clone(),
             destination: self.destination.clone(),
             service: self.service.clone(),
+            mtls: self.mtls_peer.is_some(),
+            peer_identity: self.mtls_peer.as_ref().map(|p| p.to_string()),
             verdict,
             reason,
             bytes_sent: sent,
@@ -142,6 +145,9 @@ pub struct Opening<'a> {
     pub source: (SocketAddr, Option<Arc<WorkloadRef>>),
     pub destination: (SocketAddr, Option<Arc<WorkloadRef>>),
     pub service: Option<String>,
+    /// Carried in mutual TLS (HBONE): the peer's identity, as its certificate proved it (the
+    /// destination's for outbound, the source's for inbound).
+    pub mtls_peer: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +214,7 @@ impl FlowTable {
             opening.source.1.as_deref(),
             opening.destination.1.as_deref(),
             opening.service.as_deref(),
+            opening.mtls_peer.is_some(),
         );
         let flow = Arc::new(LiveFlow {
             id: self.next_id.fetch_add(1, Relaxed),
@@ -218,6 +225,7 @@ impl FlowTable {
             source,
             destination,
             service: opening.service,
+            mtls_peer: opening.mtls_peer,
             labels: Arc::new(labels),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod authz;
+mod backoff;
 pub mod claims;
 pub mod config;
 pub mod datapath;
@@ -11,6 +12,7 @@ pub mod directory;
 pub mod enroll;
 pub mod flows;
 pub mod fuzzing;
+pub mod identity;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -14,6 +14,7 @@ mod classify;
 mod connect;
 mod connection;
 mod context;
+pub mod hbone;
 mod listeners;
 mod record;
 pub(crate) mod relay;
@@ -60,6 +61,7 @@ pub use stats::PodStats;
 pub struct ProxySettings {
     pub outbound_port: u16,
     pub inbound_port: u16,
+    pub hbone_port: u16,
     pub connect_timeout: Duration,
     pub max_buffer_bytes: usize,
     /// The node's default; a pod's `nodemesh.io/splice` label overrides it.
@@ -105,7 +107,7 @@ impl PodRuntime {
 
 impl ProxySettings {
     fn route(&self) -> route::RouteSettings {
-        route::RouteSettings { splice_network_legs: self.splice_network_legs }
+        route::RouteSettings { splice_network_legs: self.splice_network_legs, hbone_port: None }
     }
 
     fn relay(&self) -> relay::RelaySettings {
@@ -143,6 +145,8 @@ struct ProxyState {
     admission: admission::Admission,
     /// Names for addresses, from the spec's source; replaced whole.
     directory: RwLock<Arc<Directory>>,
+    /// Certificates and the HBONE client pool, when the node has a CA.
+    hbone: Option<Arc<hbone::Hbone>>,
 }
 
 /// Cheap to clone; shared between the reconciler and every connection task.
@@ -158,6 +162,7 @@ impl Proxy {
         maps: ProxyMaps,
         flows: FlowTable,
         runtime: tokio::runtime::Handle,
+        hbone: Option<Arc<hbone::Hbone>>,
     ) -> Self {
         Self {
             state: Arc::new(ProxyState {
@@ -174,7 +179,20 @@ impl Proxy {
                 active: AtomicU64::new(0),
                 flows,
                 directory: RwLock::default(),
+                hbone,
             }),
+        }
+    }
+
+    pub fn hbone(&self) -> Option<&Arc<hbone::Hbone>> {
+        self.state.hbone.as_ref()
+    }
+
+    /// Route settings, with HBONE when the node has it.
+    fn route_settings(&self) -> route::RouteSettings {
+        route::RouteSettings {
+            hbone_port: self.state.hbone.as_ref().map(|h| h.port),
+            ..self.state.settings.route()
         }
     }
 

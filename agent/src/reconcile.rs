@@ -245,7 +245,14 @@ impl Reconciler {
         let listeners = self.proxy.open_listeners(&runtime).map_err(EnrollError::Listen)?;
         for ip in &pod.ips {
             if let Some(fd) = listeners.inbound(IpFamily::of(ip)) {
-                self.steering.steer(*ip, fd).map_err(|source| EnrollError::Steer { ip: *ip, source })?;
+                self.steering
+                    .steer(*ip, false, fd)
+                    .map_err(|source| EnrollError::Steer { ip: *ip, source })?;
+            }
+            if let Some(fd) = listeners.hbone(IpFamily::of(ip)) {
+                self.steering
+                    .steer(*ip, true, fd)
+                    .map_err(|source| EnrollError::Steer { ip: *ip, source })?;
             }
         }
         let cgroup = File::open(&place.cgroup)

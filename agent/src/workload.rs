@@ -25,6 +25,9 @@ pub struct WorkloadRef {
     pub services: Vec<(Arc<str>, PortPairs)>,
     /// The selector policies (`namespace/name`) that select it.
     pub policies: Vec<Arc<str>>,
+    /// In the mesh: its node proxy takes HBONE for it on port 15008 (the workload API's
+    /// `tunnel_protocol: HBONE`).
+    pub captured: bool,
 }
 
 /// A service's (service port, target port) pairs, behind its `namespace/hostname`.
@@ -45,6 +48,8 @@ pub struct Names<'a> {
     pub canonical_revision: &'a str,
     /// Selector policies that select it (`namespace/name`).
     pub policies: &'a [String],
+    /// Its node proxy takes HBONE for it.
+    pub captured: bool,
 }
 
 impl WorkloadRef {
@@ -73,6 +78,7 @@ impl WorkloadRef {
             canonical_revision: intern(or("latest", names.canonical_revision)),
             services: Vec::new(),
             policies: names.policies.iter().map(|p| intern(p)).collect(),
+            captured: names.captured,
         }
     }
 

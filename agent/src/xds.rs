@@ -10,7 +10,6 @@
 //! - Reconnects with exponential backoff and jitter, telling the server what it holds, so only
 //!   what changed meanwhile comes back.
 
-mod backoff;
 mod persist;
 pub mod resources;
 mod session;
@@ -32,10 +31,16 @@ use crate::spec::NodeSpec;
 
 #[derive(Clone, Debug)]
 pub struct XdsSettings {
-    /// e.g. `http://istiod.istio-system:15010`.
+    /// e.g. `https://istiod.istio-system:15012`, or `http://...:15010` (plaintext).
     pub address: String,
     pub node_name: String,
     pub snapshot: PathBuf,
+    /// For an `https://` address: the root the control plane's certificate must chain to.
+    pub roots: Option<Arc<crate::identity::MeshRoots>>,
+    /// Sent as `authorization: Bearer`, as ztunnel sends its token to istiod (read per
+    /// stream, so a rotated token is used at the next reconnect).
+    pub token_file: Option<PathBuf>,
+    pub cluster_id: String,
 }
 
 pub fn unix_now() -> u64 {
@@ -124,7 +129,7 @@ fn load_snapshot(shared: &XdsHandle) {
 }
 
 async fn run(shared: Arc<XdsHandle>) {
-    let mut backoff = backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
     loop {
         let outcome = session::run(&shared).await;
         {

@@ -34,6 +34,14 @@ pub struct OrigDstKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
     pub addr: [u32; 4],
+    /// Which of the pod's inbound listeners: [`ListenerKey::PLAINTEXT`] for every steered
+    /// port but the HBONE port, [`ListenerKey::HBONE`] for that one.
+    pub kind: u32,
+}
+
+impl ListenerKey {
+    pub const PLAINTEXT: u32 = 0;
+    pub const HBONE: u32 = 1;
 }
 
 /// Datapath settings the agent writes once at start-up.
@@ -44,7 +52,8 @@ pub struct DatapathConfig {
     pub outbound_port: u16,
     /// The inbound plaintext listener's port.
     pub inbound_port: u16,
-    /// The inbound HBONE port (never steered: the agent listens on it directly).
+    /// The inbound HBONE port: steered to the pod's HBONE listener, whatever listens on it in
+    /// the pod.
     pub hbone_port: u16,
     pub _pad: u16,
     /// `SO_NETNS_COOKIE` of the node's namespace, where the agent runs: the proxy's sockets
@@ -209,7 +218,7 @@ pub struct TcpSockOffsets {
 
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<OrigDstKey>() == 32);
-const _: () = assert!(size_of::<ListenerKey>() == 16);
+const _: () = assert!(size_of::<ListenerKey>() == 20);
 const _: () = assert!(size_of::<DatapathConfig>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowDirection>() == 24);

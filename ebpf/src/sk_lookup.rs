@@ -1,7 +1,8 @@
 //! Inbound steering: sk_lookup on each enrolled pod's network namespace.
 //!
 //! A new TCP connection for one of the pod's addresses is handed to the agent's inbound
-//! listener in that namespace, found by the pod address in `nm_listeners`. Nothing in the
+//! listener in that namespace, found by the pod address (and whether the port is the HBONE
+//! port) in `nm_listeners`. Nothing in the
 //! packet changes, so the accepted socket's getsockname() is the original destination.
 //! Connections from loopback sources (the proxy's own upstream connections to the app, bound
 //! to 127.0.0.6 or ::1, and in-pod traffic) are never steered: without that the proxy's
@@ -48,14 +49,20 @@ fn try_steer(ctx: &SkLookupContext) -> Result<Counter, Counter> {
     // local_port is in host order in this context.
     let port = ctx::read(&lookup.local_port) as u16;
     let config = CONFIG.get(0).ok_or(Counter::SkLookupSkipNoListener)?;
-    if port == config.outbound_port
+    // HBONE goes to the pod's HBONE listener, even if the app listens on 15008 itself (a
+    // squatter must not receive the mesh's tunnels); the proxy's own ports and excluded
+    // ports are never steered.
+    let kind = if port == config.hbone_port {
+        ListenerKey::HBONE
+    } else if port == config.outbound_port
         || port == config.inbound_port
-        || port == config.hbone_port
         || is_excluded(&EXCLUDED_INBOUND, port)
     {
         return Err(Counter::SkLookupSkipExcludedPort);
-    }
-    match LISTENERS.redirect_sk_lookup(ctx, ListenerKey { addr: local }, 0) {
+    } else {
+        ListenerKey::PLAINTEXT
+    };
+    match LISTENERS.redirect_sk_lookup(ctx, ListenerKey { addr: local, kind }, 0) {
         Ok(()) => Ok(Counter::SkLookupSteered),
         Err(errno) if errno == -ENOENT => Err(Counter::SkLookupSkipNoListener),
         Err(_) => Err(Counter::SkLookupAssignFailed),

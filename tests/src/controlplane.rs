@@ -19,6 +19,8 @@ use crate::{
 };
 
 pub const XDS_PORT: u16 = 15010;
+/// xDS and the CA over TLS (with [`ControlPlane::enable_ca`]).
+pub const TLS_PORT: u16 = 15012;
 const ADMIN: &str = "127.0.0.1:15014";
 
 pub struct ControlPlane {
@@ -30,6 +32,17 @@ pub struct ControlPlane {
     /// The `nodemesh` binary it runs (default: [`crate::nodemesh_bin`]).
     pub binary: PathBuf,
     pid: Option<u32>,
+    /// With [`ControlPlane::enable_ca`]: the CA's state directory and the node tokens.
+    ca: Option<CaDirs>,
+}
+
+/// Where the control plane keeps its root and reads node tokens.
+#[derive(Clone, Debug)]
+pub struct CaDirs {
+    pub state: PathBuf,
+    pub tokens: PathBuf,
+    /// Workload certificate lifetime (`--cert-lifetime-s`).
+    pub lifetime_s: u64,
 }
 
 impl Cluster {
@@ -46,6 +59,7 @@ impl Cluster {
             config_dir,
             binary: crate::nodemesh_bin(),
             pid: None,
+            ca: None,
         })
     }
 }
@@ -60,18 +74,78 @@ impl ControlPlane {
         PathBuf::from(format!("/run/netns/{}", self.netns))
     }
 
+    /// Serve the CA (root generated in a state directory of the cluster's), and xDS and the
+    /// CA over TLS on 15012, with a certificate for the control plane's address.
+    pub fn enable_ca(&mut self, lifetime_s: u64) -> anyhow::Result<()> {
+        let dir = self.config_dir.with_file_name("controlplane-ca");
+        let dirs = CaDirs { state: dir.join("state"), tokens: dir.join("node-tokens"), lifetime_s };
+        std::fs::create_dir_all(&dirs.state)?;
+        std::fs::create_dir_all(&dirs.tokens)?;
+        self.ca = Some(dirs);
+        Ok(())
+    }
+
+    /// The mesh root agents are given (exists once the control plane has started).
+    pub fn mesh_root(&self) -> PathBuf {
+        self.ca.as_ref().map(|c| c.state.join("ca/root-cert.pem")).unwrap_or_default()
+    }
+
+    /// What agents put in `xds_address` to reach xDS and the CA over TLS.
+    pub fn tls_address(&self) -> String {
+        format!("https://{}:{TLS_PORT}", self.ip)
+    }
+
+    /// A bootstrap token for `node` (a new one each call, replacing the old): the file the
+    /// control plane checks, which the node's agent reads too.
+    pub fn node_token(&self, node: &str) -> anyhow::Result<PathBuf> {
+        let dirs = self.ca.as_ref().context("the CA is not enabled")?;
+        let mut bytes = [0u8; 24];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let path = dirs.tokens.join(node);
+        std::fs::write(&path, format!("{token}\n"))?;
+        Ok(path)
+    }
+
+    /// The agent settings for a node of this mesh with identities on: TLS to the control
+    /// plane, the mesh root, the node's token.
+    pub fn mesh_agent_config(&self, node: &str) -> anyhow::Result<(String, String)> {
+        let token = self.node_token(node)?;
+        let extra = format!(
+            "mesh_root: {}\nnode_token_file: {}\ncert_lifetime_s: {}\n",
+            self.mesh_root().display(),
+            token.display(),
+            self.ca.as_ref().map_or(86_400, |c| c.lifetime_s)
+        );
+        Ok((self.tls_address(), extra))
+    }
+
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
         let mut cmd = enter_netns(Command::new(&self.binary), &self.netns_path())?;
-        cmd.args(["controlplane", "--config-dir"])
-            .arg(&self.config_dir)
-            .args(["--listen", &format!("0.0.0.0:{XDS_PORT}"), "--admin", ADMIN])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.args(["controlplane", "--config-dir"]).arg(&self.config_dir).args([
+            "--listen",
+            &format!("0.0.0.0:{XDS_PORT}"),
+            "--admin",
+            ADMIN,
+        ]);
+        if let Some(ca) = &self.ca {
+            cmd.arg("--ca-state-dir")
+                .arg(&ca.state)
+                .arg("--node-token-dir")
+                .arg(&ca.tokens)
+                .args(["--cert-lifetime-s", &ca.lifetime_s.to_string()])
+                .args(["--tls-listen", &format!("0.0.0.0:{TLS_PORT}"), "--tls-name", &self.ip.to_string()]);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().context("starting the control plane")?;
         self.pid = Some(self.inner.track_child(child));
-        tools::wait_listening(&self.netns_path(), XDS_PORT)
+        tools::wait_listening(&self.netns_path(), XDS_PORT)?;
+        if self.ca.is_some() {
+            tools::wait_listening(&self.netns_path(), TLS_PORT)?;
+        }
+        Ok(())
     }
 
     /// The running process, if any.

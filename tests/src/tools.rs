@@ -23,7 +23,8 @@ fn python(script: &str) -> Command {
     cmd
 }
 
-/// The virtualenv `cargo xtask setup` creates with grpcio and grpcio-tools.
+/// The virtualenv `cargo xtask setup` creates with the packages of `TEST_PYTHON`
+/// (xtask/src/setup.rs): grpcio, grpcio-tools, h2 and cryptography.
 pub fn grpc_python_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python3")
 }

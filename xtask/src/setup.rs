@@ -27,7 +27,7 @@ pub fn run() -> anyhow::Result<()> {
     require_root()?;
     install_packages()?;
     ensure_python()?;
-    ensure_grpc_python()?;
+    ensure_test_python()?;
     ensure_rust_src()?;
     check_nightly_llvm()?;
     ensure_bpf_linker()?;
@@ -80,37 +80,44 @@ fn ensure_python() -> anyhow::Result<()> {
     sh("apt-get", &["install", "-y", "-qq", "python3"])
 }
 
-/// grpcio and grpcio-tools, pinned, in a virtualenv of our own (Debian's python refuses
-/// system-wide pip installs): the tests' independent gRPC peers run on it.
-pub const GRPC_PYTHON: &[&str] = &["grpcio==1.85.1", "grpcio-tools==1.85.1"];
+/// Python packages for the tests' independent peers, pinned, in a virtualenv of our own
+/// (Debian's python refuses system-wide pip installs): grpcio and grpcio-tools for the gRPC
+/// peers (`tests/tools/grpc/`), h2 and cryptography for the HBONE peer
+/// (`tests/tools/hbone_peer.py`). Changing this list makes the next setup re-install.
+pub const TEST_PYTHON: &[&str] =
+    &["grpcio==1.85.1", "grpcio-tools==1.85.1", "h2==4.4.1", "cryptography==50.0.2"];
 
-fn ensure_grpc_python() -> anyhow::Result<()> {
+/// Written into the virtualenv after a successful install, holding `TEST_PYTHON` one per
+/// line: the venv is up to date only when it exists and this file matches the pins.
+const TEST_PYTHON_STAMP: &str = "nodemesh-pins.txt";
+
+fn ensure_test_python() -> anyhow::Result<()> {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv");
     let python = venv.join("bin/python3");
-    let ok = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools; print(grpc.__version__)"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && GRPC_PYTHON[0].ends_with(String::from_utf8_lossy(&o.stdout).trim())
-        });
-    if ok {
+    let stamp = venv.join(TEST_PYTHON_STAMP);
+    let pins = TEST_PYTHON.join("\n") + "\n";
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
         return Ok(());
     }
-    println!("setup: creating {} with {}", venv.display(), GRPC_PYTHON.join(" "));
-    let created =
-        Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success());
-    if !created {
-        // Debian splits ensurepip out of python3.
-        sh("apt-get", &["install", "-y", "-qq", "python3-venv"])?;
-        let venv = venv.to_str().context("venv path")?;
-        sh("python3", &["-m", "venv", venv])?;
+    println!("setup: installing {} into {}", TEST_PYTHON.join(" "), venv.display());
+    if !python.exists() {
+        let created =
+            Command::new("python3").arg("-m").arg("venv").arg(&venv).status().is_ok_and(|s| s.success());
+        if !created {
+            // Debian splits ensurepip out of python3.
+            sh("apt-get", &["install", "-y", "-qq", "python3-venv"])?;
+            let venv = venv.to_str().context("venv path")?;
+            sh("python3", &["-m", "venv", venv])?;
+        }
     }
+    // pip moves already installed packages to the pinned versions, so an existing venv is
+    // updated in place rather than rebuilt.
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(GRPC_PYTHON);
+    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]).args(TEST_PYTHON);
     if !pip.status().context("pip install")?.success() {
-        bail!("pip install {} into {} failed", GRPC_PYTHON.join(" "), venv.display());
+        bail!("pip install {} into {} failed", TEST_PYTHON.join(" "), venv.display());
     }
-    Ok(())
+    std::fs::write(&stamp, pins).with_context(|| format!("writing {}", stamp.display()))
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {

@@ -172,10 +172,79 @@ pub fn render(s: &AdminState) -> String {
         .sample(&[], age);
     }
 
+    if let Some(hbone) = s.proxy.hbone() {
+        identities(&mut e, hbone);
+    }
+
     let memory = crate::memory::now();
     e.family("nodemesh_memory_bytes", Kind::Gauge, "The agent's memory.")
         .sample(&[("kind", "rss")], memory.rss_bytes as f64)
         .sample(&[("kind", "heap_allocated")], memory.heap_allocated_bytes as f64)
         .sample(&[("kind", "heap_resident")], memory.heap_resident_bytes as f64);
     e.finish()
+}
+
+/// Workload certificates and HBONE: never a key, only what an SRE alerts on (expiry, failing
+/// refreshes, handshake failures).
+fn identities(e: &mut Exposition, hbone: &crate::proxy::hbone::Hbone) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let certificates = hbone.identities.report();
+    let mut expiry = e.family(
+        "nodemesh_certificate_expiry_seconds",
+        Kind::Gauge,
+        "Unix time each identity's workload certificate expires (absent until one is issued).",
+    );
+    for c in &certificates {
+        if let (Some(not_after), Some(serial)) = (c.not_after_unix_s, &c.serial) {
+            expiry.sample(&[("identity", &c.identity), ("serial", serial)], not_after as f64);
+        }
+    }
+    let mut state = e.family(
+        "nodemesh_certificate_state",
+        Kind::Gauge,
+        "1 for each identity's certificate state: pending, valid, refresh_failing, expired.",
+    );
+    for c in &certificates {
+        state.sample(&[("identity", &c.identity), ("state", &c.state)], 1.0);
+    }
+    let counters = &hbone.identities.counters;
+    e.family(
+        "nodemesh_certificates_issued_total",
+        Kind::Counter,
+        "Workload certificates received from the CA.",
+    )
+    .sample(&[], counters.issued.load(Relaxed) as f64);
+    let mut failures = e.family(
+        "nodemesh_certificate_request_failures_total",
+        Kind::Counter,
+        "Certificate requests that failed, by reason (unreachable, permission_denied, unauthenticated, token, invalid, ...).",
+    );
+    for (reason, n) in counters.failures.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        failures.sample(&[("reason", reason)], *n as f64);
+    }
+    let mut refusals = e.family(
+        "nodemesh_certificate_refusals_total",
+        Kind::Counter,
+        "HBONE connections refused because an identity had no usable certificate, by reason.",
+    );
+    for (reason, n) in counters.refusals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        refusals.sample(&[("reason", reason)], *n as f64);
+    }
+    let c = &hbone.counters;
+    e.family("nodemesh_hbone_handshakes_total", Kind::Counter, "Mutual TLS handshakes completed, by side.")
+        .sample(&[("side", "client")], c.client_handshakes.load(Relaxed) as f64)
+        .sample(&[("side", "server")], c.server_handshakes.load(Relaxed) as f64);
+    let mut failed = e.family(
+        "nodemesh_hbone_handshake_failures_total",
+        Kind::Counter,
+        "Mutual TLS handshakes that failed, by side and reason.",
+    );
+    for ((side, reason), n) in c.handshake_failures.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        failed.sample(&[("side", side), ("reason", reason)], *n as f64);
+    }
+    e.family("nodemesh_hbone_pool_connections", Kind::Gauge, "Pooled HBONE client connections.")
+        .sample(&[], hbone.pool.connections() as f64);
+    e.family("nodemesh_hbone_streams_total", Kind::Counter, "HBONE streams (app connections), by side.")
+        .sample(&[("side", "client")], hbone.pool.streams.load(Relaxed) as f64)
+        .sample(&[("side", "server")], c.inbound_streams.load(Relaxed) as f64);
 }

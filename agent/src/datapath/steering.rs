@@ -22,23 +22,29 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// New connections to `ip` from the network go to `listener`.
-    pub fn steer(&self, ip: IpAddr, listener: BorrowedFd<'_>) -> io::Result<()> {
-        self.listeners.insert_socket(&key(ip), listener)
+    /// New connections to `ip` from the network go to `listener`: the plaintext inbound
+    /// listener, or with `hbone` the HBONE listener (connections to the HBONE port).
+    pub fn steer(&self, ip: IpAddr, hbone: bool, listener: BorrowedFd<'_>) -> io::Result<()> {
+        self.listeners.insert_socket(&key(ip, hbone), listener)
     }
 
     /// Connections to these addresses go to whatever listens on them in the pod again.
     pub fn unsteer(&self, ips: &[IpAddr]) {
         for ip in ips {
-            if let Err(e) = self.listeners.delete(&key(*ip)) {
-                tracing::warn!(%ip, error = %e, "removing an inbound listener entry");
+            for hbone in [false, true] {
+                if let Err(e) = self.listeners.delete(&key(*ip, hbone)) {
+                    tracing::warn!(%ip, hbone, error = %e, "removing an inbound listener entry");
+                }
             }
         }
     }
 }
 
-fn key(ip: IpAddr) -> ListenerKey {
-    ListenerKey { addr: addr::from_ip(ip) }
+fn key(ip: IpAddr, hbone: bool) -> ListenerKey {
+    ListenerKey {
+        addr: addr::from_ip(ip),
+        kind: if hbone { ListenerKey::HBONE } else { ListenerKey::PLAINTEXT },
+    }
 }
 
 /// The agent's marks on its outbound listeners: connect4 redirects only to a listener that

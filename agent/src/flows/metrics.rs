@@ -56,6 +56,9 @@ pub struct SeriesLabels {
     pub destination_service: Arc<str>,
     pub destination_service_name: Arc<str>,
     pub destination_service_namespace: Arc<str>,
+    /// Istio's `connection_security_policy`: `mutual_tls` when the connection crossed nodes
+    /// in HBONE, `none` for plaintext.
+    pub security: &'static str,
 }
 
 impl SeriesLabels {
@@ -64,6 +67,7 @@ impl SeriesLabels {
         source: Option<&WorkloadRef>,
         destination: Option<&WorkloadRef>,
         service: Option<&str>,
+        mtls: bool,
     ) -> Self {
         let unknown = &*UNKNOWN_ARC;
         // Ours are `namespace/hostname`; Istio reports the host, and its first label as the
@@ -80,6 +84,7 @@ impl SeriesLabels {
             destination_service: host.into(),
             destination_service_name: name.into(),
             destination_service_namespace: namespace.into(),
+            security: if mtls { "mutual_tls" } else { "none" },
         }
     }
 
@@ -93,6 +98,7 @@ impl SeriesLabels {
             destination_service: Arc::clone(unknown),
             destination_service_name: Arc::clone(unknown),
             destination_service_namespace: Arc::clone(unknown),
+            security: UNKNOWN,
         }
     }
 
@@ -118,8 +124,7 @@ impl SeriesLabels {
             ("destination_service_name", &self.destination_service_name),
             ("destination_service_namespace", &self.destination_service_namespace),
             ("request_protocol", "tcp"),
-            // Plain TCP between the proxies until mutual TLS lands.
-            ("connection_security_policy", "none"),
+            ("connection_security_policy", self.security),
         ]
     }
 }

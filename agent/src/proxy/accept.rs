@@ -10,8 +10,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::{PodRuntime, Proxy, connection, context::Accepted, relay::forward};
-use crate::report::flows::Direction;
+use super::{PodRuntime, Proxy, connection, context::Accepted, hbone, listeners::Kind, relay::forward};
 
 /// After the hooks are detached, a connection whose connect4 ran just before may still be
 /// arriving; keep accepting that long before closing.
@@ -19,7 +18,7 @@ pub const RETIRE_GRACE: Duration = Duration::from_millis(100);
 
 pub async fn accept_loop(
     listener: TcpListener,
-    direction: Direction,
+    kind: Kind,
     pod: Arc<PodRuntime>,
     proxy: Proxy,
     mut stop: watch::Receiver<bool>,
@@ -29,11 +28,11 @@ pub async fn accept_loop(
             biased;
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => take(stream, peer, direction, &pod, &proxy),
+                Ok((stream, peer)) => take(stream, peer, kind, &pod, &proxy),
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning; the
                     // kernel keeps the connection queued meanwhile.
-                    tracing::warn!(pod = %pod.name, ?direction, error = %e, "accept failed");
+                    tracing::warn!(pod = %pod.name, ?kind, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
@@ -41,25 +40,25 @@ pub async fn accept_loop(
     }
     tokio::time::sleep(RETIRE_GRACE).await;
     while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        take(stream, peer, direction, &pod, &proxy);
+        take(stream, peer, kind, &pod, &proxy);
     }
 }
 
-fn take(
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
-    direction: Direction,
-    pod: &Arc<PodRuntime>,
-    proxy: &Proxy,
-) {
+fn take(stream: TcpStream, peer: std::net::SocketAddr, kind: Kind, pod: &Arc<PodRuntime>, proxy: &Proxy) {
     // Until it ends cleanly, the connection ends with a reset if the agent dies.
     forward::reset(&stream);
-    let accepted = match stream.local_addr() {
-        Ok(local) => Accepted { direction, pod: Arc::clone(pod), peer, local },
+    let local = match stream.local_addr() {
+        Ok(local) => local,
         Err(e) => {
             tracing::debug!(error = %e, "accepted socket has no local address");
             return;
         }
     };
+    if kind == Kind::Hbone {
+        let task = hbone::server::handle(stream, peer, local, Arc::clone(pod), proxy.clone());
+        proxy.state.runtime.spawn(task);
+        return;
+    }
+    let accepted = Accepted { direction: kind.direction(), pod: Arc::clone(pod), peer, local };
     proxy.state.runtime.spawn(connection::handle(accepted, stream, proxy.clone()));
 }

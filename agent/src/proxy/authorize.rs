@@ -5,20 +5,17 @@
 
 use crate::authz::{Caller, Policies};
 
-use super::context::Classified;
+use super::context::{Authenticated, Classified};
 
 /// `Err` carries the flow's reason (`denied_by:<namespace>/<name>`, ...).
 pub fn authorize(classified: &Classified, policies: &Policies) -> Result<(), String> {
     // No original destination: nothing to check against; the route stage refuses it.
     let Some(dst) = classified.original else { return Ok(()) };
-    if classified.authenticated && classified.local_destination.is_none() {
+    if classified.authenticated == Authenticated::LocalPod && classified.local_destination.is_none() {
         return Ok(());
     }
     let Some(target) = classified.policy_target() else { return Ok(()) };
-    let source = Caller {
-        ip: classified.source.addr.ip(),
-        workload: classified.source.workload.as_deref().filter(|_| classified.authenticated),
-    };
+    let source = Caller { ip: classified.source.addr.ip(), identity: classified.source_identity() };
     policies.check(&target, dst, &source)
 }
 
@@ -36,6 +33,7 @@ mod tests {
     };
 
     fn classified(authenticated: bool, local: bool) -> Classified {
+        let authenticated = if authenticated { Authenticated::LocalPod } else { Authenticated::No };
         let names =
             |ns, pod| Some(Arc::new(WorkloadRef::new(Names { namespace: ns, pod, ..Names::default() })));
         Classified {

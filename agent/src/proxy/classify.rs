@@ -6,7 +6,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use super::{
     PodRuntime,
-    context::{Accepted, Classified, Party, Protocol},
+    context::{Accepted, Authenticated, Classified, Party, Protocol},
 };
 use crate::{directory::Directory, report::flows::Direction};
 
@@ -38,7 +38,7 @@ pub fn classify(
                     addr: (source_ip, accepted.peer.port()).into(),
                     workload: Some(pod_workload(pod, directory, &source_ip)),
                 },
-                authenticated: true,
+                authenticated: Authenticated::LocalPod,
                 service: directory.service(&dst, destination.as_deref()),
                 destination: Party { addr: dst, workload: destination },
                 protocol: Protocol::Tcp,
@@ -51,7 +51,7 @@ pub fn classify(
             Classified {
                 original: Some(dst),
                 source: Party { addr: accepted.peer, workload: directory.workload(&accepted.peer.ip()) },
-                authenticated: false,
+                authenticated: Authenticated::No,
                 service: directory.service(&dst, Some(&destination)),
                 destination: Party { addr: dst, workload: Some(destination) },
                 protocol: Protocol::Tcp,
@@ -101,7 +101,7 @@ mod tests {
             c.source.workload.as_deref().map(|w| &*w.identity),
             Some("spiffe://cluster.local/ns/shop/sa/sa")
         );
-        assert!(c.authenticated);
+        assert_eq!(c.authenticated, Authenticated::LocalPod);
         assert_eq!(c.destination.workload.as_deref().map(|w| &*w.pod), Some("cart-1"));
         assert_eq!(c.local_destination.as_deref().map(|p| &*p.name), Some("shop/cart-1"));
 
@@ -121,7 +121,7 @@ mod tests {
         };
         let c = classify(&accepted, None, &directory(), |_| None);
         assert_eq!(c.original, Some(accepted.local));
-        assert!(!c.authenticated);
+        assert_eq!(c.authenticated, Authenticated::No);
         assert_eq!(c.source.workload.as_deref().map(|w| &*w.pod), Some("web-1"));
         assert_eq!(c.destination.workload.as_deref().map(|w| &*w.pod), Some("cart-1"));
         assert!(c.local_destination.is_none());

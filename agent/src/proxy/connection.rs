@@ -5,7 +5,10 @@
 //! function in its own module; this driver only sequences them and turns a stage's refusal
 //! into a reset.
 
-use std::{io, sync::atomic::Ordering::Relaxed};
+use std::{
+    io,
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
 
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
@@ -13,6 +16,7 @@ use tracing::Instrument as _;
 use super::{
     Proxy, admission, authorize, classify, connect,
     context::Accepted,
+    hbone,
     record::Record,
     relay::{self, forward},
     route,
@@ -48,7 +52,18 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     let directory = proxy.directory();
     let classified = classify::classify(accepted, original, &directory, |ip| proxy.pod_by_ip(ip));
     tracing::debug!(destination = ?classified.original, protocol = ?classified.protocol, "classified");
-    let record = Record::open(&state.flows, accepted, &classified, accepted.pod.stats.of(accepted.direction));
+    // Routed up front (a pure decision) so the flow knows from its start whether it is
+    // carried in mutual TLS; a connection with no route is refused after authorization.
+    let routed = route::route(accepted, &classified, proxy.route_settings());
+    let mtls_peer =
+        routed.as_ref().ok().and_then(|r| r.tunnel.as_ref()).map(|t| Arc::clone(&t.destination_identity));
+    let record = Record::open(
+        &state.flows,
+        accepted,
+        &classified,
+        mtls_peer,
+        accepted.pod.stats.of(accepted.direction),
+    );
 
     // A pod of this node: the proxy is its inbound side too, and counts it there.
     let local_inbound = classified.local_destination.as_ref().map(|pod| &pod.stats.inbound);
@@ -65,7 +80,7 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     }
     drop(directory);
 
-    let route = match route::route(accepted, &classified, state.settings.route()) {
+    let route = match routed {
         Ok(route) => route,
         Err(reason) => {
             record.fail(reason);
@@ -73,6 +88,9 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
         }
     };
 
+    if let (Some(tunnel), Some(hbone)) = (&route.tunnel, &state.hbone) {
+        return tunnelled(accepted, client, &classified, &route, tunnel, hbone, &record, proxy).await;
+    }
     let mut upstream = match connect::connect(&route, state.settings.connect_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
@@ -103,6 +121,43 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     result
 }
 
+/// The connect and relay stages for a connection carried in HBONE: a CONNECT stream on a
+/// pooled mutual-TLS connection to the destination's node, then the bytes both ways.
+#[expect(clippy::too_many_arguments, reason = "the stages' parts, passed as the other stages get them")]
+async fn tunnelled(
+    accepted: &Accepted,
+    mut client: TcpStream,
+    classified: &super::context::Classified,
+    route: &route::Route,
+    tunnel: &hbone::client::Tunnel,
+    hbone: &hbone::Hbone,
+    record: &Record<'_>,
+    proxy: &Proxy,
+) -> io::Result<()> {
+    let Some(authority) = classified.original else { return Ok(()) };
+    let timeout = proxy.state.settings.connect_timeout;
+    let opened =
+        match hbone::client::open(hbone, route, tunnel, authority, classified.source.addr, timeout).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                record.fail(e.reason());
+                return Err(io::Error::other(e.to_string()));
+            }
+        };
+    record.allow_tunnelled();
+    client.set_nodelay(true)?;
+    let counters = record.counters();
+    let result =
+        hbone::stream::relay(&mut client, opened.send, opened.recv, counters.sent, counters.received).await;
+    drop(opened.claim);
+    if result.is_ok() {
+        forward::graceful(&client);
+    }
+    record.finish(relay::Relayed::Copied);
+    let _ = accepted;
+    result
+}
+
 /// Loops and caps (see `admission.rs`), the first thing a connection's task does. A refused
 /// connection is reset when it drops.
 fn admit(accepted: &Accepted, proxy: &Proxy) -> Result<(), admission::Refusal> {
@@ -117,10 +172,10 @@ fn admit(accepted: &Accepted, proxy: &Proxy) -> Result<(), admission::Refusal> {
 }
 
 /// Counts a connection in the node-wide total until dropped.
-struct NodeActive<'a>(&'a Proxy);
+pub(super) struct NodeActive<'a>(&'a Proxy);
 
 impl<'a> NodeActive<'a> {
-    fn new(proxy: &'a Proxy) -> Self {
+    pub(super) fn new(proxy: &'a Proxy) -> Self {
         proxy.state.active.fetch_add(1, Relaxed);
         Self(proxy)
     }

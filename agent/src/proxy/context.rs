@@ -35,6 +35,18 @@ pub struct Party {
     pub workload: Option<Arc<WorkloadRef>>,
 }
 
+/// Whether, and how, the proxy vouches for the source's identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Authenticated {
+    /// Plaintext from the network: its address proves nothing.
+    #[default]
+    No,
+    /// A pod of this node: the proxy accepted the connection inside that pod.
+    LocalPod,
+    /// An HBONE peer: the SPIFFE identity in the certificate it presented (mutual TLS).
+    Mtls(Arc<str>),
+}
+
 /// The classify stage's part: where the connection goes, who is asking, what it carries.
 #[derive(Clone, Debug)]
 pub struct Classified {
@@ -42,9 +54,8 @@ pub struct Classified {
     /// no record of this connection); for inbound, the address the client dialled.
     pub original: Option<SocketAddr>,
     pub source: Party,
-    /// Whether the proxy vouches for the source's workload: it accepted the connection
-    /// inside that pod. Plaintext from the network proves nothing.
-    pub authenticated: bool,
+    /// How the proxy knows who the source is, if it does.
+    pub authenticated: Authenticated,
     /// Where the flow is going (the original destination, or the listener's own address
     /// when there is none).
     pub destination: Party,
@@ -57,6 +68,16 @@ pub struct Classified {
 }
 
 impl Classified {
+    /// The identity policies may match the source on: the certificate's for an HBONE peer,
+    /// the pod's own for a pod of this node, none for plaintext.
+    pub fn source_identity(&self) -> Option<&str> {
+        match &self.authenticated {
+            Authenticated::No => None,
+            Authenticated::LocalPod => self.source.workload.as_deref().map(|w| &*w.identity),
+            Authenticated::Mtls(id) => Some(id),
+        }
+    }
+
     /// The workload the destination's policies are looked up for. For a pod of this node it
     /// is always known (from the directory, else from the pod's own name).
     pub fn policy_target(&self) -> Option<Arc<WorkloadRef>> {

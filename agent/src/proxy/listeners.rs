@@ -22,8 +22,30 @@ pub struct PodListeners {
     info: Vec<ListenerInfo>,
     /// Duplicates of the inbound listeners' descriptors, for the sk_lookup map.
     inbound: Vec<(IpFamily, OwnedFd)>,
+    /// The same for the HBONE listeners, when the node speaks HBONE.
+    hbone: Vec<(IpFamily, OwnedFd)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a listener takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The pod's outbound connections (connect4 sends them here).
+    Outbound,
+    /// Plaintext connections to the pod (sk_lookup).
+    Inbound,
+    /// HBONE to the pod: mutual TLS and HTTP/2 CONNECT (sk_lookup, port 15008).
+    Hbone,
+}
+
+impl Kind {
+    pub fn direction(self) -> Direction {
+        match self {
+            Kind::Outbound => Direction::Outbound,
+            Kind::Inbound | Kind::Hbone => Direction::Inbound,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +68,11 @@ impl PodListeners {
     /// The inbound listener for addresses of `family`, if the pod has one.
     pub fn inbound(&self, family: IpFamily) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.inbound.iter().find(|(f, _)| *f == family).map(|(_, fd)| fd.as_fd())
+    }
+
+    /// The HBONE listener for addresses of `family`, if the pod has one.
+    pub fn hbone(&self, family: IpFamily) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.hbone.iter().find(|(f, _)| *f == family).map(|(_, fd)| fd.as_fd())
     }
 
     /// Stops accepting after taking in what is already queued, and waits for that.
@@ -72,19 +99,23 @@ pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListen
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let has = |family| pod.ips.iter().any(|ip| IpFamily::of(ip) == family);
 
-    let mut wanted = vec![(Direction::Outbound, SocketAddr::new(v4, settings.outbound_port), true)];
+    let mut wanted = vec![(Kind::Outbound, SocketAddr::new(v4, settings.outbound_port), true)];
     // IPv6 loopback exists only where IPv6 is enabled in the pod; without it an IPv6 connect
     // cannot happen either, so a missing ::1 is not an error for outbound.
-    wanted.push((Direction::Outbound, SocketAddr::new(v6, settings.outbound_port), false));
-    if has(IpFamily::V4) {
-        wanted.push((Direction::Inbound, SocketAddr::new(v4, settings.inbound_port), true));
-    }
-    if has(IpFamily::V6) {
-        wanted.push((Direction::Inbound, SocketAddr::new(v6, settings.inbound_port), true));
+    wanted.push((Kind::Outbound, SocketAddr::new(v6, settings.outbound_port), false));
+    let hbone = proxy.state.hbone.is_some();
+    for (family, ip) in [(IpFamily::V4, v4), (IpFamily::V6, v6)] {
+        if has(family) {
+            wanted.push((Kind::Inbound, SocketAddr::new(ip, settings.inbound_port), true));
+            if hbone {
+                wanted.push((Kind::Hbone, SocketAddr::new(ip, settings.hbone_port), true));
+            }
+        }
     }
 
     let (stop, _) = watch::channel(false);
-    let mut listeners = PodListeners { info: Vec::new(), inbound: Vec::new(), stop, tasks: Vec::new() };
+    let mut listeners =
+        PodListeners { info: Vec::new(), inbound: Vec::new(), hbone: Vec::new(), stop, tasks: Vec::new() };
     for (kind, addr, required) in wanted {
         let std_listener = match bind_in(&pod.netns, addr) {
             Ok(l) => l,
@@ -98,13 +129,16 @@ pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListen
             Err(e) => return Err(io::Error::new(e.kind(), format!("listening on {addr} in the pod: {e}"))),
         };
         match kind {
-            Direction::Inbound => {
+            Kind::Inbound => {
                 listeners
                     .inbound
                     .push((IpFamily::of(&addr.ip()), std_listener.as_fd().try_clone_to_owned()?));
             }
+            Kind::Hbone => {
+                listeners.hbone.push((IpFamily::of(&addr.ip()), std_listener.as_fd().try_clone_to_owned()?));
+            }
             // connect4 rewrites only to a listener carrying this mark (ebpf/src/connect.rs).
-            Direction::Outbound => proxy
+            Kind::Outbound => proxy
                 .state
                 .listener_marks
                 .mark(std_listener.as_fd(), pod.netns.cookie())
@@ -114,7 +148,7 @@ pub(super) fn open(proxy: &Proxy, pod: &Arc<PodRuntime>) -> io::Result<PodListen
             let _runtime = proxy.state.runtime.enter();
             TcpListener::from_std(std_listener)?
         };
-        listeners.info.push(ListenerInfo { kind, addr });
+        listeners.info.push(ListenerInfo { kind: kind.direction(), addr, hbone: kind == Kind::Hbone });
         let task = proxy.state.runtime.spawn(accept::accept_loop(
             listener,
             kind,

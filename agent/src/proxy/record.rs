@@ -32,6 +32,7 @@ impl<'t> Record<'t> {
         flows: &'t FlowTable,
         accepted: &Accepted,
         classified: &Classified,
+        mtls_peer: Option<std::sync::Arc<str>>,
         stats: &'t DirectionStats,
     ) -> Self {
         let party = |p: &Party| (p.addr, p.workload.clone());
@@ -41,6 +42,7 @@ impl<'t> Record<'t> {
             source: party(&classified.source),
             destination: party(&classified.destination),
             service: classified.service.clone(),
+            mtls_peer,
         });
         Self { flow, stats }
     }
@@ -74,6 +76,12 @@ impl<'t> Record<'t> {
             NetworkLeg::None => KernelIds { cookie: socket_cookie(upstream).ok(), veth: None },
         };
         self.flow.flow().allow(ids);
+    }
+
+    /// Connected through an HBONE tunnel, whose TCP connection other flows share: no kernel
+    /// records of its own to join.
+    pub fn allow_tunnelled(&self) {
+        self.flow.flow().allow(KernelIds { cookie: None, veth: None });
     }
 
     /// The counters the relay keeps current.
@@ -121,7 +129,7 @@ mod tests {
         let directory = crate::directory::Directory::default();
         let classified =
             classify(&accepted, Some("10.0.0.9:80".parse().expect("addr")), &directory, |_| None);
-        let record = Record::open(table, &accepted, &classified, stats);
+        let record = Record::open(table, &accepted, &classified, None, stats);
         f(&record);
     }
 

@@ -9,7 +9,7 @@ use std::{
 
 use nodemesh_common::ports::PROXY_SOURCE_V4;
 
-use super::{PodRuntime, context::Accepted, context::Classified};
+use super::{PodRuntime, context::Accepted, context::Classified, hbone::client::Tunnel};
 use crate::report::flows::Direction;
 
 /// Where and how to connect.
@@ -25,6 +25,8 @@ pub struct Route {
     pub splice: bool,
     /// Which of the proxy's sockets faces the network, for the flow's kernel records.
     pub network_leg: NetworkLeg,
+    /// Carried in HBONE (to a captured workload on another node), rather than plain TCP.
+    pub tunnel: Option<Tunnel>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub enum NetworkLeg {
 pub struct RouteSettings {
     /// Whether connections with a leg that receives from the network are spliced too.
     pub splice_network_legs: bool,
+    /// The HBONE port, when this node speaks HBONE (it has a CA and the mesh root).
+    pub hbone_port: Option<u16>,
 }
 
 /// Why there is nowhere to send the connection (the flow's reason).
@@ -64,21 +68,42 @@ pub fn route(
             source: Some(local_app_source(&endpoint)),
             splice: pod.splice() && target.splice(),
             network_leg: NetworkLeg::None,
+            tunnel: None,
         },
-        (Direction::Outbound, None) => Route {
-            endpoint,
-            from_pod: Arc::clone(pod),
-            source: None,
-            splice: pod.splice() && settings.splice_network_legs,
-            network_leg: NetworkLeg::Upstream,
-        },
+        (Direction::Outbound, None) => {
+            let tunnel = tunnel(classified, settings);
+            Route {
+                endpoint,
+                from_pod: Arc::clone(pod),
+                source: None,
+                // The kernel cannot splice into a TLS stream.
+                splice: pod.splice() && settings.splice_network_legs && tunnel.is_none(),
+                network_leg: NetworkLeg::Upstream,
+                tunnel,
+            }
+        }
         (Direction::Inbound, _) => Route {
             endpoint,
             from_pod: Arc::clone(pod),
             source: Some(local_app_source(&endpoint)),
             splice: pod.splice() && settings.splice_network_legs,
             network_leg: NetworkLeg::Accepted,
+            tunnel: None,
         },
+    })
+}
+
+/// HBONE when this node speaks it and the destination is a captured workload (its node
+/// proxy terminates HBONE on its port 15008), as ztunnel decides by the workload's tunnel
+/// protocol. Anything else (outside the mesh, not captured) stays plain TCP.
+fn tunnel(classified: &Classified, settings: RouteSettings) -> Option<Tunnel> {
+    let port = settings.hbone_port?;
+    let destination = classified.destination.workload.as_ref().filter(|w| w.captured)?;
+    let source = classified.source.workload.as_ref()?;
+    Some(Tunnel {
+        source_identity: Arc::clone(&source.identity),
+        destination_identity: Arc::clone(&destination.identity),
+        peer: SocketAddr::new(classified.destination.addr.ip(), port),
     })
 }
 
@@ -96,7 +121,7 @@ mod tests {
 
     use super::*;
     use crate::proxy::{
-        context::{Party, Protocol},
+        context::{Authenticated, Party, Protocol},
         testing::pod,
     };
 
@@ -112,7 +137,11 @@ mod tests {
         let classified = Classified {
             original: original.map(addr),
             source: Party { addr: addr("10.0.0.1:40000"), workload: None },
-            authenticated: direction == Direction::Outbound,
+            authenticated: if direction == Direction::Outbound {
+                Authenticated::LocalPod
+            } else {
+                Authenticated::No
+            },
             destination: Party { addr: original.map_or(accepted.local, addr), workload: None },
             service: None,
             protocol: Protocol::Tcp,
@@ -121,7 +150,7 @@ mod tests {
         (accepted, classified)
     }
 
-    const COPY_NETWORK: RouteSettings = RouteSettings { splice_network_legs: false };
+    const COPY_NETWORK: RouteSettings = RouteSettings { splice_network_legs: false, hbone_port: None };
 
     #[test]
     fn same_node_goes_into_the_destination_pod_and_may_splice() {
@@ -142,7 +171,11 @@ mod tests {
         let r = route(&a, &c, COPY_NETWORK).expect("route");
         assert_eq!((&*r.from_pod.name, r.source, r.splice), ("shop/web-1", None, false));
         assert_eq!(r.network_leg, NetworkLeg::Upstream);
-        assert!(route(&a, &c, RouteSettings { splice_network_legs: true }).expect("route").splice);
+        assert!(
+            route(&a, &c, RouteSettings { splice_network_legs: true, hbone_port: None })
+                .expect("route")
+                .splice
+        );
 
         let (a, c) = case(Direction::Inbound, None, Some("[fd00::1]:80"));
         let r = route(&a, &c, COPY_NETWORK).expect("route");

@@ -120,6 +120,13 @@ pub struct FlowRecord {
     pub destination: Endpoint,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Carried between nodes in mutual TLS (HBONE).
+    #[serde(default)]
+    pub mtls: bool,
+    /// The peer's identity as its certificate proved it: the destination's for an outbound
+    /// flow, the source's for an inbound one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

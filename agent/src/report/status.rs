@@ -33,6 +33,28 @@ pub struct StatusReport {
     pub proxy: ProxyTotals,
     #[serde(default)]
     pub memory: Memory,
+    /// Each identity's workload certificate (never a key), when the agent has a CA.
+    #[serde(default)]
+    pub certificates: Vec<CertificateReport>,
+}
+
+/// One identity's workload certificate, as status, `/config_dump` and metrics show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateReport {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub identity: String,
+    /// `pending` (none yet), `valid`, `refresh_failing` (valid, the last refresh failed),
+    /// `expired`.
+    pub state: String,
+    pub serial: Option<String>,
+    pub not_before_unix_s: Option<u64>,
+    pub not_after_unix_s: Option<u64>,
+    pub next_refresh_unix_s: Option<u64>,
+    pub issued: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// Enrolled pods with this identity.
+    pub pods: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,6 +152,9 @@ pub struct ListenerInfo {
     /// Which connections it takes.
     pub kind: Direction,
     pub addr: SocketAddr,
+    /// The inbound HBONE listener (mutual TLS), rather than the plaintext one.
+    #[serde(default)]
+    pub hbone: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

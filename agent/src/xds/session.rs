@@ -8,7 +8,11 @@ use nodemesh_proto::{
         aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
     },
     prost_types::{Struct, Value, value::Kind},
-    tonic::{self, transport::Endpoint},
+    tonic::{
+        self,
+        metadata::{MetadataMap, MetadataValue},
+        transport::{Certificate, ClientTlsConfig, Endpoint},
+    },
     type_urls,
 };
 use std::{sync::Arc, time::Duration};
@@ -48,8 +52,15 @@ pub async fn run(shared: &Arc<XdsHandle>) -> Outcome {
 
 async fn stream(shared: &Arc<XdsHandle>, received: &mut bool) -> Result<(), SessionError> {
     let address = shared.settings.address.clone();
-    let channel = Endpoint::from_shared(address.clone())
-        .map_err(|source| SessionError::Connect { address: address.clone(), source })?
+    let mut endpoint = Endpoint::from_shared(address.clone())
+        .map_err(|source| SessionError::Connect { address: address.clone(), source })?;
+    if let Some(roots) = &shared.settings.roots {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&roots.pem));
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|source| SessionError::Connect { address: address.clone(), source })?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -70,7 +81,9 @@ async fn stream(shared: &Arc<XdsHandle>, received: &mut bool) -> Result<(), Sess
         };
         tx.send(request).await.map_err(|_| SessionError::Closed)?;
     }
-    let mut inbound = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    credentials(&shared.settings, request.metadata_mut())?;
+    let mut inbound = client.delta_aggregated_resources(request).await?.into_inner();
     {
         let mut status = shared.status();
         status.connected = true;
@@ -123,6 +136,21 @@ fn handle(shared: &XdsHandle, response: &DeltaDiscoveryResponse) -> DeltaDiscove
     }
     shared.publish();
     reply
+}
+
+/// The node's token and cluster, as ztunnel sends them to istiod.
+fn credentials(settings: &super::XdsSettings, headers: &mut MetadataMap) -> Result<(), SessionError> {
+    if let Some(path) = &settings.token_file {
+        let token = crate::identity::ca_client::read_token(path)
+            .map_err(|e| SessionError::Rpc(tonic::Status::unauthenticated(e.to_string())))?;
+        if let Ok(bearer) = MetadataValue::try_from(format!("Bearer {token}")) {
+            headers.insert("authorization", bearer);
+        }
+    }
+    if let Ok(cluster) = MetadataValue::try_from(settings.cluster_id.as_str()) {
+        headers.insert("clusterid", cluster);
+    }
+    Ok(())
 }
 
 /// Who we are: ztunnel's conventions (NODE_NAME in the metadata), so istiod can serve us.

@@ -207,6 +207,7 @@ impl State {
                         canonical_service: &w.canonical_name,
                         canonical_revision: &w.canonical_revision,
                         policies: &w.authorization_policies,
+                        captured: w.captured,
                     };
                     let services = w.services.iter().map(|(name, ports)| {
                         (name.as_str(), ports.iter().map(|p| (p.service_port, p.target_port)).collect())

@@ -30,6 +30,11 @@ impl Backoff {
         half + Duration::from_nanos(if span == 0 { 0 } else { self.random() % span })
     }
 
+    /// Uniform in [-1, 1]: for spreading scheduled work (certificate refreshes).
+    pub fn jitter(&mut self) -> f64 {
+        (self.random() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+
     /// xorshift64: plenty for spreading retries.
     fn random(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
