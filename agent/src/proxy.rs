@@ -18,6 +18,7 @@ pub mod hbone;
 mod listeners;
 mod record;
 pub(crate) mod relay;
+pub mod revoke;
 mod route;
 pub mod stats;
 #[cfg(test)]
@@ -147,6 +148,8 @@ struct ProxyState {
     directory: RwLock<Arc<Directory>>,
     /// Certificates and the HBONE client pool, when the node has a CA.
     hbone: Option<Arc<hbone::Hbone>>,
+    /// Authorized live connections, checked again when policies change.
+    revocations: revoke::Revocations,
 }
 
 /// Cheap to clone; shared between the reconciler and every connection task.
@@ -180,6 +183,7 @@ impl Proxy {
                 flows,
                 directory: RwLock::default(),
                 hbone,
+                revocations: revoke::Revocations::default(),
             }),
         }
     }
@@ -200,9 +204,19 @@ impl Proxy {
         &self.state.flows
     }
 
-    /// Replaces the names the flow table gives addresses.
+    /// Replaces the names and policies connections are checked against, and checks the live
+    /// ones again: any the new policies deny is closed.
     pub fn publish_directory(&self, directory: Arc<Directory>) {
-        *self.state.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
+        *self.state.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&directory);
+        let revoked = self.state.revocations.recheck(&directory);
+        if revoked > 0 {
+            tracing::info!(revoked, "closed live connections that the new policies deny");
+        }
+    }
+
+    /// Connections closed because a policy change denied them.
+    pub fn revoked_connections(&self) -> u64 {
+        self.state.revocations.revoked.load(Relaxed)
     }
 
     pub fn directory(&self) -> Arc<Directory> {

@@ -5,7 +5,7 @@
 
 mod validate;
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 pub use nodemesh_conventions::{FieldError, Labels, OwnerReference, rules};
 use serde::{Deserialize, Serialize};
@@ -212,6 +212,49 @@ pub struct Operation {
     pub paths: Vec<String>,
 }
 
+/// Istio's PeerAuthentication (security.istio.io/v1): whether a workload accepts plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAuthentication {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PeerAuthenticationSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub mtls: Option<MutualTls>,
+    /// Target port (of the pod) → mode; only with a selector, as Istio requires. Keys as
+    /// written (`8080:` or `"8080":`), checked by validation.
+    #[serde(default, deserialize_with = "port_keys")]
+    pub port_level_mtls: BTreeMap<String, MutualTls>,
+}
+
+/// A map whose keys YAML may type as numbers or strings, as text.
+fn port_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, MutualTls>, D::Error> {
+    let raw: Vec<(serde_yaml::Value, MutualTls)> = serde_yaml::Mapping::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| serde_yaml::from_value(v).map(|v| (k, v)).map_err(serde::de::Error::custom))
+        .collect::<Result<_, D::Error>>()?;
+    let key = |k: serde_yaml::Value| match k {
+        serde_yaml::Value::String(s) => Ok(s),
+        serde_yaml::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!("{other:?} is not a port"))),
+    };
+    raw.into_iter().map(|(k, v)| Ok((key(k)?, v))).collect()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutualTls {
+    /// `UNSET` (inherit), `DISABLE`, `PERMISSIVE` or `STRICT`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
 /// One parsed and validated object. Shared, so unchanged objects keep their identity from one
 /// world build to the next (which is how the builder knows it can reuse what it made of them).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +263,7 @@ pub enum Object {
     Pod(Arc<Pod>),
     Service(Arc<Service>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    PeerAuthentication(Arc<PeerAuthentication>),
 }
 
 /// Identifies an object (duplicates across files are an error).
@@ -247,6 +291,7 @@ impl Object {
             Object::Pod(o) => &mut Arc::make_mut(o).metadata,
             Object::Service(o) => &mut Arc::make_mut(o).metadata,
             Object::AuthorizationPolicy(o) => &mut Arc::make_mut(o).metadata,
+            Object::PeerAuthentication(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -256,6 +301,7 @@ impl Object {
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
             Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
+            Object::PeerAuthentication(o) => ("PeerAuthentication", &o.metadata),
         };
         let namespace =
             if kind == "Namespace" { String::new() } else { meta.namespace.clone().unwrap_or_default() };
@@ -286,7 +332,10 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
         ("AuthorizationPolicy", "security.istio.io/v1" | "security.istio.io/v1beta1") => {
             Object::AuthorizationPolicy(Arc::new(typed(doc)?))
         }
-        ("Namespace" | "Pod" | "Service" | "AuthorizationPolicy", other) => {
+        ("PeerAuthentication", "security.istio.io/v1" | "security.istio.io/v1beta1") => {
+            Object::PeerAuthentication(Arc::new(typed(doc)?))
+        }
+        ("Namespace" | "Pod" | "Service" | "AuthorizationPolicy" | "PeerAuthentication", other) => {
             return Err(err(
                 "apiVersion",
                 format!("{other:?} is not a version of {kind} this control plane reads"),

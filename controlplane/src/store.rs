@@ -25,7 +25,8 @@ use nodemesh_input_file::{self as input_file, Fingerprint, Limits, Problem};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AuthorizationPolicy, FieldError, Namespace, Object, ObjectKey, Pod, Service, parse_document,
+    AuthorizationPolicy, FieldError, Namespace, Object, ObjectKey, PeerAuthentication, Pod, Service,
+    parse_document,
 };
 use clashes::Held;
 
@@ -68,6 +69,7 @@ pub struct Inputs {
     pub pods: Vec<Arc<Pod>>,
     pub services: Vec<Arc<Service>>,
     pub policies: Vec<Arc<AuthorizationPolicy>>,
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
 }
 
 /// What the caller knows that the files cannot tell: which writers are done, and the time.

@@ -7,11 +7,13 @@
 //!   can be asked for by name (delta subscription).
 //! - **Authorization**: policies that apply to a workload on the node: mesh-wide ones (root
 //!   namespace, no selector), ones of a namespace the node hosts workloads of, and
-//!   selector-scoped ones a local workload lists.
+//!   selector-scoped ones a local workload lists, among them the PeerAuthentications
+//!   converted for the workloads they make STRICT ([`peer_auth`]).
 //!
 //! How each object becomes a resource is [`encode`]'s.
 
 mod encode;
+mod peer_auth;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -149,6 +151,8 @@ impl World {
         let mut world = World { generation, ..Default::default() };
         let service_index = ServiceIndex::new(&inputs.services);
         let policies_by_ns = group_selector_policies(&inputs.policies);
+        let peer_auth = peer_auth::PeerAuthIndex::new(&inputs.peer_authentications, &mesh.root_namespace);
+        let mut converted = peer_auth::ConvertedSet::new();
         for svc in &inputs.services {
             let name: Arc<str> = encode::service_name(svc, mesh).into();
             let entry = match previous.and_then(|p| p.service_memos.get(&name)) {
@@ -176,6 +180,11 @@ impl World {
                         .collect()
                 })
                 .unwrap_or_default();
+            let mut policies = policies;
+            if let Some(c) = (!peer_auth.is_empty()).then(|| peer_auth.for_pod(pod)).flatten() {
+                policies.push(c.name.clone());
+                converted.entry(c.name).or_insert(c.body);
+            }
             let node = pod.spec.node_name.clone().unwrap_or_default();
             let info = world.nodes.entry(node.clone()).or_default();
             info.namespaces.insert(ns.clone());
@@ -218,6 +227,11 @@ impl World {
                 sec::Scope::Namespace => Audience::Namespace(ns),
             };
             world.authorizations.insert(name.as_str().into(), Arc::new(entry(name, body, audience)));
+        }
+        for (name, body) in converted {
+            world
+                .authorizations
+                .insert(name.as_str().into(), Arc::new(entry(name, body, Audience::Selected)));
         }
         if let Some(previous) = previous {
             world.diff_from(previous);

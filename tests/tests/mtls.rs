@@ -7,7 +7,8 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 
 use nodemesh_testbed::{
-    Agent, AgentOptions, Cluster, ControlPlane, Node, Pod, PodOptions, scenario::BULK_PORT, tools, wait_for,
+    Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, scenario::BULK_PORT, tools,
+    wait_for,
 };
 
 struct Mesh {
@@ -15,6 +16,7 @@ struct Mesh {
     _node1: Node,
     _node2: Node,
     cp: ControlPlane,
+    ext: External,
     a: Pod,
     b: Pod,
     agent1: Agent,
@@ -29,6 +31,7 @@ impl Mesh {
         let node1 = cluster.add_node("node1", 1).expect("node1");
         let node2 = cluster.add_node("node2", 2).expect("node2");
         let mut cp = cluster.add_control_plane().expect("cp");
+        let ext = cluster.add_external("ext").expect("ext");
         cp.enable_ca(lifetime_s).expect("ca");
         let a = node1.add_pod("mesh", "a", PodOptions::default()).expect("pod a");
         let b = node2.add_pod("mesh", "b", PodOptions::default()).expect("pod b");
@@ -51,7 +54,26 @@ impl Mesh {
             })
             .expect("certificate");
         }
-        Self { cluster, _node1: node1, _node2: node2, cp, a, b, agent1, agent2 }
+        Self { cluster, _node1: node1, _node2: node2, cp, ext, a, b, agent1, agent2 }
+    }
+
+    /// Whether a small exchange from pod a (HBONE) or the external host (plaintext) to b
+    /// gets through intact.
+    fn reaches_b(&self, from_a: bool) -> bool {
+        let cmd = tools::bulk_client(IpAddr::from(self.b.ipv4), BULK_PORT, 1000, 1000);
+        let out = if from_a { self.a.output(cmd) } else { self.ext.output(cmd) };
+        out.is_ok_and(|o| o.status.success())
+    }
+
+    /// Writes the control plane's policy file, then waits until the pairs hold.
+    fn policies(&self, yaml: &str, want_a: bool, want_ext: bool) {
+        self.cp.write("policies.yaml", yaml).expect("write policies");
+        wait_for(
+            &format!("a reaches b: {want_a}, ext reaches b: {want_ext}"),
+            Duration::from_secs(10),
+            || self.reaches_b(true) == want_a && self.reaches_b(false) == want_ext,
+        )
+        .expect("policies in force");
     }
 
     fn transfer(&self, upload: usize, download: usize) -> Value {
@@ -98,4 +120,98 @@ fn cross_node_connections_ride_hbone_byte_exact_with_both_identities() {
     assert_eq!(mesh.agent1.metric("nodemesh_hbone_handshakes_total{side=\"client\"}").expect("metric"), 1);
     assert_eq!(mesh.agent2.metric("nodemesh_hbone_handshakes_total{side=\"server\"}").expect("metric"), 1);
     let _ = (&mesh.cluster, &mesh.cp);
+}
+
+const STRICT: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: mesh}
+spec: {mtls: {mode: STRICT}}
+";
+
+fn allow_principal(principal: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: only, namespace: mesh}}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {{principals: [\"{principal}\"]}}
+"
+    )
+}
+
+#[test]
+fn strict_refuses_plaintext_and_principals_admit_hbone_peers() {
+    let mesh = Mesh::start("mtls-strict", 86_400);
+    // PERMISSIVE (no policy): both get through.
+    assert!(mesh.reaches_b(true) && mesh.reaches_b(false));
+    // STRICT: plaintext from outside the mesh is reset; HBONE from a carries a's identity.
+    mesh.policies(STRICT, true, false);
+    let denied: Vec<Value> =
+        flows(&mesh.agent2, "inbound").into_iter().filter(|f| f["verdict"] == "denied").collect();
+    assert!(!denied.is_empty());
+    for flow in &denied {
+        assert_eq!(flow["reason"], "denied_by:mesh/converted_peer_authentication_strict", "{flow}");
+        assert_eq!(flow["mtls"], false, "{flow}");
+    }
+    // A principal rule admits a's identity (from its certificate) ...
+    mesh.policies(
+        &format!("{STRICT}---\n{}", allow_principal("cluster.local/ns/mesh/sa/default")),
+        true,
+        false,
+    );
+    // ... and one naming another identity rejects it.
+    mesh.policies(
+        &format!("{STRICT}---\n{}", allow_principal("cluster.local/ns/mesh/sa/other")),
+        false,
+        false,
+    );
+    let last = flows(&mesh.agent2, "inbound").into_iter().find(|f| f["mtls"] == true).expect("an HBONE flow");
+    assert_eq!(
+        (last["verdict"].clone(), last["reason"].clone()),
+        (Value::from("denied"), Value::from("no_allow_policy_matched"))
+    );
+    // Plaintext never matches a principal, even without STRICT.
+    mesh.policies(&allow_principal("*"), true, false);
+}
+
+#[test]
+fn a_policy_change_closes_a_now_denied_live_connection() {
+    let mesh = Mesh::start("mtls-revoke", 86_400);
+    let dir = mesh.cluster.work_dir();
+    let (out, release) = (dir.join("hold.out"), dir.join("hold.release"));
+    let mut cmd = tools::hold_client(IpAddr::from(mesh.b.ipv4), BULK_PORT, &release);
+    cmd.stdout(std::fs::File::create(&out).expect("out"));
+    let pid = mesh.a.spawn(cmd).expect("hold");
+    wait_for("the held connection", Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("connected"))
+    })
+    .expect("connected");
+    let deny = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-a, namespace: mesh}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: [\"cluster.local/ns/mesh/sa/default\"]}
+";
+    mesh.cp.write("policies.yaml", deny).expect("write");
+    wait_for("the live connection revoked", Duration::from_secs(10), || {
+        mesh.agent2.metric("nodemesh_connections_revoked_total").is_ok_and(|n| n == 1)
+    })
+    .expect("revoked");
+    std::fs::write(&release, b"").expect("release");
+    let status = mesh.a.wait(pid, Duration::from_secs(20)).expect("exit");
+    assert!(
+        !status.success(),
+        "the held connection survived: {}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    let flow =
+        flows(&mesh.agent2, "inbound").into_iter().find(|f| f["verdict"] == "denied").expect("denied flow");
+    assert_eq!(flow["reason"], "denied_by:mesh/no-a", "{flow}");
+    assert!(flow["bytes_sent"].as_u64().unwrap_or(0) > 0, "it had carried bytes: {flow}");
 }

@@ -137,6 +137,12 @@ pub fn render(s: &AdminState) -> String {
         family.sample(&[("reason", reason)], n as f64);
     }
     e.family(
+        "nodemesh_connections_revoked_total",
+        Kind::Counter,
+        "Live connections closed (reset) because a policy change denied them.",
+    )
+    .sample(&[], s.proxy.revoked_connections() as f64);
+    e.family(
         "nodemesh_splice_audit_mismatches_total",
         Kind::Counter,
         "Spliced directions whose byte counts disagreed with the kernel's TCP counts (the connection was reset).",

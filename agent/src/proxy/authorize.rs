@@ -3,20 +3,40 @@
 //! proxy skips), are checked here; an outbound connection leaving the node is checked by the
 //! destination's own node.
 
+use std::sync::Arc;
+
 use crate::authz::{Caller, Policies};
 
-use super::context::{Authenticated, Classified};
+use super::{
+    context::{Authenticated, Classified},
+    revoke::Subject,
+};
 
-/// `Err` carries the flow's reason (`denied_by:<namespace>/<name>`, ...).
-pub fn authorize(classified: &Classified, policies: &Policies) -> Result<(), String> {
+/// `Err` carries the flow's reason (`denied_by:<namespace>/<name>`, ...). `Ok(Some)` is what
+/// the decision was made on, for checking the connection again when policies change;
+/// `Ok(None)`: not this proxy's to check.
+pub fn authorize(classified: &Classified, policies: &Policies) -> Result<Option<Subject>, String> {
+    let Some(subject) = subject(classified) else { return Ok(None) };
+    let caller = Caller { ip: subject.caller_ip, identity: subject.caller_identity.as_deref() };
+    policies.check(&subject.target, subject.to, &caller)?;
+    Ok(Some(subject))
+}
+
+/// What the destination's policies are checked on, where this proxy is the destination's
+/// side.
+fn subject(classified: &Classified) -> Option<Subject> {
     // No original destination: nothing to check against; the route stage refuses it.
-    let Some(dst) = classified.original else { return Ok(()) };
+    let dst = classified.original?;
     if classified.authenticated == Authenticated::LocalPod && classified.local_destination.is_none() {
-        return Ok(());
+        return None;
     }
-    let Some(target) = classified.policy_target() else { return Ok(()) };
-    let source = Caller { ip: classified.source.addr.ip(), identity: classified.source_identity() };
-    policies.check(&target, dst, &source)
+    let target = classified.policy_target()?;
+    let caller_identity = match &classified.authenticated {
+        Authenticated::No => None,
+        Authenticated::LocalPod => classified.source.workload.as_ref().map(|w| Arc::clone(&w.identity)),
+        Authenticated::Mtls(id) => Some(Arc::clone(id)),
+    };
+    Some(Subject { target, to: dst, caller_ip: classified.source.addr.ip(), caller_identity })
 }
 
 #[cfg(test)]
@@ -55,11 +75,14 @@ mod tests {
         // A DENY for sources in namespace `shop`, applying to every workload of `shop`.
         let policies = deny_namespace("shop", "no-shop", "shop");
         // Outbound to another node: that node's proxy checks it.
-        assert_eq!(authorize(&classified(true, false), &policies), Ok(()));
+        assert!(matches!(authorize(&classified(true, false), &policies), Ok(None)));
         // Outbound to a pod of this node: checked here, with the source vouched for.
-        assert_eq!(authorize(&classified(true, true), &policies), Err("denied_by:shop/no-shop".into()));
+        assert_eq!(
+            authorize(&classified(true, true), &policies).err(),
+            Some("denied_by:shop/no-shop".into())
+        );
         // Inbound plaintext: checked, but the source's namespace is unknown, so a rule on it
         // cannot match.
-        assert_eq!(authorize(&classified(false, false), &policies), Ok(()));
+        assert!(matches!(authorize(&classified(false, false), &policies), Ok(Some(_))));
     }
 }

@@ -70,15 +70,19 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     if let Some(inbound) = local_inbound {
         inbound.accepted.fetch_add(1, Relaxed);
     }
-    if let Err(reason) = authorize::authorize(&classified, &directory.policies) {
-        if let Some(inbound) = local_inbound {
-            inbound.failed.fetch_add(1, Relaxed);
+    let subject = match authorize::authorize(&classified, &directory.policies) {
+        Ok(subject) => subject,
+        Err(reason) => {
+            if let Some(inbound) = local_inbound {
+                inbound.failed.fetch_add(1, Relaxed);
+            }
+            // A reset, as Istio's proxies answer a denial (the accepted socket has linger 0).
+            record.deny(reason);
+            return Ok(());
         }
-        // A reset, as Istio's proxies answer a denial (the accepted socket has linger 0).
-        record.deny(reason);
-        return Ok(());
-    }
+    };
     drop(directory);
+    let mut registration = subject.map(|s| state.revocations.register(s));
 
     let route = match routed {
         Ok(route) => route,
@@ -103,22 +107,40 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     // A crash from here on resets the upstream too (see `forward::reset`).
     forward::reset(&upstream);
     record.allow(accepted, &route, &client, &upstream);
-    let (relayed, result) = relay::relay(
+    let relay_settings = state.settings.relay();
+    let relaying = relay::relay(
         &mut client,
         &mut upstream,
         route.splice,
-        &state.settings.relay(),
+        &relay_settings,
         &state.splice_maps,
         record.counters(),
         |keys| record.spliced(keys),
-    )
-    .await;
+    );
+    let (relayed, result) = tokio::select! {
+        done = relaying => done,
+        reason = revoked(registration.as_mut()) => {
+            // Both sockets close with a reset (linger 0), as a denial at accept would.
+            record.deny(reason);
+            record.finish(relay::Relayed::Copied);
+            return Ok(());
+        }
+    };
     if result.is_ok() {
         forward::graceful(&client);
         forward::graceful(&upstream);
     }
     record.finish(relayed);
     result
+}
+
+/// Resolves when a policy change denies the connection; never for one no policy of this
+/// proxy's checks.
+pub(super) async fn revoked(registration: Option<&mut super::revoke::Registration<'_>>) -> String {
+    match registration {
+        Some(r) => r.revoked().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The connect and relay stages for a connection carried in HBONE: a CONNECT stream on a

@@ -68,16 +68,6 @@ pub struct Classified {
 }
 
 impl Classified {
-    /// The identity policies may match the source on: the certificate's for an HBONE peer,
-    /// the pod's own for a pod of this node, none for plaintext.
-    pub fn source_identity(&self) -> Option<&str> {
-        match &self.authenticated {
-            Authenticated::No => None,
-            Authenticated::LocalPod => self.source.workload.as_deref().map(|w| &*w.identity),
-            Authenticated::Mtls(id) => Some(id),
-        }
-    }
-
     /// The workload the destination's policies are looked up for. For a pod of this node it
     /// is always known (from the directory, else from the pod's own name).
     pub fn policy_target(&self) -> Option<Arc<WorkloadRef>> {

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use nodemesh_conventions::{MAX_MESH_LABELS, MESH_LABEL_PREFIX};
 
 use super::{
-    AuthorizationPolicy, FieldError, Labels, Object, ObjectMeta, Pod, Service, TargetPort, err, parse_cidr,
-    rules,
+    AuthorizationPolicy, FieldError, Labels, MutualTls, Object, ObjectMeta, PeerAuthentication, Pod, Service,
+    TargetPort, err, parse_cidr, rules,
 };
 
 /// A principal is `<trust domain>/ns/<namespace>/sa/<service account>`: at most
@@ -32,7 +32,7 @@ pub fn string_maps(doc: &serde_yaml::Value, kind: &str) -> Result<(), FieldError
     ];
     match kind {
         "Service" => maps.push((&["spec", "selector"], "spec.selector")),
-        "AuthorizationPolicy" => {
+        "AuthorizationPolicy" | "PeerAuthentication" => {
             maps.push((&["spec", "selector", "matchLabels"], "spec.selector.matchLabels"))
         }
         _ => {}
@@ -86,7 +86,9 @@ pub fn validate(object: &mut Object) -> Result<(), FieldError> {
     let name_rule = match object {
         Object::Namespace(_) => rules::dns_label,
         Object::Service(_) => rules::dns1035_label,
-        Object::Pod(_) | Object::AuthorizationPolicy(_) => rules::dns_subdomain,
+        Object::Pod(_) | Object::AuthorizationPolicy(_) | Object::PeerAuthentication(_) => {
+            rules::dns_subdomain
+        }
     };
     let namespaced = !matches!(object, Object::Namespace(_));
     let meta = object.meta_mut();
@@ -101,7 +103,36 @@ pub fn validate(object: &mut Object) -> Result<(), FieldError> {
         Object::Pod(pod) => validate_pod(pod),
         Object::Service(svc) => validate_service(svc),
         Object::AuthorizationPolicy(policy) => validate_policy(policy),
+        Object::PeerAuthentication(pa) => validate_peer_authentication(pa),
     }
+}
+
+/// Modes Istio defines; ports as Istio checks them (numbers, only with a selector).
+fn validate_peer_authentication(pa: &PeerAuthentication) -> Result<(), FieldError> {
+    let mode = |field: String, m: &MutualTls| match m.mode.as_deref() {
+        None | Some("UNSET" | "DISABLE" | "PERMISSIVE" | "STRICT") => Ok(()),
+        Some(other) => Err(err(field, format!("{other:?} is not one of UNSET, DISABLE, PERMISSIVE, STRICT"))),
+    };
+    if let Some(m) = &pa.spec.mtls {
+        mode("spec.mtls.mode".into(), m)?;
+    }
+    if let Some(selector) = &pa.spec.selector {
+        labels("spec.selector.matchLabels", &selector.match_labels)?;
+    }
+    if !pa.spec.port_level_mtls.is_empty() && pa.spec.selector.is_none() {
+        return Err(err(
+            "spec.portLevelMtls",
+            "needs spec.selector (Istio applies port-level modes only to selected workloads)",
+        ));
+    }
+    for (port, m) in &pa.spec.port_level_mtls {
+        let field = format!("spec.portLevelMtls.{port}");
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(err(field, format!("{port:?} is not a port number (1-65535)")));
+        }
+        mode(format!("{field}.mode"), m)?;
+    }
+    Ok(())
 }
 
 fn validate_meta(meta: &ObjectMeta) -> Result<(), FieldError> {

@@ -92,7 +92,7 @@ fn identities(object: &Object) -> Vec<(Identity, String)> {
                 address(ip, format!("spec.clusterIPs[{i}]"));
             }
         }
-        Object::Namespace(_) | Object::AuthorizationPolicy(_) => {}
+        Object::Namespace(_) | Object::AuthorizationPolicy(_) | Object::PeerAuthentication(_) => {}
     }
     out
 }
@@ -182,6 +182,7 @@ pub fn resolve<'a>(files: impl Iterator<Item = (&'a Path, &'a [Held])>) -> (Inpu
             Object::Pod(pod) => inputs.pods.push(pod),
             Object::Service(svc) => inputs.services.push(svc),
             Object::AuthorizationPolicy(p) => inputs.policies.push(p),
+            Object::PeerAuthentication(p) => inputs.peer_authentications.push(p),
         }
     }
     (inputs, errors)

@@ -21,7 +21,7 @@ use crate::{
     identity::tls,
     proxy::{
         PodRuntime, Proxy, authorize, classify, connect,
-        connection::NodeActive,
+        connection::{NodeActive, revoked},
         context::{Accepted, Authenticated},
         record::Record,
         relay::{Relayed, forward},
@@ -135,11 +135,15 @@ async fn stream_task(
     classified.authenticated = Authenticated::Mtls(Arc::clone(&identity));
     let peer = Some(Arc::clone(&identity));
     let record = Record::open(&proxy.state.flows, &accepted, &classified, peer, stats);
-    if let Err(reason) = authorize::authorize(&classified, &directory.policies) {
-        record.deny(reason);
-        return reply(&mut respond, StatusCode::UNAUTHORIZED);
-    }
+    let subject = match authorize::authorize(&classified, &directory.policies) {
+        Ok(subject) => subject,
+        Err(reason) => {
+            record.deny(reason);
+            return reply(&mut respond, StatusCode::UNAUTHORIZED);
+        }
+    };
     drop(directory);
+    let mut registration = subject.map(|s| proxy.state.revocations.register(s));
     let route = match route::route(&accepted, &classified, proxy.route_settings()) {
         Ok(route) => route,
         Err(reason) => {
@@ -164,8 +168,16 @@ async fn stream_task(
     };
     record.allow_tunnelled();
     let counters = record.counters();
-    let result =
-        stream::relay(&mut upstream, send, request.into_body(), counters.received, counters.sent).await;
+    let relaying = stream::relay(&mut upstream, send, request.into_body(), counters.received, counters.sent);
+    let result = tokio::select! {
+        result = relaying => result,
+        reason = revoked(registration.as_mut()) => {
+            // Dropping the stream resets it (CANCEL); the app's side closes with a reset.
+            record.deny(reason);
+            record.finish(Relayed::Copied);
+            return;
+        }
+    };
     if result.is_ok() {
         forward::graceful(&upstream);
     } else if let Err(e) = &result {
