@@ -41,6 +41,35 @@ pub fn grpc_python(script: &str) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// `tools/hbone_peer.py` (an independent HBONE client and server: Python `ssl` and `h2`) on
+/// the virtualenv's python, with `args` (`mint`, `client`, `server`, ...).
+pub fn hbone_peer(args: &[&str]) -> anyhow::Result<Command> {
+    let python = grpc_python_path();
+    if !python.exists() {
+        bail!("{} is missing: run `cargo xtask setup` (it installs h2 there)", python.display());
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg("-u").arg(tool("hbone_peer.py")).args(args);
+    Ok(cmd)
+}
+
+/// A TCP echo server on all IPv4 addresses: echoes until the client's FIN, then FINs back.
+pub fn echo_server(port: u16) -> Command {
+    const ECHO: &str = "import socket, sys, threading
+def echo(c):
+    while d := c.recv(1 << 16):
+        c.sendall(d)
+    c.shutdown(socket.SHUT_WR)
+    c.close()
+s = socket.create_server(('0.0.0.0', int(sys.argv[1])), backlog=128)
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-u", "-c", ECHO, &port.to_string()]);
+    cmd
+}
+
 /// Blocking byte-exact server (server speaks first), see tools/bulk_server.py.
 pub fn bulk_server(bind: IpAddr, port: u16) -> Command {
     let mut cmd = python("bulk_server.py");

@@ -7,8 +7,9 @@ use std::{net::IpAddr, time::Duration};
 use serde_json::Value;
 
 use nodemesh_testbed::{
-    Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions, scenario::BULK_PORT, tools,
-    wait_for,
+    Agent, AgentOptions, Cluster, ControlPlane, External, Node, Pod, PodOptions,
+    scenario::{BULK_PORT, HTTP_PORT},
+    tools, wait_for,
 };
 
 struct Mesh {
@@ -27,18 +28,23 @@ const A_ID: &str = "spiffe://cluster.local/ns/mesh/sa/default";
 
 impl Mesh {
     fn start(name: &str, lifetime_s: u64) -> Self {
+        Self::start_with(name, lifetime_s, PodOptions::default())
+    }
+
+    fn start_with(name: &str, lifetime_s: u64, pods: PodOptions) -> Self {
         let cluster = Cluster::new(name).expect("cluster");
         let node1 = cluster.add_node("node1", 1).expect("node1");
         let node2 = cluster.add_node("node2", 2).expect("node2");
         let mut cp = cluster.add_control_plane().expect("cp");
         let ext = cluster.add_external("ext").expect("ext");
         cp.enable_ca(lifetime_s).expect("ca");
-        let a = node1.add_pod("mesh", "a", PodOptions::default()).expect("pod a");
-        let b = node2.add_pod("mesh", "b", PodOptions::default()).expect("pod b");
+        let bind: IpAddr = if pods.ipv6 { "::".parse() } else { "0.0.0.0".parse() }.expect("ip");
+        let a = node1.add_pod("mesh", "a", pods.clone()).expect("pod a");
+        let b = node2.add_pod("mesh", "b", pods).expect("pod b");
         cp.write_namespace("mesh", true).expect("namespace");
         cp.write_pods(&[&node1, &node2]).expect("pods");
         cp.start().expect("start cp");
-        b.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("server");
+        b.spawn(tools::bulk_server(bind, BULK_PORT)).expect("server");
         tools::wait_listening(&b.netns_path(), BULK_PORT).expect("listening");
         let agent = |node: &Node| {
             let (address, extra_config) = cp.mesh_agent_config(&node.name).expect("mesh config");
@@ -214,4 +220,34 @@ spec:
         flows(&mesh.agent2, "inbound").into_iter().find(|f| f["verdict"] == "denied").expect("denied flow");
     assert_eq!(flow["reason"], "denied_by:mesh/no-a", "{flow}");
     assert!(flow["bytes_sent"].as_u64().unwrap_or(0) > 0, "it had carried bytes: {flow}");
+}
+
+#[test]
+fn ipv6_and_curl_ride_hbone_byte_exact() {
+    let mesh = Mesh::start_with("mtls-ipv6", 86_400, PodOptions { ipv6: true, ..Default::default() });
+    let b6 = IpAddr::from(mesh.b.ipv6.expect("dual-stack"));
+    let out = mesh.a.output(tools::bulk_client(b6, BULK_PORT, 3 << 20, 5 << 20)).expect("run");
+    let r = tools::json_result("IPv6 over HBONE", &out).expect("bulk");
+    assert_eq!(r["ok"], true, "{r}");
+    // The app on b is reached by the HBONE server from b's own loopback.
+    assert!(r["greeting"].as_str().is_some_and(|g| g.contains("peer=[::1]:")), "{r}");
+
+    // curl, both families, through a plain HTTP server on b.
+    let dir = mesh.cluster.work_dir().join("www");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sha = tools::write_payload(&dir.join("payload"), 9 << 20).expect("payload");
+    mesh.b.spawn(tools::http_server("::".parse().expect("ip"), HTTP_PORT, &dir)).expect("http");
+    tools::wait_listening(&mesh.b.netns_path(), HTTP_PORT).expect("listening");
+    for host in [tools::authority(IpAddr::from(mesh.b.ipv4), HTTP_PORT), tools::authority(b6, HTTP_PORT)] {
+        let file = mesh.cluster.work_dir().join("download");
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "--fail", "--max-time", "60", "-o"])
+            .arg(&file)
+            .arg(format!("http://{host}/payload"));
+        let out = mesh.a.output(curl).expect("curl");
+        assert!(out.status.success(), "curl {host}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(tools::sha256_file(&file).expect("sha"), sha, "curl {host}");
+    }
+    let hbone = flows(&mesh.agent1, "outbound");
+    assert!(hbone.len() >= 3 && hbone.iter().all(|f| f["mtls"] == true), "{hbone:?}");
 }

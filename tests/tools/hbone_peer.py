@@ -106,6 +106,18 @@ async def client_stream(a, conn, payload, headers, r):
         r["code"], r["error"] = f.code, f.reason
 
 
+def client_context(a):
+    """tls_context's client side; with --no-cert, the same without a certificate of ours."""
+    if not a.no_cert:
+        return tls_context(False, a.cert, a.key, a.ca)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=a.ca)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
 async def client_connect(a, out):
     """TCP + TLS + identity check + the server's SETTINGS; returns the h2 connection."""
     host, port = hostport(a.connect)
@@ -119,7 +131,7 @@ async def client_connect(a, out):
     except OSError as e:
         sock.close()
         raise Fail(1, f"connect: {e.strerror or e}") from None
-    tls = Tls(sock, tls_context(False, a.cert, a.key, a.ca), server=False)
+    tls = Tls(sock, client_context(a), server=False)
     try:
         await tls.handshake()
     except (ssl.SSLError, OSError) as e:
@@ -368,8 +380,10 @@ def main():
     c = sub.add_parser("client", help="HBONE client; prints one JSON line")
     c.add_argument("--connect", required=True, help="IP:PORT of the HBONE server (15008)")
     c.add_argument("--authority", required=True, help=":authority, the original destination IP:PORT")
-    for flag in ("--cert", "--key", "--ca"):
-        c.add_argument(flag, required=True)
+    c.add_argument("--cert")
+    c.add_argument("--key")
+    c.add_argument("--ca", required=True)
+    c.add_argument("--no-cert", action="store_true", help="present no client certificate")
     c.add_argument("--expect-id", help="the server leaf must carry this SPIFFE URI SAN")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--send-bytes", type=int, default=0)
@@ -401,6 +415,8 @@ def main():
         certs.mint_leaf(a.ca_cert, a.ca_key, a.id, a.out_cert, a.out_key, days=a.days_valid,
                         expired=a.expired, client_auth=not a.no_client_auth, san=not a.no_san)
     elif a.cmd == "client":
+        if not a.no_cert and not (a.cert and a.key):
+            p.error("client needs --cert and --key (or --no-cert)")
         sys.exit(asyncio.run(client(a)))
     elif a.cmd == "server":
         sys.exit(asyncio.run(server(a)))

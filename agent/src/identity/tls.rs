@@ -11,7 +11,10 @@ use rustls::{
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
-    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    server::{
+        ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
 use webpki::{EndEntityCert, KeyUsage};
@@ -84,18 +87,88 @@ pub fn client_config(
 /// leads to the mesh root for client use.
 pub fn server_config(pod: Arc<Slot>, roots: &MeshRoots) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
-    let clients =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots.store), Arc::clone(&provider))
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let chain = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots.store), Arc::clone(&provider))
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let trust_domain = trust_domain(&pod.identity).to_owned();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(clients)
+        .with_client_cert_verifier(Arc::new(MeshClients { chain, trust_domain }))
         .with_cert_resolver(Arc::new(Current(pod)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
+}
+
+/// `spiffe://<trust domain>/...` → the trust domain.
+pub fn trust_domain(identity: &str) -> &str {
+    identity.strip_prefix("spiffe://").and_then(|rest| rest.split('/').next()).unwrap_or("")
+}
+
+/// A client certificate must lead to the mesh root for client use (webpki), and name a
+/// workload identity of the server's trust domain; both are checked inside the handshake, so
+/// a refused client gets a TLS alert, as ztunnel's do.
+#[derive(Debug)]
+struct MeshClients {
+    chain: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+/// A client certificate that chains to the root but is no workload of this mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAWorkload {
+    #[error("the client certificate carries no SPIFFE workload identity")]
+    NoIdentity,
+    #[error("the client is {0}, of another trust domain")]
+    ForeignTrustDomain(String),
+}
+
+impl ClientCertVerifier for MeshClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        let refuse = |why: NotAWorkload| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                why,
+            ))))
+        };
+        let identity = peer_identity(end_entity).ok_or_else(|| refuse(NotAWorkload::NoIdentity))?;
+        if trust_domain(&identity) != self.trust_domain {
+            return Err(refuse(NotAWorkload::ForeignTrustDomain(identity)));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
 }
 
 #[derive(Debug)]
@@ -207,4 +280,60 @@ impl ServerCertVerifier for ExpectedIdentity {
 pub struct WrongIdentity {
     pub presented: Vec<String>,
     pub expected: Vec<String>,
+}
+
+/// A failed handshake's reason, as a metrics label: from the rustls error inside the I/O
+/// error, by type, not by its text.
+pub fn handshake_reason(e: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "connection_closed",
+            _ => "io_error",
+        };
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(C::Other(other))
+            if other.0.downcast_ref::<WrongIdentity>().is_some() =>
+        {
+            "wrong_identity"
+        }
+        rustls::Error::InvalidCertificate(C::Other(other)) => match other.0.downcast_ref::<NotAWorkload>() {
+            Some(NotAWorkload::NoIdentity) => "no_spiffe_identity",
+            Some(NotAWorkload::ForeignTrustDomain(_)) => "foreign_trust_domain",
+            None => "bad_certificate",
+        },
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "unknown_issuer",
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => "not_yet_valid",
+        rustls::Error::InvalidCertificate(C::InvalidPurpose | C::InvalidPurposeContext { .. }) => {
+            "wrong_usage"
+        }
+        rustls::Error::InvalidCertificate(_) => "bad_certificate",
+        rustls::Error::NoCertificatesPresented => "no_certificate",
+        rustls::Error::AlertReceived(_) => "refused_by_peer",
+        rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol => "incompatible",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_are_told_apart_by_type() {
+        let wrap = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let wrong = WrongIdentity {
+            presented: vec!["spiffe://td/ns/a/sa/x".into()],
+            expected: vec!["spiffe://td/ns/a/sa/y".into()],
+        };
+        let other = rustls::CertificateError::Other(rustls::OtherError(Arc::new(wrong)));
+        assert_eq!(handshake_reason(&wrap(rustls::Error::InvalidCertificate(other))), "wrong_identity");
+        let issuer = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(handshake_reason(&wrap(issuer)), "unknown_issuer");
+        assert_eq!(handshake_reason(&wrap(rustls::Error::NoCertificatesPresented)), "no_certificate");
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(handshake_reason(&eof), "connection_closed");
+    }
 }

@@ -138,9 +138,8 @@ async fn dial(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT.min(timeout), handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            let error = e.to_string();
-            hbone.counters.handshake_failed("client", &handshake_reason(&error));
-            return Err(OpenError::Handshake(error));
+            hbone.counters.handshake_failed("client", tls::handshake_reason(&e));
+            return Err(OpenError::Handshake(e.to_string()));
         }
         Err(_) => {
             hbone.counters.handshake_failed("client", "timeout");
@@ -167,22 +166,4 @@ async fn dial(
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     Ok(Pooled::new(sender, closed))
-}
-
-/// A handshake error as a metrics label.
-pub fn handshake_reason(error: &str) -> String {
-    let lower = error.to_ascii_lowercase();
-    if lower.contains("the server is") || lower.contains("expected one of") {
-        "wrong_identity".into()
-    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        "unknown_issuer".into()
-    } else if lower.contains("expired") {
-        "expired".into()
-    } else if lower.contains("certificate") {
-        "bad_certificate".into()
-    } else if lower.contains("reset") || lower.contains("eof") || lower.contains("broken pipe") {
-        "connection_closed".into()
-    } else {
-        "other".into()
-    }
 }

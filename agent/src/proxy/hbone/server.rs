@@ -14,9 +14,7 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
-use super::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, STREAM_WINDOW, client::handshake_reason, stream,
-};
+use super::{CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, STREAM_WINDOW, stream};
 use crate::{
     identity::tls,
     proxy::{
@@ -65,9 +63,10 @@ async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(fail(&handshake_reason(&e.to_string()))),
+        Ok(Err(e)) => return Err(fail(tls::handshake_reason(&e))),
         Err(_) => return Err(fail("timeout")),
     };
+    // The verifier has checked it is a workload identity of this trust domain.
     let peer_identity = tls
         .get_ref()
         .1
@@ -75,9 +74,6 @@ async fn serve(
         .and_then(|chain| chain.first())
         .and_then(tls::peer_identity)
         .ok_or_else(|| fail("no_spiffe_identity"))?;
-    if trust_domain(&peer_identity) != trust_domain(&own) {
-        return Err(fail("foreign_trust_domain"));
-    }
     hbone.count_handshake("server");
     let peer_identity: Arc<str> = peer_identity.into();
     let mut connection = h2::server::Builder::new()
@@ -98,10 +94,6 @@ async fn serve(
         });
     }
     Ok(())
-}
-
-fn trust_domain(identity: &str) -> &str {
-    identity.strip_prefix("spiffe://").and_then(|rest| rest.split('/').next()).unwrap_or("")
 }
 
 /// One CONNECT: checked, then through the inbound stages with the peer's identity.

@@ -1,0 +1,341 @@
+//! HBONE against an independent peer: `tests/tools/hbone_peer.py` (Python `ssl` + `h2`, its
+//! certificates minted with `cryptography` from the control plane's mesh root), sharing no
+//! code with our Rust.
+//!
+//! - Our server: the peer's client, on a third node that runs no agent (so nothing intercepts
+//!   it), reaches pod b's HBONE port on node2 with a mesh certificate and gets byte-exact
+//!   echoes; certificates our server must refuse are refused in the handshake and counted by
+//!   reason; CONNECTs to another address or to a proxy port get 400 and 503.
+//! - Our client: pod a's connection to pod c on that third node rides HBONE from agent1 to
+//!   the peer's server, which sees a's identity; a server with another identity is refused.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use nodemesh_testbed::{
+    Agent, AgentOptions, Cluster, ControlPlane, Node, Pod, PodOptions, enter_netns, scenario::BULK_PORT,
+    tools, wait_for,
+};
+
+/// Every fake pod runs as service account `default` (testbed `pod_object`).
+const MESH_ID: &str = "spiffe://cluster.local/ns/mesh/sa/default";
+const ECHO_PORT: u16 = 7100;
+const HBONE_PORT: u16 = 15008;
+
+/// node1 (agent1, pod a) and node2 (agent2, pod b) run agents; node3 (pod c) runs none. All
+/// three pods are in the intercepted namespace `mesh`, published by the control plane.
+struct Mesh {
+    cluster: Cluster,
+    _nodes: [Node; 3],
+    cp: ControlPlane,
+    a: Pod,
+    b: Pod,
+    c: Pod,
+    agent1: Agent,
+    agent2: Agent,
+}
+
+impl Mesh {
+    fn start(name: &str) -> Self {
+        let cluster = Cluster::new(name).expect("cluster");
+        let nodes = [1, 2, 3].map(|i| cluster.add_node(&format!("node{i}"), i).expect("node"));
+        let mut cp = cluster.add_control_plane().expect("cp");
+        cp.enable_ca(86_400).expect("ca");
+        let pod = |node: &Node, name: &str| node.add_pod("mesh", name, PodOptions::default()).expect("pod");
+        let (a, b, c) = (pod(&nodes[0], "a"), pod(&nodes[1], "b"), pod(&nodes[2], "c"));
+        cp.write_namespace("mesh", true).expect("namespace");
+        cp.write_pods(&[&nodes[0], &nodes[1], &nodes[2]]).expect("pods");
+        cp.start().expect("start cp");
+        let agent = |node: &Node, pod: &str| {
+            let (address, extra_config) = cp.mesh_agent_config(&node.name).expect("mesh config");
+            let options = AgentOptions { xds_address: Some(address), extra_config, ..Default::default() };
+            let agent = node.start_agent(&options).expect("agent");
+            agent.wait_enrolled(&[pod], Duration::from_secs(10)).expect("enrolled");
+            wait_for("a valid certificate", Duration::from_secs(10), || {
+                let status = agent.status().unwrap_or_default();
+                status["certificates"].as_array().is_some_and(|c| c.iter().any(|c| c["state"] == "valid"))
+            })
+            .expect("certificate");
+            agent
+        };
+        let (agent1, agent2) = (agent(&nodes[0], "mesh/a"), agent(&nodes[1], "mesh/b"));
+        cp.wait_agents(2, Duration::from_secs(10)).expect("agents connected over TLS");
+        Self { cluster, _nodes: nodes, cp, a, b, c, agent1, agent2 }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.cluster.work_dir().join(name)
+    }
+
+    /// A leaf for `id` signed by `ca` (the mesh root when `None`): (cert, key).
+    fn mint(&self, name: &str, id: &str, ca: Option<(&Path, &Path)>, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let (root, root_key) = (self.cp.mesh_root(), self.cp.mesh_root().with_file_name("root-key.pem"));
+        let (ca_cert, ca_key) = ca.unwrap_or((&root, &root_key));
+        let (cert, key) = (self.file(&format!("{name}.pem")), self.file(&format!("{name}.key")));
+        let mut cmd = tools::hbone_peer(&["mint", "--id", id]).expect("hbone_peer");
+        cmd.arg("--ca-cert").arg(ca_cert).arg("--ca-key").arg(ca_key);
+        cmd.arg("--out-cert").arg(&cert).arg("--out-key").arg(&key).args(extra);
+        let out = cmd.output().expect("mint");
+        assert!(out.status.success(), "mint {name}: {}", String::from_utf8_lossy(&out.stderr));
+        (cert, key)
+    }
+
+    /// The peer's client, run in pod c (node3: no agent, nothing intercepts it), to b's HBONE
+    /// port with `authority`; `cert` `None` presents none. Returns its exit code and JSON line.
+    fn client(&self, cert: Option<&(PathBuf, PathBuf)>, authority: &str, extra: &[&str]) -> (i32, Value) {
+        let connect = format!("{}:{HBONE_PORT}", self.b.ipv4);
+        let mut cmd = tools::hbone_peer(&["client", "--connect", &connect, "--authority", authority])
+            .expect("hbone_peer");
+        cmd.args(["--expect-id", MESH_ID, "--timeout", "120"]).arg("--ca").arg(self.cp.mesh_root());
+        match cert {
+            Some((cert, key)) => cmd.arg("--cert").arg(cert).arg("--key").arg(key),
+            None => cmd.arg("--no-cert"),
+        };
+        cmd.args(extra);
+        let out = self.c.output(cmd).expect("hbone_peer client");
+        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_owned();
+        let json = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("client printed {line:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    /// The peer's server in pod c on 15008 with a certificate for `id`, its JSON lines going
+    /// to `log`; returns its pid once it listens.
+    fn start_server(&self, name: &str, id: &str, log: &Path) -> u32 {
+        let (cert, key) = self.mint(name, id, None, &[]);
+        let mut cmd =
+            tools::hbone_peer(&["server", "--listen", &format!("0.0.0.0:{HBONE_PORT}")]).expect("peer");
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key).arg("--ca").arg(self.cp.mesh_root());
+        cmd.stdout(std::fs::File::create(log).expect("log"));
+        let pid = self.c.spawn(cmd).expect("hbone_peer server");
+        tools::wait_listening(&self.c.netns_path(), HBONE_PORT).expect("HBONE server listening");
+        pid
+    }
+
+    /// bulk_client in pod a (enrolled on node1) to pod c's bulk server.
+    fn bulk_to_c(&self, upload: usize, download: usize) -> Output {
+        self.a
+            .output(tools::bulk_client(IpAddr::from(self.c.ipv4), BULK_PORT, upload, download))
+            .expect("bulk")
+    }
+}
+
+/// `nodemesh_hbone_handshake_failures_total{side,reason}`, 0 while it has no sample.
+fn failures(agent: &Agent, side: &str, reason: &str) -> u64 {
+    agent
+        .metric(&format!("nodemesh_hbone_handshake_failures_total{{side=\"{side}\",reason=\"{reason}\"}}"))
+        .unwrap_or(0)
+}
+
+fn flows(agent: &Agent, direction: &str) -> Vec<Value> {
+    let all = agent.flows("state=all").expect("flows");
+    all.into_iter().filter(|f| f["direction"] == direction).collect()
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn an_independent_client_is_admitted_with_a_mesh_certificate_and_refused_otherwise() {
+    let mesh = Mesh::start("hbone-server");
+    mesh.b.spawn(tools::echo_server(ECHO_PORT)).expect("echo server");
+    tools::wait_listening(&mesh.b.netns_path(), ECHO_PORT).expect("echo listening");
+    let echo = format!("{}:{ECHO_PORT}", mesh.b.ipv4);
+    let good = mesh.mint("client", MESH_ID, None, &[]);
+
+    // Admitted: byte-exact echoes, b's certificate checked by the peer (--expect-id).
+    let sizes = [1u64, 1 << 20, 64 << 20];
+    for n in sizes {
+        let (code, out) = mesh.client(Some(&good), &echo, &["--send-bytes", &n.to_string(), "--echo-check"]);
+        assert_eq!(code, 0, "{n} B: {out}");
+        assert_eq!(
+            (out["status"].clone(), out["received"].clone()),
+            (Value::from(200), Value::from(n)),
+            "{out}"
+        );
+        assert_eq!(
+            (out["peer_id"].as_str(), out["tls_version"].as_str()),
+            (Some(MESH_ID), Some("TLSv1.3")),
+            "{out}"
+        );
+    }
+    // agent2 recorded each stream as an mTLS inbound flow from the peer's identity, exact bytes.
+    let mut inbound = Vec::new();
+    wait_for("three closed inbound flows", Duration::from_secs(10), || {
+        inbound = flows(&mesh.agent2, "inbound");
+        inbound.len() == 3 && inbound.iter().all(|f| f["active"] == false)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {inbound:#?}"));
+    let mut bytes: Vec<(u64, u64)> = inbound
+        .iter()
+        .map(|f| {
+            assert_eq!(
+                (&f["mtls"], &f["peer_identity"], &f["verdict"]),
+                (&Value::Bool(true), &Value::from(MESH_ID), &Value::from("allowed")),
+                "{f}"
+            );
+            (f["bytes_sent"].as_u64().expect("sent"), f["bytes_received"].as_u64().expect("received"))
+        })
+        .collect();
+    bytes.sort_unstable();
+    assert_eq!(bytes, sizes.map(|n| (n, n)).to_vec());
+    let handshakes =
+        || mesh.agent2.metric("nodemesh_hbone_handshakes_total{side=\"server\"}").expect("metric");
+    assert_eq!(handshakes(), 3);
+
+    // Refused in the handshake: each a client exit 2, one failure of its reason on agent2,
+    // no completed handshake and no flow.
+    let other_ca = (mesh.file("other-ca.pem"), mesh.file("other-ca.key"));
+    let mut cmd = tools::hbone_peer(&["mint-ca", "--name", "not-the-mesh"]).expect("hbone_peer");
+    assert!(
+        cmd.arg("--out-cert")
+            .arg(&other_ca.0)
+            .arg("--out-key")
+            .arg(&other_ca.1)
+            .status()
+            .expect("mint-ca")
+            .success()
+    );
+    let cases = [
+        (
+            "another CA",
+            Some(mesh.mint("foreign", MESH_ID, Some((&other_ca.0, &other_ca.1)), &[])),
+            "unknown_issuer",
+        ),
+        ("no client certificate", None, "no_certificate"),
+        ("expired", Some(mesh.mint("expired", MESH_ID, None, &["--expired"])), "expired"),
+        (
+            "ID in the CN, no URI SAN",
+            Some(mesh.mint("nosan", MESH_ID, None, &["--no-san"])),
+            "no_spiffe_identity",
+        ),
+        (
+            "another trust domain",
+            Some(mesh.mint("foreign-td", "spiffe://other.example/ns/mesh/sa/default", None, &[])),
+            "foreign_trust_domain",
+        ),
+    ];
+    for (what, cert, reason) in &cases {
+        let before = failures(&mesh.agent2, "server", reason);
+        let (code, out) = mesh.client(cert.as_ref(), &echo, &["--send-bytes", "1"]);
+        assert_eq!(code, 2, "{what}: {out}");
+        assert_eq!(out["status"], Value::Null, "{what}: no stream may be answered: {out}");
+        assert_eq!(failures(&mesh.agent2, "server", reason), before + 1, "{what}: reason {reason}");
+    }
+    assert_eq!(handshakes(), 3, "no refused client completed a handshake");
+    assert_eq!(flows(&mesh.agent2, "inbound").len(), 3, "no refused client got a flow");
+
+    // Admitted, but a CONNECT to an address that is not b's gets 400; to a proxy port, 503.
+    for (authority, status) in
+        [(format!("{}:{ECHO_PORT}", mesh.a.ipv4), 400), (format!("{}:15006", mesh.b.ipv4), 503)]
+    {
+        let (code, out) = mesh.client(Some(&good), &authority, &["--send-bytes", "1"]);
+        assert_eq!((code, out["status"].clone()), (4, Value::from(status)), "{authority}: {out}");
+    }
+}
+
+#[test]
+fn our_client_checks_the_servers_identity() {
+    let mesh = Mesh::start("hbone-client");
+    mesh.c.spawn(tools::bulk_server("0.0.0.0".parse().expect("ip"), BULK_PORT)).expect("bulk server");
+    tools::wait_listening(&mesh.c.netns_path(), BULK_PORT).expect("bulk listening");
+    let (c_ip, a_ip) = (mesh.c.ipv4.to_string(), mesh.a.ipv4.to_string());
+
+    // c's own identity: agent1 carries a's connections to the peer's server in HBONE.
+    let log = mesh.file("server-c.jsonl");
+    let server = mesh.start_server("server-c", MESH_ID, &log);
+    let mut results = Vec::new();
+    for (up, down) in [(1, 1), (1 << 20, 1 << 20)] {
+        let out = mesh.bulk_to_c(up, down);
+        let r = tools::json_result("bulk_client", &out).expect("bulk client through HBONE");
+        assert_eq!(r["ok"], true, "{up}/{down}: {r}");
+        results.push(r);
+    }
+    let mut streams = Vec::new();
+    wait_for("the server's two stream lines", Duration::from_secs(10), || {
+        streams = json_lines(&log).into_iter().filter(|l| l.get("authority").is_some()).collect();
+        streams.len() == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}: {streams:#?}"));
+    let mut relayed = Vec::new();
+    for s in &streams {
+        // a's identity from its certificate, the original destination as :authority, and the
+        // TCP connection leaving from a's own address (as ztunnel's do).
+        assert_eq!(s["peer_id"], MESH_ID, "{s}");
+        assert_eq!(s["authority"], format!("{c_ip}:{BULK_PORT}"), "{s}");
+        assert_eq!(
+            (s["status"].clone(), s["error"].clone(), s["sni"].clone()),
+            (Value::from(200), Value::Null, Value::Null),
+            "{s}"
+        );
+        assert!(s["peer"].as_str().is_some_and(|p| p.starts_with(&format!("{a_ip}:"))), "{s}");
+        relayed.push((s["bytes_up"].as_u64().expect("up"), s["bytes_down"].as_u64().expect("down")));
+    }
+    let mut counted: Vec<(u64, u64)> = results
+        .iter()
+        .map(|r| (r["bytes_sent"].as_u64().expect("s"), r["bytes_received"].as_u64().expect("r")))
+        .collect();
+    relayed.sort_unstable();
+    counted.sort_unstable();
+    assert_eq!(relayed, counted, "the server relayed exactly what the client counted");
+    for flow in flows(&mesh.agent1, "outbound") {
+        assert_eq!(
+            (&flow["mtls"], &flow["peer_identity"], &flow["verdict"]),
+            (&Value::Bool(true), &Value::from(MESH_ID), &Value::from("allowed")),
+            "{flow}"
+        );
+    }
+
+    // Replace the server. agent1 keeps its pooled connection until the TCP connection ends, so
+    // wait until agent1's socket to c:15008 (in a's namespace) is gone before going on.
+    mesh.c.kill(server);
+    wait_for("agent1 to drop its HBONE connection to c", Duration::from_secs(10), || {
+        let mut ss = enter_netns(Command::new("ss"), &mesh.a.netns_path()).expect("ss");
+        ss.args(["-Htn", "state", "established", "state", "close-wait", "dst"]);
+        ss.arg(format!("{c_ip}:{HBONE_PORT}"));
+        ss.stderr(Stdio::inherit()).output().is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+    })
+    .expect("pooled connection closed");
+
+    // An impostor: a valid mesh certificate for another identity. agent1 refuses it in the
+    // handshake, resets a's connection and says why.
+    let log = mesh.file("server-impostor.jsonl");
+    mesh.start_server("impostor", "spiffe://cluster.local/ns/mesh/sa/impostor", &log);
+    let before = failures(&mesh.agent1, "client", "wrong_identity");
+    let out = mesh.bulk_to_c(1, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("Connection reset"), "{out:?}");
+    let failed: Vec<Value> =
+        flows(&mesh.agent1, "outbound").into_iter().filter(|f| f["verdict"] != "allowed").collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(
+        (&failed[0]["verdict"], &failed[0]["reason"]),
+        (&Value::from("failed"), &Value::from("tls_handshake_failed")),
+        "{:#}",
+        failed[0]
+    );
+    // The impostor saw the handshake fail (the agent's alert) from a's address, and no stream.
+    let mut lines = Vec::new();
+    wait_for("the impostor's tls_error line", Duration::from_secs(10), || {
+        lines = json_lines(&log);
+        lines.iter().any(|l| l.get("tls_error").is_some())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {lines:?}"));
+    assert!(lines.iter().all(|l| l.get("authority").is_none()), "{lines:?}");
+    let refused = lines.iter().find(|l| l.get("tls_error").is_some()).expect("tls_error");
+    assert!(refused["peer"].as_str().is_some_and(|p| p.starts_with(&format!("{a_ip}:"))), "{refused}");
+    // Counted by why: the server is someone else.
+    let samples = mesh.agent1.http_get("http://127.0.0.1:15020/metrics").expect("metrics");
+    let samples: Vec<&str> =
+        samples.lines().filter(|l| l.starts_with("nodemesh_hbone_handshake_failures")).collect();
+    assert_eq!(failures(&mesh.agent1, "client", "wrong_identity"), before + 1, "{samples:#?}");
+    let _ = &mesh.cp;
+}
