@@ -16,6 +16,7 @@ pub mod cluster;
 mod cmd;
 pub mod controlplane;
 pub mod kernel;
+pub mod mesh;
 pub mod scenario;
 pub mod tools;
 

@@ -141,6 +141,7 @@ async def client_connect(a, out):
     out.update(tls_version=obj.version(), cipher=obj.cipher()[0], alpn=obj.selected_alpn_protocol())
     ids = certs.spiffe_ids(obj.getpeercert(binary_form=True))
     out["peer_id"] = ids[0] if ids else None
+    out["peer_serial"] = certs.serial_hex(obj.getpeercert(binary_form=True))
     if out["alpn"] != "h2" or (a.expect_id and a.expect_id not in ids):
         await tls.close()
         raise Fail(2, "tls: ALPN h2 not negotiated") if out["alpn"] != "h2" else \

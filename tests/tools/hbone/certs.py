@@ -110,6 +110,12 @@ def spiffe_ids(der):
     return ids
 
 
+def serial_hex(der):
+    """The certificate's serial number in upper-case hex, without leading zeros."""
+    from cryptography import x509
+    return format(x509.load_der_x509_certificate(der).serial_number, "X") if der else None
+
+
 def pem_spiffe_id(path):
     """The first SPIFFE ID of the first certificate of a PEM file (our own identity)."""
     with open(path, "rb") as f:

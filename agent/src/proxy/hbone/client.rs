@@ -165,5 +165,5 @@ async fn dial(
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    Ok(Pooled::new(sender, closed))
+    Ok(Pooled::new(sender, closed, cert.not_after))
 }

@@ -3,7 +3,8 @@
 //! identity, source pod, destination `ip:15008`); a new one opens when none has room (100
 //! streams, or fewer if the peer says so), or the pooled one is gone (GOAWAY, error). One
 //! dial at a time per key, so a burst of app connections shares the first handshake instead
-//! of each making its own. Connections unused for a while are released.
+//! of each making its own. Connections unused for a while are released, and so are those
+//! whose certificate has expired.
 
 use std::{
     collections::HashMap,
@@ -12,7 +13,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -37,11 +38,19 @@ pub struct Pooled {
     /// Set when its connection task ends (GOAWAY, error, or released).
     pub closed: Arc<AtomicBool>,
     last_used: Mutex<Instant>,
+    /// When the certificate it was opened with expires: after that it takes no new streams,
+    /// so an identity whose certificate expired (the CA away) opens nothing new.
+    expires: SystemTime,
 }
 
 impl Pooled {
-    pub fn new(sender: SendRequest<Bytes>, closed: Arc<AtomicBool>) -> Arc<Self> {
-        Arc::new(Self { sender, streams: AtomicUsize::new(0), closed, last_used: Mutex::new(Instant::now()) })
+    pub fn new(sender: SendRequest<Bytes>, closed: Arc<AtomicBool>, expires: SystemTime) -> Arc<Self> {
+        let last_used = Mutex::new(Instant::now());
+        Arc::new(Self { sender, streams: AtomicUsize::new(0), closed, last_used, expires })
+    }
+
+    fn usable(&self, now: SystemTime) -> bool {
+        !self.closed.load(Relaxed) && now < self.expires
     }
 
     fn idle_since(&self) -> Option<Instant> {
@@ -106,7 +115,8 @@ impl Pool {
 
     fn claim_existing(entry: &Entry) -> Option<StreamClaim> {
         let mut conns = entry.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|c| !c.closed.load(Relaxed));
+        let now = SystemTime::now();
+        conns.retain(|c| c.usable(now));
         for conn in conns.iter() {
             let claimed =
                 conn.streams.fetch_update(Relaxed, Relaxed, |n| (n < MAX_STREAMS).then_some(n + 1)).is_ok();
@@ -120,12 +130,12 @@ impl Pool {
     /// Drops connections closed or unused for `idle` (dropping the last sender lets h2 end
     /// the connection with a GOAWAY), and keys left with none.
     pub fn sweep(&self, idle: Duration) {
-        let now = Instant::now();
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, entry| {
             let mut conns = entry.conns.lock().unwrap_or_else(|p| p.into_inner());
             conns.retain(|c| {
-                !c.closed.load(Relaxed) && c.idle_since().is_none_or(|since| now.duration_since(since) < idle)
+                c.usable(wall) && c.idle_since().is_none_or(|since| now.duration_since(since) < idle)
             });
             !conns.is_empty() || entry.dialing.try_lock().is_err()
         });
