@@ -1,5 +1,6 @@
 //! `nodemesh flows` as text: one line per flow, a second line for why a flow was not
-//! forwarded; 80 columns.
+//! forwarded and one for a flow carried in mutual TLS (the peer's proven identity); 80
+//! columns.
 
 use std::fmt::Write as _;
 
@@ -35,6 +36,14 @@ pub fn render(report: &FlowsReport, now_ms: u64, ranked_by: Option<&str>) -> Str
     let mut notes = Vec::new();
     for flow in &report.flows {
         table.row(row(flow, now_ms));
+        if flow.mtls {
+            let peer = flow.peer_identity.as_deref().unwrap_or("?");
+            let mut note = format!("  ↳ mutual TLS, peer {peer}");
+            if note.chars().count() > 80 {
+                note = format!("{}…", note.chars().take(79).collect::<String>());
+            }
+            notes.push((table.len() - 1, note));
+        }
         if let Some(reason) = &flow.reason {
             notes.push((table.len() - 1, format!("  ↳ {}: {reason}", flow.verdict.as_str())));
         }

@@ -140,12 +140,16 @@ pub fn render(r: &StatusReport) -> String {
         for l in &p.pod.listeners {
             listeners.row(vec![
                 p.pod.name.clone(),
-                format!("{:?}", l.kind).to_lowercase(),
+                if l.hbone { "hbone".into() } else { format!("{:?}", l.kind).to_lowercase() },
                 l.addr.to_string(),
             ]);
         }
     }
     out.push_str(&listeners.render());
+
+    if !r.certificates.is_empty() {
+        out.push_str(&certificates(&r.certificates));
+    }
 
     let _ = writeln!(out, "\nPROGRAMS");
     let mut programs = Table::new(&[("NAME", 20), ("TYPE", 20), ("ID", 8), ("ATTACHED", 28)]);
@@ -169,6 +173,44 @@ pub fn render(r: &StatusReport) -> String {
     out
 }
 
+/// Each identity's workload certificate: never a key; the serial cut to fit (the whole one is
+/// in `--json`).
+fn certificates(certs: &[nodemesh_agent::report::status::CertificateReport]) -> String {
+    let mut out = String::from("\nCERTIFICATES\n");
+    let mut table = Table::new(&[("IDENTITY", 34), ("STATE", 15), ("SERIAL", 10), ("NOT AFTER (UTC)", 16)]);
+    for c in certs {
+        let serial = c.serial.as_deref().map_or("-".to_owned(), |s| {
+            if s.chars().count() > 10 { format!("{}…", s.chars().take(9).collect::<String>()) } else { s.to_owned() }
+        });
+        let identity = c.identity.strip_prefix("spiffe://").unwrap_or(&c.identity);
+        table.row(vec![identity.to_owned(), c.state.clone(), serial, c.not_after_unix_s.map_or("-".into(), utc)]);
+    }
+    out.push_str(&table.render());
+    for c in certs.iter().filter(|c| c.last_error.is_some()) {
+        let identity = c.identity.strip_prefix("spiffe://").unwrap_or(&c.identity);
+        let note = format!("  ↳ {identity}: {}", c.last_error.as_deref().unwrap_or(""));
+        // One line; the whole error is in `--json`.
+        let note = if note.chars().count() > 80 { format!("{}…", note.chars().take(79).collect::<String>()) } else { note };
+        let _ = writeln!(out, "{note}");
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC, from Unix seconds (civil-from-days, no time zone database).
+fn utc(unix_s: u64) -> String {
+    let (days, secs) = ((unix_s / 86_400) as i64, unix_s % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", secs / 3600, secs % 3600 / 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +222,11 @@ mod tests {
         let report: StatusReport =
             serde_json::from_str(include_str!("../tests/golden/status.json")).expect("status fixture");
         check_golden("status.txt", &render(&report));
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(1_796_169_600 + 3_660), "2026-12-02 01:01");
     }
 }

@@ -3,6 +3,7 @@
 
 mod controlplane;
 mod measure;
+mod mtls;
 mod report;
 mod stress;
 mod topology;
@@ -87,11 +88,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let special = |o: &String| o == CONTROL_PLANE || o == SPLICE_STRESS;
     let data_path_wanted = args.only.is_empty() || args.only.iter().any(|o| !special(o));
     let mut splice_stress = None;
+    let mut mtls = None;
     if data_path_wanted || wants(SPLICE_STRESS) {
-        let topo = topology::Topology::start(&bin_dir, &args.agent_config)
+        let mut topo = topology::Topology::start(&bin_dir, &args.agent_config)
             .context("building the benchmark cluster")?;
         if data_path_wanted {
-            order = data_path(args, &topo, &settings, rounds, &mut raw, &bin_dir)?;
+            let scenarios = topo.scenarios().into_iter().filter(|s| wants(s.name)).collect();
+            order = data_path(args, &topo, scenarios, &settings, rounds, &mut raw, &bin_dir)?;
         }
         if wants(SPLICE_STRESS) {
             let scale = if args.quick { &stress::Scale::QUICK } else { &stress::Scale::FULL };
@@ -99,6 +102,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let result = stress::run(&topo, &bin_dir, scale).context("the splice stress run")?;
             println!("splice_stress: {result} ({:.0}s)", started.elapsed().as_secs_f64());
             splice_stress = Some(result);
+        }
+        if wants(mtls::SCENARIO) {
+            // Last: the agents restart against a control plane with a CA.
+            topo.enable_identities(&bin_dir).context("turning identities on")?;
+            // Both, whatever --only says: the ratios need the direct path of the same phase.
+            let scenarios = topo.identity_scenarios();
+            for name in data_path(args, &topo, scenarios, &settings, rounds, &mut raw, &bin_dir)? {
+                if !order.contains(&name) {
+                    order.push(name);
+                }
+            }
+            let mut handshakes = Vec::new();
+            for _ in 0..rounds {
+                handshakes.push(mtls::handshakes_per_second(&topo, settings.seconds)?);
+            }
+            println!("handshakes/s: {handshakes:?}");
+            mtls = Some(mtls::summary(&mut handshakes));
         }
     }
     let control_plane = if wants(CONTROL_PLANE) {
@@ -110,12 +130,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    anyhow::ensure!(!data_path_wanted || !order.is_empty(), "no scenario matches --only {:?}", args.only);
     let mut results = report::results(&raw, &order, rounds, &report::machine(), settings.to_json());
     if let Some(cp) = control_plane {
         results["controlplane"] = cp;
     }
     if let Some(stress) = splice_stress {
         results[SPLICE_STRESS] = stress;
+    }
+    if let Some(mtls) = mtls {
+        results["mtls"] = mtls;
     }
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -139,17 +163,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 fn data_path(
     args: &BenchArgs,
     topo: &topology::Topology,
+    scenarios: Vec<topology::Scenario>,
     settings: &Settings,
     rounds: usize,
     raw: &mut report::Raw,
     bin_dir: &Path,
 ) -> anyhow::Result<Vec<&'static str>> {
-    let scenarios: Vec<_> = topo
-        .scenarios()
-        .into_iter()
-        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
-        .collect();
-    anyhow::ensure!(!scenarios.is_empty(), "no scenario matches --only {:?}", args.only);
+    if scenarios.is_empty() {
+        return Ok(Vec::new());
+    }
     let order: Vec<&'static str> = scenarios.iter().map(|s| s.name).collect();
     let started = Instant::now();
     for round in 0..rounds {

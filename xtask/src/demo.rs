@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a fake two-node cluster driven by the reference control plane from its
-//! embedded default (Kubernetes YAML the demo writes), real traffic through the mesh, a label
-//! flipped live, an authorization policy enforced, the control plane killed, `nodemesh status`
-//! and `nodemesh flows`.
+//! embedded default (Kubernetes YAML the demo writes), with its CA: real traffic through the
+//! mesh, mutual TLS between the nodes with both identities in the flows, a label flipped live,
+//! an authorization policy enforced, the control plane killed, `nodemesh status` and
+//! `nodemesh flows`.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -26,11 +27,12 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     cp.write_namespace("mesh", true)?;
     cp.write_namespace("plain", false)?;
     cp.write_pods(&[&node1, &node2])?;
+    cp.enable_ca(86_400)?;
     cp.start()?;
     println!(
-        "[1/8] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
-         the mesh, and `nodemesh controlplane` serving delta xDS from {} (Kubernetes YAML: \
-         namespace mesh labelled nodemesh.io/intercept=enabled, plain not)",
+        "[1/9] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
+         the mesh, and `nodemesh controlplane` serving delta xDS and its CA over TLS from {} \
+         (Kubernetes YAML: namespace mesh labelled nodemesh.io/intercept=enabled, plain not)",
         cp.config_dir.display()
     );
 
@@ -52,19 +54,31 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     tools::wait_listening(&server.netns_path(), BULK_PORT)?;
     tools::wait_listening(&ext.netns_path(), BULK_PORT)?;
 
-    // The agent's defaults: spliced legs are the loopback ones (same node).
-    let options = AgentOptions {
-        splice,
-        splice_network_legs: Some(false),
-        xds_address: Some(cp.xds_address()),
-        ..Default::default()
+    // The agent's defaults: spliced legs are the loopback ones (same node). Each node gets the
+    // mesh root and its own bootstrap token for the CA.
+    let agent = |node: &nodemesh_testbed::Node| -> anyhow::Result<nodemesh_testbed::Agent> {
+        let (address, mesh) = cp.mesh_agent_config(&node.name)?;
+        let options = AgentOptions {
+            splice,
+            splice_network_legs: Some(false),
+            xds_address: Some(address),
+            extra_config: mesh,
+            ..Default::default()
+        };
+        node.start_agent(&options)
     };
-    let agent1 = node1.start_agent(&options)?;
-    let agent2 = node2.start_agent(&options)?;
+    let (agent1, agent2) = (agent(&node1)?, agent(&node2)?);
     agent1.wait_enrolled(&["mesh/client"], Duration::from_secs(10))?;
     agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(10))?;
+    for a in [&agent1, &agent2] {
+        nodemesh_testbed::wait_for("a workload certificate", Duration::from_secs(10), || {
+            a.status().is_ok_and(|s| s["certificates"].as_array().is_some_and(|c| c.iter().any(|c| c["state"] == "valid")))
+        })?;
+    }
     println!(
-        "[2/8] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS and enrolled its mesh pods",
+        "[2/9] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS (TLS, \
+         checked against the mesh root), enrolled its mesh pods and got a certificate for their \
+         identity from the CA (key generated in memory, never written)",
         if splice { "on" } else { "off" }
     );
 
@@ -72,18 +86,34 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let got = curl_sha(&client, &url, &cluster.work_dir().join("download"))?;
     anyhow::ensure!(got == sha, "the download through the mesh was corrupted");
     println!(
-        "[3/8] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
+        "[3/9] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
          in through node2's (sk_lookup)"
+    );
+    let outbound = agent1.flows("state=all")?;
+    let inbound = agent2.flows("state=all")?;
+    let peer = |flows: &[serde_json::Value], direction: &str| {
+        flows
+            .iter()
+            .find(|f| f["direction"] == direction && f["mtls"] == true)
+            .and_then(|f| f["peer_identity"].as_str().map(str::to_owned))
+    };
+    let (server_id, client_id) = (peer(&outbound, "outbound"), peer(&inbound, "inbound"));
+    anyhow::ensure!(server_id.is_some() && client_id.is_some(), "the cross-node connection was not mutual TLS");
+    println!(
+        "[4/9] that connection crossed the nodes in HBONE (HTTP/2 CONNECT over mutual TLS 1.3): node1's \
+         agent verified the server as {}, node2's the client as {}",
+        server_id.unwrap_or_default(),
+        client_id.unwrap_or_default()
     );
     let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     println!(
-        "[4/8] mesh/client to the external host: through the proxy (the app's local address {}), \
+        "[5/9] mesh/client to the external host: through the proxy (the app's local address {}), \
          the host saw {} (the pod's own address)",
         r["local"][0], r["greeting"]
     );
     let r = bulk(&plain, IpAddr::from(ext.ipv4))?;
     println!(
-        "[5/8] plain/plain (namespace not labelled) to the external host: direct, local address {}",
+        "[6/9] plain/plain (namespace not labelled) to the external host: direct, local address {}",
         r["local"][0]
     );
 
@@ -99,7 +129,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     anyhow::ensure!(plain.wait(pid, Duration::from_secs(15))?.success(), "plain/plain was never intercepted");
     let r: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&probe_out)?.trim())?;
     println!(
-        "[6/8] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
+        "[7/9] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
         r["seconds"].as_f64().unwrap_or(f64::NAN)
     );
 
@@ -114,7 +144,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     })?;
     bulk(&client, server_ip).context("mesh/client is still allowed")?;
     println!(
-        "[7/8] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
+        "[8/9] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
          resets plain/plain's connections to mesh/server; mesh/client still gets through"
     );
 
@@ -122,12 +152,17 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     anyhow::ensure!(r["local"][0] == "127.0.0.1", "no longer intercepted after the control plane died: {r}");
-    println!("[8/8] control plane killed: traffic still flows through the mesh from the last good state");
+    bulk(&client, server_ip).context("mutual TLS with the control plane away")?;
+    println!(
+        "[9/9] control plane (and CA) killed: traffic still flows through the mesh from the last good \
+         state, in mutual TLS with the certificates the agents hold"
+    );
 
     println!("\n$ nodemesh status   (on node1)");
     print!("{}", agent1.cli(&["status"]).context("nodemesh status")?);
     println!(
-        "\n$ nodemesh flows --top 8   (on node1: the mesh's names joined with the kernel's RTT and retransmits)"
+        "\n$ nodemesh flows --top 8   (on node1: the mesh's names joined with the kernel's RTT and retransmits; \
+         cross-node flows in mutual TLS name the peer their certificate proved)"
     );
     print!("{}", agent1.cli(&["flows", "--top", "8"]).context("nodemesh flows")?);
     println!("\n$ nodemesh flows --verdict denied   (on node2: the policy's verdicts)");

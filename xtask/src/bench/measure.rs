@@ -31,7 +31,7 @@ impl Settings {
 }
 
 /// Every metric of one scenario in one round (the keys of results.json).
-pub const METRICS: [&str; 15] = [
+pub const METRICS: [&str; 16] = [
     "rr1_p50_us",
     "rr1_p99_us",
     "rr1_rps",
@@ -43,6 +43,7 @@ pub const METRICS: [&str; 15] = [
     "rr64_cpu_us",
     "rr64_threads_rps",
     "tput_gbps",
+    "tput_cpu_s_per_gb",
     "crr_cps",
     "agent_rss_kib",
     "agent_cpu_s",
@@ -100,7 +101,10 @@ pub fn run(
         &loadgen,
         &["rr", "--target", &target, "--size", &rr_size, "--conns", &rr_conns, "--seconds", &secs],
     )?;
+    let tput_cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<anyhow::Result<f64>>()?;
     let tput = load(topo, scenario, &loadgen, &["stream", "--target", &target, "--seconds", &secs])?;
+    let tput_cpu: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum::<anyhow::Result<f64>>()? - tput_cpu_before;
+    let tput_gb = tput["gbps"].as_f64().unwrap_or(0.0) * settings.seconds / 8.0;
     let crr = load(
         topo,
         scenario,
@@ -123,6 +127,8 @@ pub fn run(
         "rr64_threads_rps": rr64_threads["rate"],
         "background_cpus": (background * 100.0).round() / 100.0,
         "tput_gbps": tput["gbps"],
+        // The proxies' CPU seconds per gigabyte moved by the throughput test.
+        "tput_cpu_s_per_gb": if tput_gb > 0.0 { (tput_cpu / tput_gb * 1000.0).round() / 1000.0 } else { 0.0 },
         "crr_cps": crr["rate"],
         "agent_rss_kib": rss,
         "agent_cpu_s": ((cpu_after - cpu_before) * 100.0).round() / 100.0,

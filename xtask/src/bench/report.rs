@@ -105,6 +105,9 @@ pub fn write_docs(results: &Value, order: &[&str], docs: &Path, date: &str) -> a
     let _ = writeln!(md, "![latency and throughput per scenario](bench.svg)\n");
     md.push_str(&ratio_table(results, order));
     md.push_str(&targets(results));
+    if !results["mtls"].is_null() {
+        md.push_str(&super::mtls::markdown(results));
+    }
     md.push_str(&absolute_table(results, order));
     if !results["controlplane"].is_null() {
         md.push_str(&super::controlplane::markdown(&results["controlplane"]));
@@ -362,7 +365,8 @@ mislead.)
 | `mesh_nosockmap` | the same, with the pods' `nodemesh.io/splice` label flipped to `disabled` (every sockmap path off): the proxy copies |
 | `sidecar` | port 9102, excluded from interception; an nftables REDIRECT in the client pod sends it to `nodemesh sidecar`, a process in that pod (outside its cgroup) running the same forwarding code |
 | `xnode_direct` | port 9101 on the server pod of node 2 |
-| `xnode_mesh` | port 9100 on node 2: the client's agent connects out from the client pod; node 2's agent steers it in with sk_lookup; both legs cross the network, so with the default `splice_network_legs: false` both agents copy (docs/acceleration.md) |
+| `xnode_mesh_plaintext` | port 9100 on node 2, agents without identities: the client's agent connects out from the client pod; node 2's agent steers it in with sk_lookup; both legs cross the network, so with the default `splice_network_legs: false` both agents copy (docs/acceleration.md) |
+| `xnode_mesh` | the same, measured last, after both agents restart against a control plane with a CA: the agents carry it in HBONE (HTTP/2 CONNECT over mutual TLS 1.3) on a pooled connection to node 2's port 15008 |
 
 The load comes from `nm-loadgen` (`loadgen/`, no code shared with the proxy), run inside the
 client pod (its network namespace and cgroup, so the pod's hooks apply), against
@@ -392,7 +396,7 @@ blocking thread per connection on 9100–9102, and event-driven (`--async`, toki
   client pod has `tcp_tw_reuse=1` and ports 1024–65535, as load testers set them; without that
   the direct path runs out of ports to TIME_WAIT within seconds (loopback, the mesh's first
   leg, is exempt by default), which once made the mesh look faster than direct.
-- **proxy RSS / CPU**: the agent's (both agents' for `xnode_mesh`; the sidecar's for
+- **proxy RSS / CPU**: the agent's (both agents' for `xnode_mesh*`; the sidecar's for
   `sidecar`) resident memory at the end of the scenario, and CPU seconds used during it.
 
 Client, proxy and server share two vCPUs, so rates and throughput mostly measure CPU spent
@@ -416,8 +420,9 @@ harness never rots; it asserts no numbers).
 ```json
 {"scenarios": {"<name>": {"rr1_p50_us", "rr1_p99_us", "rr1_rps", "rr1_spin_p50_us",
   "rr1_spin_p99_us", "rr64_rps", "rr64_p50_us", "rr64_p99_us", "rr64_cpu_us",
-  "rr64_threads_rps", "tput_gbps", "crr_cps", "agent_rss_kib", "agent_cpu_s",
-  "background_cpus"}},
+  "rr64_threads_rps", "tput_gbps", "tput_cpu_s_per_gb", "crr_cps", "agent_rss_kib",
+  "agent_cpu_s", "background_cpus"}},
+ "mtls": {"handshakes_per_s"},
  "controlplane": {"agents", "workloads", "services", "resources_per_agent", "full_sync_s",
   "agent_sync_p50_s", "propagation_p50_ms", "propagation_p99_ms", "propagation_max_ms",
   "changes", "cp_rss_kib", "cp_peak_rss_kib", "real_agent_sync_s", "agent_rss_before_kib",

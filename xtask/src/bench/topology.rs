@@ -12,7 +12,10 @@
 //! | `mesh_nosockmap` | 9100 | the agent, splice off (the label flipped to `disabled`) |
 //! | `sidecar` | 9102, excluded from interception | nftables REDIRECT in the client pod to a sidecar process in that pod |
 //!
-//! and the same for `xnode_*` against a server pod on node 2. Each port has an event-driven
+//! and the same for `xnode_*` against a server pod on node 2 (`xnode_mesh_plaintext`: agents
+//! without identities, plain TCP between them). Then the agents restart against a control
+//! plane with a CA, and `xnode_mesh` measures the same pods' traffic in mutual TLS (HBONE),
+//! interleaved with `xnode_direct` again. Each port has an event-driven
 //! twin three above it (`nm-loadgen server --async` on 9103–9105, excluded alike), which the
 //! concurrency-64 load uses.
 
@@ -25,7 +28,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nodemesh_testbed::{Agent, AgentOptions, Cluster, Node, Pod, PodOptions, tools, wait_for};
+use nodemesh_testbed::{Agent, AgentOptions, Cluster, ControlPlane, Node, Pod, PodOptions, tools, wait_for};
 
 /// `nm-loadgen server` ports in every server pod.
 pub const MESH_PORT: u16 = 9100;
@@ -59,8 +62,8 @@ pub struct Scenario {
 
 pub struct Topology {
     /// Kept for its drop, which removes everything the benchmark created.
-    _cluster: Cluster,
-    node1: Node,
+    cluster: Cluster,
+    pub node1: Node,
     node2: Node,
     pub agent1: Agent,
     pub agent2: Agent,
@@ -68,6 +71,10 @@ pub struct Topology {
     server: Pod,
     server2: Pod,
     sidecar_pid: u32,
+    /// The agents' options (without a control plane), for restarting them.
+    options: AgentOptions,
+    /// With identities on: the control plane and its CA.
+    pub control_plane: Option<ControlPlane>,
 }
 
 impl Topology {
@@ -81,7 +88,7 @@ impl Topology {
         };
         let client = node1.add_pod("mesh", "client", spliced.clone())?;
         let server = node1.add_pod("mesh", "server", spliced.clone())?;
-        let server2 = node2.add_pod("mesh", "server", spliced)?;
+        let server2 = node2.add_pod("mesh", "server-2", spliced)?;
         for node in [&node1, &node2] {
             node.set_intercept("mesh", Some("enabled"))?;
         }
@@ -132,8 +139,69 @@ impl Topology {
         let agent1 = node1.start_agent(&options)?;
         let agent2 = node2.start_agent(&options)?;
         agent1.wait_enrolled(&["mesh/client", "mesh/server"], Duration::from_secs(15))?;
-        agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(15))?;
-        Ok(Self { _cluster: cluster, node1, node2, agent1, agent2, client, server, server2, sidecar_pid })
+        agent2.wait_enrolled(&["mesh/server-2"], Duration::from_secs(15))?;
+        Ok(Self {
+            cluster,
+            node1,
+            node2,
+            agent1,
+            agent2,
+            client,
+            server,
+            server2,
+            sidecar_pid,
+            options,
+            control_plane: None,
+        })
+    }
+
+    /// Restarts both agents against a control plane with a CA, so that cross-node traffic
+    /// between the (captured) pods rides HBONE: mutual TLS. The same pods, the same labels.
+    pub fn enable_identities(&mut self, bin_dir: &Path) -> anyhow::Result<()> {
+        let mut cp = self.cluster.add_control_plane()?;
+        cp.binary = bin_dir.join("nodemesh");
+        cp.enable_ca(86_400)?;
+        cp.write_namespace("mesh", true)?;
+        cp.write_pods(&[&self.node1, &self.node2])?;
+        cp.start()?;
+        for agent in [&self.agent1, &self.agent2] {
+            agent.terminate(Duration::from_secs(10))?;
+        }
+        let start = |node: &Node, pods: &[&str]| -> anyhow::Result<Agent> {
+            let (address, mesh) = cp.mesh_agent_config(&node.name)?;
+            let options = AgentOptions {
+                xds_address: Some(address),
+                extra_config: format!("{}{mesh}", self.options.extra_config),
+                ..self.options.clone()
+            };
+            let agent = node.start_agent(&options)?;
+            agent.wait_enrolled(pods, Duration::from_secs(15))?;
+            wait_for(&format!("certificates on {}", node.name), Duration::from_secs(15), || {
+                agent.status().is_ok_and(|s| {
+                    s["certificates"].as_array().is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["state"] == "valid"))
+                })
+            })?;
+            Ok(agent)
+        };
+        self.agent1 = start(&self.node1, &["mesh/client", "mesh/server"])?;
+        self.agent2 = start(&self.node2, &["mesh/server-2"])?;
+        self.control_plane = Some(cp);
+        Ok(())
+    }
+
+    /// The scenarios measured once identities are on: mutual TLS between nodes, against the
+    /// same direct path.
+    pub fn identity_scenarios(&self) -> Vec<Scenario> {
+        let remote = IpAddr::from(self.server2.ipv4);
+        vec![
+            Scenario { name: "xnode_direct", server: remote, port: DIRECT_PORT, proxies: Proxies::None, splice: None },
+            Scenario { name: "xnode_mesh", server: remote, port: MESH_PORT, proxies: Proxies::BothAgents, splice: None },
+        ]
+    }
+
+    /// The cross-node server pod's address.
+    pub fn remote_server(&self) -> IpAddr {
+        IpAddr::from(self.server2.ipv4)
     }
 
     /// The scenarios, in a fixed order.
@@ -146,7 +214,7 @@ impl Topology {
             s("mesh_nosockmap", local, MESH_PORT, Proxies::Agent1, Some(false)),
             s("sidecar", local, SIDECAR_PORT, Proxies::Sidecar, None),
             s("xnode_direct", remote, DIRECT_PORT, Proxies::None, None),
-            s("xnode_mesh", remote, MESH_PORT, Proxies::BothAgents, Some(true)),
+            s("xnode_mesh_plaintext", remote, MESH_PORT, Proxies::BothAgents, Some(true)),
         ]
     }
 
