@@ -442,6 +442,24 @@ mod tests {
     }
 
     #[test]
+    fn identities_need_a_root_and_a_tls_ca() {
+        let e = Config::parse("xds_address: https://cp:15012\n", "f.yaml").expect_err("no root");
+        assert!(e.to_string().contains("mesh_root"), "{e}");
+        let e = Config::parse("xds_address: http://cp:15010\nnode_token_file: /t\nmesh_root: /r\n", "f.yaml")
+            .expect_err("plaintext CA");
+        assert!(e.to_string().contains("ca_address"), "{e}");
+        let e = Config::parse("xds_address: https://cp:15012\nnode_token_file: /t\n", "f.yaml")
+            .expect_err("root");
+        assert!(e.to_string().contains("mesh_root"), "{e}");
+        let ok =
+            Config::parse("xds_address: https://cp:15012\nnode_token_file: /t\nmesh_root: /r\n", "f.yaml")
+                .expect("valid");
+        assert_eq!(ok.ca(), Some("https://cp:15012"));
+        let e = Config::parse("cert_lifetime_s: 0\n", "f.yaml").expect_err("lifetime");
+        assert!(e.to_string().contains("cert_lifetime_s"), "{e}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agent.yaml");

@@ -44,6 +44,9 @@ pub struct LiveFlow {
     destination: Endpoint,
     service: Option<String>,
     mtls_peer: Option<Arc<str>>,
+    /// The peer spoke mutual TLS with that identity (an outbound flow learns it when its
+    /// stream opens or is answered; an inbound one starts after the handshake).
+    mtls_confirmed: AtomicBool,
     labels: Arc<SeriesLabels>,
     /// Bytes from source to destination, and back, as the proxy moved them (while spliced:
     /// up to the hand-off; the kernel's records have the rest until the splice ends).
@@ -76,6 +79,11 @@ impl LiveFlow {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.verdict = verdict;
         state.reason = Some(reason.into());
+    }
+
+    /// The peer answered in mutual TLS with the identity the flow was opened for.
+    pub fn confirm_mtls(&self) {
+        self.mtls_confirmed.store(true, Relaxed);
     }
 
     /// The kernel took the connection over.
@@ -123,8 +131,12 @@ impl LiveFlow {
             source: self.source.clone(),
             destination: self.destination.clone(),
             service: self.service.clone(),
-            mtls: self.mtls_peer.is_some(),
-            peer_identity: self.mtls_peer.as_ref().map(|p| p.to_string()),
+            mtls: self.mtls_peer.is_some() && self.mtls_confirmed.load(Relaxed),
+            peer_identity: self
+                .mtls_peer
+                .as_ref()
+                .filter(|_| self.mtls_confirmed.load(Relaxed))
+                .map(|p| p.to_string()),
             verdict,
             reason,
             bytes_sent: sent,
@@ -225,6 +237,7 @@ impl FlowTable {
             source,
             destination,
             service: opening.service,
+            mtls_confirmed: AtomicBool::new(opening.direction == Direction::Inbound),
             mtls_peer: opening.mtls_peer,
             labels: Arc::new(labels),
             sent: AtomicU64::new(0),

@@ -180,17 +180,30 @@ fn certificates(certs: &[nodemesh_agent::report::status::CertificateReport]) -> 
     let mut table = Table::new(&[("IDENTITY", 34), ("STATE", 15), ("SERIAL", 10), ("NOT AFTER (UTC)", 16)]);
     for c in certs {
         let serial = c.serial.as_deref().map_or("-".to_owned(), |s| {
-            if s.chars().count() > 10 { format!("{}…", s.chars().take(9).collect::<String>()) } else { s.to_owned() }
+            if s.chars().count() > 10 {
+                format!("{}…", s.chars().take(9).collect::<String>())
+            } else {
+                s.to_owned()
+            }
         });
         let identity = c.identity.strip_prefix("spiffe://").unwrap_or(&c.identity);
-        table.row(vec![identity.to_owned(), c.state.clone(), serial, c.not_after_unix_s.map_or("-".into(), utc)]);
+        table.row(vec![
+            identity.to_owned(),
+            c.state.clone(),
+            serial,
+            c.not_after_unix_s.map_or("-".into(), utc),
+        ]);
     }
     out.push_str(&table.render());
     for c in certs.iter().filter(|c| c.last_error.is_some()) {
         let identity = c.identity.strip_prefix("spiffe://").unwrap_or(&c.identity);
         let note = format!("  ↳ {identity}: {}", c.last_error.as_deref().unwrap_or(""));
         // One line; the whole error is in `--json`.
-        let note = if note.chars().count() > 80 { format!("{}…", note.chars().take(79).collect::<String>()) } else { note };
+        let note = if note.chars().count() > 80 {
+            format!("{}…", note.chars().take(79).collect::<String>())
+        } else {
+            note
+        };
         let _ = writeln!(out, "{note}");
     }
     out

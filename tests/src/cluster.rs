@@ -57,6 +57,9 @@ pub struct PodOptions {
     pub ipv6: bool,
     pub labels: BTreeMap<String, String>,
     pub cgroup_layout: CgroupLayout,
+    /// The pod's service account as the control plane publishes it (its identity's `sa`);
+    /// `default` when unset.
+    pub service_account: Option<String>,
 }
 
 pub(crate) struct Inner {

@@ -278,7 +278,7 @@ fn pod_object(node: &str, pod: &crate::cluster::PodRecord) -> Value {
             "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels,
             "ownerReferences": pod.owner_references(),
         },
-        "spec": {"nodeName": node, "serviceAccountName": "default"},
+        "spec": {"nodeName": node, "serviceAccountName": pod.service_account},
         "status": {"phase": "Running", "podIP": pod.ips.first().map(ToString::to_string), "podIPs": ips},
     })
 }

@@ -21,8 +21,9 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let node2 = cluster.add_node("node2", 2)?;
     let ext = cluster.add_external("ext")?;
     let mut cp = cluster.add_control_plane()?;
-    let client = node1.add_pod("mesh", "client", PodOptions::default())?;
-    let server = node2.add_pod("mesh", "server", PodOptions::default())?;
+    let account = |sa: &str| PodOptions { service_account: Some(sa.into()), ..Default::default() };
+    let client = node1.add_pod("mesh", "client", account("client"))?;
+    let server = node2.add_pod("mesh", "server", account("server"))?;
     let plain = node1.add_pod("plain", "plain", PodOptions::default())?;
     cp.write_namespace("mesh", true)?;
     cp.write_namespace("plain", false)?;
@@ -72,7 +73,9 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(10))?;
     for a in [&agent1, &agent2] {
         nodemesh_testbed::wait_for("a workload certificate", Duration::from_secs(10), || {
-            a.status().is_ok_and(|s| s["certificates"].as_array().is_some_and(|c| c.iter().any(|c| c["state"] == "valid")))
+            a.status().is_ok_and(|s| {
+                s["certificates"].as_array().is_some_and(|c| c.iter().any(|c| c["state"] == "valid"))
+            })
         })?;
     }
     println!(
@@ -98,7 +101,10 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
             .and_then(|f| f["peer_identity"].as_str().map(str::to_owned))
     };
     let (server_id, client_id) = (peer(&outbound, "outbound"), peer(&inbound, "inbound"));
-    anyhow::ensure!(server_id.is_some() && client_id.is_some(), "the cross-node connection was not mutual TLS");
+    anyhow::ensure!(
+        server_id.is_some() && client_id.is_some(),
+        "the cross-node connection was not mutual TLS"
+    );
     println!(
         "[4/9] that connection crossed the nodes in HBONE (HTTP/2 CONNECT over mutual TLS 1.3): node1's \
          agent verified the server as {}, node2's the client as {}",

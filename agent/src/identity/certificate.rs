@@ -149,3 +149,84 @@ impl WorkloadCertificate {
         start + life.mul_f64(share).max(Duration::from_secs(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+
+    use super::*;
+
+    const ID: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+
+    /// A root CA: its PEM and an issuer for it.
+    fn ca() -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).expect("root");
+        (cert.pem(), Issuer::new(params, key))
+    }
+
+    /// What a CA would return for `request`'s key, naming `identity`.
+    fn issue(issuer: &Issuer<'_, KeyPair>, key: &impl rcgen::PublicKeyData, identity: &str) -> String {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(identity.try_into().expect("uri"))];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.signed_by(key, issuer).expect("leaf").pem()
+    }
+
+    #[test]
+    fn a_chain_is_used_only_for_the_identity_and_key_asked_for_under_the_mesh_root() {
+        let (root_pem, issuer) = ca();
+        let roots = MeshRoots::parse(&root_pem, "root").expect("roots");
+
+        let request = Request::new(ID).expect("csr");
+        let leaf = issue(&issuer, &request.key, ID);
+        let cert =
+            WorkloadCertificate::from_chain(ID, request, &[leaf, root_pem.clone()], &roots).expect("valid");
+        assert_eq!(&*cert.identity, ID);
+        assert!(!cert.serial.is_empty() && cert.not_after > SystemTime::now());
+        // The root is not presented: the leaf alone (no intermediates here).
+        assert_eq!(cert.certified.cert.len(), 1);
+
+        let request = Request::new(ID).expect("csr");
+        let other = issue(&issuer, &request.key, "spiffe://cluster.local/ns/shop/sa/admin");
+        let e = WorkloadCertificate::from_chain(ID, request, &[other], &roots).expect_err("wrong identity");
+        assert!(matches!(e, CertificateError::WrongIdentity { .. }), "{e}");
+
+        let request = Request::new(ID).expect("csr");
+        let stranger = KeyPair::generate().expect("key");
+        let e = WorkloadCertificate::from_chain(ID, request, &[issue(&issuer, &stranger, ID)], &roots)
+            .expect_err("wrong key");
+        assert!(matches!(e, CertificateError::WrongKey), "{e}");
+
+        let (_, rogue) = ca();
+        let request = Request::new(ID).expect("csr");
+        let leaf = issue(&rogue, &request.key, ID);
+        let e = WorkloadCertificate::from_chain(ID, request, &[leaf], &roots).expect_err("another root");
+        assert!(matches!(e, CertificateError::Untrusted(_)), "{e}");
+    }
+
+    #[test]
+    fn refresh_comes_at_about_half_of_what_is_left() {
+        let (root_pem, issuer) = ca();
+        let roots = MeshRoots::parse(&root_pem, "root").expect("roots");
+        let request = Request::new(ID).expect("csr");
+        let leaf = issue(&issuer, &request.key, ID);
+        let cert = WorkloadCertificate::from_chain(ID, request, &[leaf], &roots).expect("valid");
+        let now = SystemTime::now();
+        let left = cert.not_after.duration_since(now).expect("future");
+        for (jitter, share) in [(-1.0, 0.45), (0.0, 0.5), (1.0, 0.55)] {
+            let at = cert.refresh_at(now, jitter).duration_since(now).expect("later");
+            assert!(
+                (at.as_secs_f64() - left.as_secs_f64() * share).abs() < 2.0,
+                "{jitter}: {at:?} of {left:?}"
+            );
+        }
+    }
+}

@@ -162,6 +162,10 @@ async fn tunnelled(
         match hbone::client::open(hbone, route, tunnel, authority, classified.source.addr, timeout).await {
             Ok(opened) => opened,
             Err(e) => {
+                // Refused by the peer (a 401, a 503): it answered in mutual TLS.
+                if matches!(e, hbone::client::OpenError::Status(_)) {
+                    record.mtls_answered();
+                }
                 record.fail(e.reason());
                 return Err(io::Error::other(e.to_string()));
             }

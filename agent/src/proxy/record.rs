@@ -82,6 +82,12 @@ impl<'t> Record<'t> {
     /// records of its own to join.
     pub fn allow_tunnelled(&self) {
         self.flow.flow().allow(KernelIds { cookie: None, veth: None });
+        self.flow.flow().confirm_mtls();
+    }
+
+    /// The HBONE peer answered (a refusal included): the flow was carried in mutual TLS.
+    pub fn mtls_answered(&self) {
+        self.flow.flow().confirm_mtls();
     }
 
     /// The counters the relay keeps current.

@@ -23,6 +23,7 @@ pub(crate) struct PodRecord {
     pub labels: BTreeMap<String, String>,
     /// The controller (`kind`, `name`) listed in `ownerReferences`.
     pub owner: Option<(String, String)>,
+    pub service_account: String,
 }
 
 impl PodRecord {
@@ -102,6 +103,7 @@ impl Node {
             ips: ips.clone(),
             labels: options.labels.clone(),
             owner: None,
+            service_account: options.service_account.clone().unwrap_or_else(|| "default".into()),
         });
         let pod = Pod {
             inner: Arc::clone(inner),

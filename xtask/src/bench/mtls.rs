@@ -20,7 +20,8 @@ pub fn handshakes_per_second(topo: &Topology, seconds: f64) -> anyhow::Result<f6
     let root = cp.mesh_root();
     let dir = root.parent().context("root dir")?.join("bench-client");
     std::fs::create_dir_all(&dir)?;
-    let (key, csr, cert, ext) = (dir.join("key.pem"), dir.join("c.csr"), dir.join("cert.pem"), dir.join("ext.cnf"));
+    let (key, csr, cert, ext) =
+        (dir.join("key.pem"), dir.join("c.csr"), dir.join("cert.pem"), dir.join("ext.cnf"));
     std::fs::write(
         &ext,
         "subjectAltName=critical,URI:spiffe://cluster.local/ns/mesh/sa/default\n\
@@ -31,7 +32,17 @@ pub fn handshakes_per_second(topo: &Topology, seconds: f64) -> anyhow::Result<f6
     openssl(&["req", "-new", "-subj", "/O=nodemesh-bench", "-key"], &[&key, Path::new("-out"), &csr])?;
     openssl(
         &["x509", "-req", "-days", "1", "-set_serial", "7", "-in"],
-        &[&csr, Path::new("-CA"), &root, Path::new("-CAkey"), &root_key, Path::new("-extfile"), &ext, Path::new("-out"), &cert],
+        &[
+            &csr,
+            Path::new("-CA"),
+            &root,
+            Path::new("-CAkey"),
+            &root_key,
+            Path::new("-extfile"),
+            &ext,
+            Path::new("-out"),
+            &cert,
+        ],
     )?;
     let target = format!("{}:15008", topo.remote_server());
     let mut cmd = topo.node1.command("openssl")?;

@@ -178,7 +178,9 @@ impl Topology {
             agent.wait_enrolled(pods, Duration::from_secs(15))?;
             wait_for(&format!("certificates on {}", node.name), Duration::from_secs(15), || {
                 agent.status().is_ok_and(|s| {
-                    s["certificates"].as_array().is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["state"] == "valid"))
+                    s["certificates"]
+                        .as_array()
+                        .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c["state"] == "valid"))
                 })
             })?;
             Ok(agent)
@@ -194,8 +196,20 @@ impl Topology {
     pub fn identity_scenarios(&self) -> Vec<Scenario> {
         let remote = IpAddr::from(self.server2.ipv4);
         vec![
-            Scenario { name: "xnode_direct", server: remote, port: DIRECT_PORT, proxies: Proxies::None, splice: None },
-            Scenario { name: "xnode_mesh", server: remote, port: MESH_PORT, proxies: Proxies::BothAgents, splice: None },
+            Scenario {
+                name: "xnode_direct",
+                server: remote,
+                port: DIRECT_PORT,
+                proxies: Proxies::None,
+                splice: None,
+            },
+            Scenario {
+                name: "xnode_mesh",
+                server: remote,
+                port: MESH_PORT,
+                proxies: Proxies::BothAgents,
+                splice: None,
+            },
         ]
     }
 

@@ -60,6 +60,8 @@ async fn serve(
         return Err(fail("no_certificate"));
     }
     let config = hbone.server_config(&slot).map_err(|e| fail(&format!("config: {e}")))?;
+    // Small frames (a request, a WINDOW_UPDATE) must not wait for the peer's ACK.
+    let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
