@@ -145,7 +145,9 @@ async fn config_dump(State(s): State<AdminState>) -> Json<serde_json::Value> {
         SpecSource::ControlPlane(shared) => shared.state.lock().unwrap_or_else(|p| p.into_inner()).dump(),
         _ => serde_json::Value::Null,
     };
-    Json(json!({ "config": &*s.config, "node_spec": &*spec, "xds": xds }))
+    // Each identity's certificate: serial, validity and state; never a key.
+    let certificates = s.proxy.hbone().map(|h| h.identities.report()).unwrap_or_default();
+    Json(json!({ "config": &*s.config, "node_spec": &*spec, "xds": xds, "certificates": certificates }))
 }
 
 async fn ready(State(s): State<AdminState>) -> StatusCode {

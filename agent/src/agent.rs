@@ -95,11 +95,6 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         excluded_outbound_ports: config.excluded_outbound_ports.clone(),
         excluded_inbound_ports: config.excluded_inbound_ports.clone(),
     };
-    let datapath =
-        Datapath::load(PinDir::new(&config.bpffs_dir), &settings).context("loading the datapath")?;
-    let handles = datapath.handles()?;
-    let datapath = Arc::new(Mutex::new(datapath));
-
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -110,6 +105,14 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         Some(path) => Some(Arc::new(MeshRoots::load(path)?)),
         None => None,
     };
+    if let (Some(roots), Some(path)) = (&roots, &config.mesh_root) {
+        let mut addresses: Vec<&str> =
+            config.xds_address.iter().map(String::as_str).chain(config.ca()).collect();
+        addresses.dedup();
+        for address in addresses {
+            control.block_on(crate::identity::probe::check(address, roots, &path.display().to_string()))?;
+        }
+    }
     let hbone = match (config.ca(), &roots, &config.node_token_file) {
         (Some(ca), Some(roots), Some(token_file)) => {
             crate::identity::ca_client::read_token(token_file)?;
@@ -129,6 +132,11 @@ fn run(mut config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+
+    let datapath =
+        Datapath::load(PinDir::new(&config.bpffs_dir), &settings).context("loading the datapath")?;
+    let handles = datapath.handles()?;
+    let datapath = Arc::new(Mutex::new(datapath));
 
     let data_plane = tokio::runtime::Builder::new_multi_thread()
         .thread_name("nm-data")
@@ -154,6 +162,7 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             listener_marks: handles.listener_marks,
             original_destinations: handles.original_destinations,
             splice: handles.splice,
+            transparent: handles.transparent,
         },
         FlowTable::new(config.flows_max_closed, drop_reasons, Some(handles.kernel_records)),
         data_plane.handle().clone(),

@@ -5,6 +5,7 @@
 pub mod ca_client;
 pub mod certificate;
 pub mod manager;
+pub mod probe;
 pub mod roots;
 pub mod tls;
 

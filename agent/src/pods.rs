@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod cgroup;
 pub mod netns;
+pub mod transparent;
 pub mod veth;
 
 use std::path::{Path, PathBuf};

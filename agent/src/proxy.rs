@@ -47,7 +47,7 @@ use std::{
 pub use crate::report::status::{ListenerInfo, PodStatsSnapshot, ProxyTotals};
 
 use crate::{
-    datapath::{ListenerMarks, OriginalDestinations, SpliceMaps},
+    datapath::{ListenerMarks, OriginalDestinations, SpliceMaps, TransparentConnects},
     directory::Directory,
     flows::FlowTable,
     pods::Netns,
@@ -91,6 +91,9 @@ pub struct PodRuntime {
     /// Whether this pod's connections may be spliced (node default, or the pod's
     /// `nodemesh.io/splice` label); can change while the pod stays enrolled.
     pub splice: AtomicBool,
+    /// Whether the pod's namespace is set up for transparent sockets (`pods::transparent`):
+    /// the HBONE server's connections to its app then keep the client's address.
+    pub transparent: AtomicBool,
 }
 
 impl PodRuntime {
@@ -127,6 +130,7 @@ pub struct ProxyMaps {
     pub listener_marks: ListenerMarks,
     pub original_destinations: OriginalDestinations,
     pub splice: SpliceMaps,
+    pub transparent: TransparentConnects,
 }
 
 /// Everything the connection tasks share.
@@ -136,6 +140,7 @@ struct ProxyState {
     listener_marks: ListenerMarks,
     original_destinations: OriginalDestinations,
     splice_maps: SpliceMaps,
+    transparent: TransparentConnects,
     /// Enrolled pods by address, for the same-node shortcut. Read per connection, replaced
     /// whole by the reconciler.
     pods: RwLock<Arc<HashMap<IpAddr, Arc<PodRuntime>>>>,
@@ -177,6 +182,7 @@ impl Proxy {
                 listener_marks: maps.listener_marks,
                 original_destinations: maps.original_destinations,
                 splice_maps: maps.splice,
+                transparent: maps.transparent,
                 pods: RwLock::default(),
                 runtime,
                 active: AtomicU64::new(0),

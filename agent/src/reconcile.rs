@@ -241,7 +241,21 @@ impl Reconciler {
             netns: place.netns,
             stats: PodStats::default(),
             splice: pod.splice(self.proxy.settings().splice).into(),
+            transparent: false.into(),
         });
+        if self.proxy.hbone().is_some() {
+            // HBONE's connections to the app keep the client's address; without this setup
+            // they come from the pod's loopback, as plaintext ones do.
+            let (v4, v6) = (pod.ips.iter().any(IpAddr::is_ipv4), pod.ips.iter().any(IpAddr::is_ipv6));
+            match pods::transparent::install(&runtime.netns, v4, v6) {
+                Ok(()) => {
+                    tracing::debug!(pod = %runtime.name, "transparent sockets set up");
+                    runtime.transparent.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(pod = %runtime.name, error = %e,
+                    "cannot route the app's answers to transparent sockets; HBONE connections to it come from loopback"),
+            }
+        }
         let listeners = self.proxy.open_listeners(&runtime).map_err(EnrollError::Listen)?;
         for ip in &pod.ips {
             if let Some(fd) = listeners.inbound(IpFamily::of(ip)) {
@@ -291,6 +305,11 @@ impl Reconciler {
             self.steered_by.remove(&canonical(*ip));
         }
         self.steering.unsteer(&owned);
+        if e.runtime.transparent.load(std::sync::atomic::Ordering::Relaxed)
+            && let Err(e) = pods::transparent::remove(&e.runtime.netns)
+        {
+            tracing::debug!(error = %e, "removing the transparent routing (the pod may be gone)");
+        }
         e.listeners.retire().await;
         tracing::info!(pod = %e.runtime.name, uid, "released");
     }

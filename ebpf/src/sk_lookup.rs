@@ -5,16 +5,18 @@
 //! port) in `nm_listeners`. Nothing in the
 //! packet changes, so the accepted socket's getsockname() is the original destination.
 //! Connections from loopback sources (the proxy's own upstream connections to the app, bound
-//! to 127.0.0.6 or ::1, and in-pod traffic) are never steered: without that the proxy's
-//! connection to the app would loop back into the proxy.
+//! to 127.0.0.6 or ::1, and in-pod traffic), and the HBONE server's connections to the app
+//! from the client's address (registered in `nm_transparent` for their lifetime up to the
+//! connect), are never steered: without that the proxy's connection to the app would loop
+//! back into the proxy.
 
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
-use nodemesh_common::{Counter, ListenerKey, addr};
+use nodemesh_common::{Counter, ListenerKey, TransparentKey, addr};
 
 use crate::{
     counters::count,
     ctx,
-    maps::{CONFIG, EXCLUDED_INBOUND, LISTENERS},
+    maps::{CONFIG, EXCLUDED_INBOUND, LISTENERS, TRANSPARENT},
     ports::is_excluded,
 };
 
@@ -48,6 +50,14 @@ fn try_steer(ctx: &SkLookupContext) -> Result<Counter, Counter> {
     }
     // local_port is in host order in this context.
     let port = ctx::read(&lookup.local_port) as u16;
+    // The HBONE server's own connection to the app, from the client's address: the proxy
+    // registered this exact client address and port before connecting.
+    let client_port = ctx::read(&lookup.remote_port);
+    let own = TransparentKey { client: remote, client_port, app_port: port };
+    // SAFETY: a hash map lookup; the value is not kept.
+    if unsafe { TRANSPARENT.get(&own) }.is_some() {
+        return Err(Counter::SkLookupSkipLoopback);
+    }
     let config = CONFIG.get(0).ok_or(Counter::SkLookupSkipNoListener)?;
     // HBONE goes to the pod's HBONE listener, even if the app listens on 15008 itself (a
     // squatter must not receive the mesh's tunnels); the proxy's own ports and excluded

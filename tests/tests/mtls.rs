@@ -104,6 +104,13 @@ fn cross_node_connections_ride_hbone_byte_exact_with_both_identities() {
     for (up, down) in [(1, 1), (0, 1 << 20), (1 << 20, 0), (64 << 20, 64 << 20)] {
         let r = mesh.transfer(up, down);
         assert_eq!(r["ok"], true, "{up}/{down}: {r}");
+        // The app on b sees a's own address, as behind ztunnel.
+        let greeting = r["greeting"].as_str().unwrap_or_default();
+        assert!(
+            greeting.contains(&format!("peer={}:", mesh.a.ipv4)),
+            "{greeting}\n{}",
+            mesh.agent2.log_tail(20)
+        );
     }
     // Each side's flow says mutual TLS and names the peer by its certificate.
     let out = flows(&mesh.agent1, "outbound");
@@ -122,6 +129,20 @@ fn cross_node_connections_ride_hbone_byte_exact_with_both_identities() {
         );
         assert_eq!(flow["verdict"], "allowed", "{flow}");
     }
+    // Never a key: not in the status, the config dump or the metrics.
+    for (what, body) in [
+        ("status", mesh.agent1.http_get("http://127.0.0.1:15000/status").expect("status")),
+        ("config_dump", mesh.agent1.http_get("http://127.0.0.1:15000/config_dump").expect("dump")),
+        ("metrics", mesh.agent1.http_get("http://127.0.0.1:15020/metrics").expect("metrics")),
+    ] {
+        assert!(!body.contains("PRIVATE KEY") && !body.contains("BEGIN"), "{what} shows key material");
+        assert!(body.contains(A_ID), "{what} names the identity");
+    }
+    let dump: Value =
+        serde_json::from_str(&mesh.agent1.http_get("http://127.0.0.1:15000/config_dump").expect("dump"))
+            .expect("json");
+    assert_eq!(dump["certificates"][0]["state"], "valid", "{}", dump["certificates"]);
+    assert!(dump["certificates"][0]["serial"].as_str().is_some_and(|s| !s.is_empty()));
     // Pooling: four app connections, one TLS connection (one handshake each side).
     assert_eq!(mesh.agent1.metric("nodemesh_hbone_handshakes_total{side=\"client\"}").expect("metric"), 1);
     assert_eq!(mesh.agent2.metric("nodemesh_hbone_handshakes_total{side=\"server\"}").expect("metric"), 1);
@@ -219,7 +240,8 @@ spec:
     let flow =
         flows(&mesh.agent2, "inbound").into_iter().find(|f| f["verdict"] == "denied").expect("denied flow");
     assert_eq!(flow["reason"], "denied_by:mesh/no-a", "{flow}");
-    assert!(flow["bytes_sent"].as_u64().unwrap_or(0) > 0, "it had carried bytes: {flow}");
+    // It had carried the server's greeting (the client saw it before the policy changed).
+    assert!(flow["bytes_received"].as_u64().unwrap_or(0) > 0, "it had carried bytes: {flow}");
 }
 
 #[test]
@@ -229,8 +251,9 @@ fn ipv6_and_curl_ride_hbone_byte_exact() {
     let out = mesh.a.output(tools::bulk_client(b6, BULK_PORT, 3 << 20, 5 << 20)).expect("run");
     let r = tools::json_result("IPv6 over HBONE", &out).expect("bulk");
     assert_eq!(r["ok"], true, "{r}");
-    // The app on b is reached by the HBONE server from b's own loopback.
-    assert!(r["greeting"].as_str().is_some_and(|g| g.contains("peer=[::1]:")), "{r}");
+    // The app on b sees a's own address, as behind ztunnel.
+    let a6 = mesh.a.ipv6.expect("dual-stack");
+    assert!(r["greeting"].as_str().is_some_and(|g| g.contains(&format!("peer=[{a6}]:"))), "{r}");
 
     // curl, both families, through a plain HTTP server on b.
     let dir = mesh.cluster.work_dir().join("www");
@@ -250,4 +273,43 @@ fn ipv6_and_curl_ride_hbone_byte_exact() {
     }
     let hbone = flows(&mesh.agent1, "outbound");
     assert!(hbone.len() >= 3 && hbone.iter().all(|f| f["mtls"] == true), "{hbone:?}");
+}
+
+#[test]
+fn a_wrong_or_missing_mesh_root_is_a_start_up_error() {
+    let cluster = Cluster::new("mtls-root").expect("cluster");
+    let node = cluster.add_node("node1", 1).expect("node");
+    let mut cp = cluster.add_control_plane().expect("cp");
+    cp.enable_ca(86_400).expect("ca");
+    cp.write_namespace("mesh", true).expect("namespace");
+    cp.start().expect("start cp");
+    let dir = cluster.work_dir();
+    let (other_root, other_key) = (dir.join("other-root.pem"), dir.join("other-root.key"));
+    let mut mint = tools::hbone_peer(&["mint-ca"]).expect("hbone_peer");
+    mint.arg("--out-cert").arg(&other_root).arg("--out-key").arg(&other_key);
+    assert!(mint.status().expect("mint-ca").success());
+    let token = cp.node_token("node1").expect("token");
+    for (root, expected) in
+        [(other_root.clone(), "does not vouch for"), (dir.join("no-such-root.pem"), "the mesh root")]
+    {
+        let config = dir.join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_name: node1\nbpffs_dir: /sys/fs/bpf/nodemesh-test-root-probe\nxds_address: {}\n\
+                 xds_snapshot: {}\nmesh_root: {}\nnode_token_file: {}\n",
+                cp.tls_address(),
+                dir.join("snap.pb").display(),
+                root.display(),
+                token.display()
+            ),
+        )
+        .expect("config");
+        let mut agent = node.command(nodemesh_testbed::nodemesh_bin()).expect("agent");
+        agent.arg("agent").arg("--config").arg(&config);
+        let out = agent.output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the agent started with {}: {stderr}", root.display());
+        assert!(stderr.contains(expected) && stderr.contains(&root.display().to_string()), "{stderr}");
+    }
 }

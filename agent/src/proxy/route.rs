@@ -27,6 +27,9 @@ pub struct Route {
     pub network_leg: NetworkLeg,
     /// Carried in HBONE (to a captured workload on another node), rather than plain TCP.
     pub tunnel: Option<Tunnel>,
+    /// `source` is another host's address (the client's, kept by the HBONE server): bound
+    /// with `IP_TRANSPARENT` and marked (`pods::transparent`).
+    pub transparent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +72,7 @@ pub fn route(
             splice: pod.splice() && target.splice(),
             network_leg: NetworkLeg::None,
             tunnel: None,
+            transparent: false,
         },
         (Direction::Outbound, None) => {
             let tunnel = tunnel(classified, settings);
@@ -80,6 +84,7 @@ pub fn route(
                 splice: pod.splice() && settings.splice_network_legs && tunnel.is_none(),
                 network_leg: NetworkLeg::Upstream,
                 tunnel,
+                transparent: false,
             }
         }
         (Direction::Inbound, _) => Route {
@@ -89,6 +94,7 @@ pub fn route(
             splice: pod.splice() && settings.splice_network_legs,
             network_leg: NetworkLeg::Accepted,
             tunnel: None,
+            transparent: false,
         },
     })
 }

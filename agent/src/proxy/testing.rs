@@ -18,6 +18,7 @@ pub fn pod(name: &str, ips: &[&str]) -> Arc<PodRuntime> {
         netns: Netns::open(std::path::Path::new("/proc/self/ns/net")).expect("own netns"),
         stats: PodStats::default(),
         splice: AtomicBool::new(true),
+        transparent: AtomicBool::new(false),
     })
 }
 

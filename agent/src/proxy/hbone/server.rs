@@ -127,8 +127,7 @@ async fn stream_task(
     let directory = proxy.directory();
     let mut classified = classify::classify(&accepted, None, &directory, |_| None);
     classified.authenticated = Authenticated::Mtls(Arc::clone(&identity));
-    let peer = Some(Arc::clone(&identity));
-    let record = Record::open(&proxy.state.flows, &accepted, &classified, peer, stats);
+    let record = Record::open(&proxy.state.flows, &accepted, &classified, Some(Arc::clone(&identity)), stats);
     let subject = match authorize::authorize(&classified, &directory.policies) {
         Ok(subject) => subject,
         Err(reason) => {
@@ -139,13 +138,23 @@ async fn stream_task(
     drop(directory);
     let mut registration = subject.map(|s| proxy.state.revocations.register(s));
     let route = match route::route(&accepted, &classified, proxy.route_settings()) {
+        // The app sees the client's address, as behind ztunnel, where the pod is set up for it.
+        Ok(route) if pod.transparent.load(Relaxed) => {
+            route::Route { source: Some(peer.ip()), transparent: true, ..route }
+        }
         Ok(route) => route,
         Err(reason) => {
             record.fail(reason);
             return reply(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let mut upstream = match connect::connect(&route, proxy.state.settings.connect_timeout).await {
+    let timeout = proxy.state.settings.connect_timeout;
+    let connected = if route.transparent {
+        connect::connect_transparent(&route, timeout, &proxy.state.transparent).await
+    } else {
+        connect::connect(&route, timeout).await
+    };
+    let mut upstream = match connected {
         Ok(upstream) => upstream,
         Err(e) => {
             record.fail(connect::failure_reason(&e));
