@@ -7,6 +7,7 @@ pub mod certificate;
 pub mod manager;
 pub mod probe;
 pub mod roots;
+pub mod san;
 pub mod tls;
 
 pub use ca_client::{CaClient, CaSettings};

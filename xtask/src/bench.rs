@@ -118,7 +118,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 handshakes.push(mtls::handshakes_per_second(&topo, settings.seconds)?);
             }
             println!("handshakes/s: {handshakes:?}");
-            mtls = Some(mtls::summary(&mut handshakes));
+            mtls = Some(mtls::summary(report::median(&mut handshakes)));
         }
     }
     let control_plane = if wants(CONTROL_PLANE) {

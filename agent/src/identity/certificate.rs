@@ -93,7 +93,7 @@ impl WorkloadCertificate {
         let leaf = ders.first().ok_or(CertificateError::Empty)?;
         let (_, parsed) =
             x509_parser::parse_x509_certificate(leaf).map_err(|e| CertificateError::Parse(e.to_string()))?;
-        let uris = super::tls::uri_sans(&parsed);
+        let uris = super::san::uri_sans(&parsed);
         if uris.len() != 1 || uris[0] != identity {
             return Err(CertificateError::WrongIdentity { asked: identity.into(), got: uris });
         }

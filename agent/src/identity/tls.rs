@@ -18,9 +18,12 @@ use rustls::{
     sign::CertifiedKey,
 };
 use webpki::{EndEntityCert, KeyUsage};
-use x509_parser::{certificate::X509Certificate, extensions::GeneralName};
 
-use super::{manager::Slot, roots::MeshRoots};
+use super::{
+    manager::Slot,
+    roots::MeshRoots,
+    san::{peer_identity, trust_domain, uri_sans},
+};
 
 /// HTTP/2 over TLS.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -38,27 +41,6 @@ pub fn provider() -> Arc<CryptoProvider> {
         ],
         ..base
     })
-}
-
-/// The URI SANs of a certificate.
-pub fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The identity a peer's leaf certificate carries: its first URI SAN, when that is a SPIFFE
-/// workload identity (ztunnel's rule).
-pub fn peer_identity(leaf: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    let first = uri_sans(&parsed).into_iter().next()?;
-    first.parse::<nodemesh_conventions::identity::SpiffeId>().ok().map(|_| first)
 }
 
 /// The client side: presents `source`'s current certificate; accepts a server whose chain
@@ -99,11 +81,6 @@ pub fn server_config(pod: Arc<Slot>, roots: &MeshRoots) -> Result<ServerConfig, 
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
-}
-
-/// `spiffe://<trust domain>/...` → the trust domain.
-pub fn trust_domain(identity: &str) -> &str {
-    identity.strip_prefix("spiffe://").and_then(|rest| rest.split('/').next()).unwrap_or("")
 }
 
 /// A client certificate must lead to the mesh root for client use (webpki), and name a

@@ -10,7 +10,28 @@ use tokio::{
     sync::watch,
 };
 
-use super::{PodRuntime, Proxy, connection, context::Accepted, hbone, listeners::Kind, relay::forward};
+use super::{PodRuntime, Proxy, connection, context::Accepted, hbone, relay::forward};
+use crate::report::flows::Direction;
+
+/// What a listener takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The pod's outbound connections (connect4 sends them here).
+    Outbound,
+    /// Plaintext connections to the pod (sk_lookup).
+    Inbound,
+    /// HBONE to the pod: mutual TLS and HTTP/2 CONNECT (sk_lookup, port 15008).
+    Hbone,
+}
+
+impl Kind {
+    pub fn direction(self) -> Direction {
+        match self {
+            Kind::Outbound => Direction::Outbound,
+            Kind::Inbound | Kind::Hbone => Direction::Inbound,
+        }
+    }
+}
 
 /// After the hooks are detached, a connection whose connect4 ran just before may still be
 /// arriving; keep accepting that long before closing.

@@ -151,7 +151,7 @@ async fn tunnelled(
     mut client: TcpStream,
     classified: &super::context::Classified,
     route: &route::Route,
-    tunnel: &hbone::client::Tunnel,
+    tunnel: &route::Tunnel,
     hbone: &hbone::Hbone,
     record: &Record<'_>,
     proxy: &Proxy,

@@ -12,8 +12,11 @@ use std::{
 use socket2::Domain;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-use super::{PodRuntime, Proxy, accept};
-use crate::report::{flows::Direction, status::ListenerInfo};
+use super::{
+    PodRuntime, Proxy,
+    accept::{self, Kind},
+};
+use crate::report::status::ListenerInfo;
 
 /// A pod's open listeners. [`PodListeners::retire`] closes them; dropping them without it
 /// aborts the accept loops at once.
@@ -26,26 +29,6 @@ pub struct PodListeners {
     hbone: Vec<(IpFamily, OwnedFd)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-}
-
-/// What a listener takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// The pod's outbound connections (connect4 sends them here).
-    Outbound,
-    /// Plaintext connections to the pod (sk_lookup).
-    Inbound,
-    /// HBONE to the pod: mutual TLS and HTTP/2 CONNECT (sk_lookup, port 15008).
-    Hbone,
-}
-
-impl Kind {
-    pub fn direction(self) -> Direction {
-        match self {
-            Kind::Outbound => Direction::Outbound,
-            Kind::Inbound | Kind::Hbone => Direction::Inbound,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

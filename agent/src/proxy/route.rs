@@ -9,7 +9,7 @@ use std::{
 
 use nodemesh_common::ports::PROXY_SOURCE_V4;
 
-use super::{PodRuntime, context::Accepted, context::Classified, hbone::client::Tunnel};
+use super::{PodRuntime, context::Accepted, context::Classified};
 use crate::report::flows::Direction;
 
 /// Where and how to connect.
@@ -30,6 +30,17 @@ pub struct Route {
     /// `source` is another host's address (the client's, kept by the HBONE server): bound
     /// with `IP_TRANSPARENT` and marked (`pods::transparent`).
     pub transparent: bool,
+}
+
+/// Where the tunnel goes and who must be at the other end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The source pod's identity: its certificate is presented.
+    pub source_identity: Arc<str>,
+    /// The identity the destination must present.
+    pub destination_identity: Arc<str>,
+    /// `<pod IP>:15008`.
+    pub peer: SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,19 +20,14 @@ use super::{
 };
 use crate::{
     identity::{Unavailable, tls},
-    proxy::{connect, route::Route},
+    proxy::{
+        connect,
+        route::{Route, Tunnel},
+    },
 };
 
-/// Where the tunnel goes and who must be at the other end.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tunnel {
-    /// The source pod's identity: its certificate is presented.
-    pub source_identity: Arc<str>,
-    /// The identity the destination must present.
-    pub destination_identity: Arc<str>,
-    /// `<pod IP>:15008`.
-    pub peer: SocketAddr,
-}
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// An open CONNECT stream and its claim on the pooled connection.
 pub struct Opened {
@@ -159,11 +154,37 @@ async fn dial(
     let closed = Arc::new(AtomicBool::new(false));
     let done = Arc::clone(&closed);
     let peer = tunnel.peer;
+    let mut connection = connection;
+    let pings = connection.ping_pong();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%peer, error = %e, "HBONE connection ended");
+        tokio::select! {
+            ended = &mut connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "HBONE connection ended");
+                }
+            }
+            () = keepalive(pings) => {
+                // Dropping the connection closes it; its streams end with an error.
+                tracing::info!(%peer, "HBONE peer stopped answering PINGs; connection dropped");
+            }
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     Ok(Pooled::new(sender, closed, cert.not_after))
+}
+
+/// ztunnel's keepalive: a PING every 10 s; a peer that has not answered within 20 s is gone
+/// (a node that vanished without a FIN), so its pooled connection must not take new streams.
+/// Resolves only then.
+async fn keepalive(pings: Option<h2::PingPong>) {
+    let Some(mut pings) = pings else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection ended (its own task reports that) or the peer is silent.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
 }

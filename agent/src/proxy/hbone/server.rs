@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 
 use super::{CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME, STREAM_WINDOW, stream};
 use crate::{
-    identity::tls,
+    identity::{san, tls},
     proxy::{
         PodRuntime, Proxy, authorize, classify, connect,
         connection::{NodeActive, revoked},
@@ -74,7 +74,7 @@ async fn serve(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(tls::peer_identity)
+        .and_then(san::peer_identity)
         .ok_or_else(|| fail("no_spiffe_identity"))?;
     hbone.count_handshake("server");
     let peer_identity: Arc<str> = peer_identity.into();
