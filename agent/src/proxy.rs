@@ -94,6 +94,9 @@ pub struct PodRuntime {
     /// Whether the pod's namespace is set up for transparent sockets (`pods::transparent`):
     /// the HBONE server's connections to its app then keep the client's address.
     pub transparent: AtomicBool,
+    /// HBONE (mutual TLS) connections to the pod open now: they count against its connection
+    /// cap beside the streams they carry, so a peer cannot hold handshakes without bound.
+    pub tunnels: AtomicU64,
 }
 
 impl PodRuntime {

@@ -242,6 +242,7 @@ impl Reconciler {
             stats: PodStats::default(),
             splice: pod.splice(self.proxy.settings().splice).into(),
             transparent: false.into(),
+            tunnels: Default::default(),
         });
         if self.proxy.hbone().is_some() {
             // HBONE's connections to the app keep the client's address; without this setup

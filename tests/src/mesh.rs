@@ -41,6 +41,11 @@ impl Mesh {
 
     /// With workload certificates of `lifetime_s` seconds.
     pub fn start_with(name: &str, lifetime_s: u64) -> Self {
+        Self::start_configured(name, lifetime_s, "")
+    }
+
+    /// The same, with `agent_config` (YAML lines) added to both agents' configuration.
+    pub fn start_configured(name: &str, lifetime_s: u64, agent_config: &str) -> Self {
         let cluster = Cluster::new(name).expect("cluster");
         let nodes = [1, 2, 3].map(|i| cluster.add_node(&format!("node{i}"), i).expect("node"));
         let mut cp = cluster.add_control_plane().expect("cp");
@@ -52,6 +57,7 @@ impl Mesh {
         cp.start().expect("start cp");
         let agent = |node: &Node, pod: &str| {
             let (address, extra_config) = cp.mesh_agent_config(&node.name).expect("mesh config");
+            let extra_config = format!("{extra_config}{agent_config}");
             let options = AgentOptions { xds_address: Some(address), extra_config, ..Default::default() };
             let agent = node.start_agent(&options).expect("agent");
             agent.wait_enrolled(&[pod], Duration::from_secs(10)).expect("enrolled");

@@ -8,6 +8,8 @@
 //!   reason; CONNECTs to another address or to a proxy port get 400 and 503.
 //! - Our client: pod a's connection to pod c on that third node rides HBONE from agent1 to
 //!   the peer's server, which sees a's identity; a server with another identity is refused.
+//! - Limits: mutual-TLS connections held open without streams count against the pod's
+//!   connection cap, so a peer cannot hold handshakes without bound.
 
 use std::{
     process::{Command, Stdio},
@@ -218,4 +220,45 @@ fn our_client_checks_the_servers_identity() {
         samples.lines().filter(|l| l.starts_with("nodemesh_hbone_handshake_failures")).collect();
     assert_eq!(failures(&mesh.agent1, "client", "wrong_identity"), before + 1, "{samples:#?}");
     let _ = &mesh.cp;
+}
+
+#[test]
+fn hbone_connections_count_against_the_pods_cap() {
+    let mesh = Mesh::start_configured("hbone-cap", 86_400, "max_connections_per_pod: 3\n");
+    mesh.b.spawn(tools::echo_server(ECHO_PORT)).expect("echo server");
+    tools::wait_listening(&mesh.b.netns_path(), ECHO_PORT).expect("echo listening");
+    let echo = format!("{}:{ECHO_PORT}", mesh.b.ipv4);
+    let (cert, key) = mesh.mint("client", MESH_ID, None, &[]);
+    let handshakes = || mesh.agent2.metric("nodemesh_hbone_handshakes_total{side=\"server\"}").unwrap_or(0);
+    // Three mutual-TLS connections held open from pod c, carrying no stream.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-quiet", "-ign_eof", "-tls1_3", "-alpn", "h2", "-connect"])
+            .arg(format!("{}:{HBONE_PORT}", mesh.b.ipv4))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .arg("-CAfile")
+            .arg(mesh.cp.mesh_root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        held.push(mesh.c.spawn(cmd).expect("openssl s_client"));
+    }
+    wait_for("three held handshakes", Duration::from_secs(10), || handshakes() == 3).expect("held");
+    // The pod is at its cap (3): the next one is refused before any handshake, and counted.
+    let (code, out) = mesh.client(Some(&(cert.clone(), key.clone())), &echo, &["--send-bytes", "1"]);
+    assert_ne!(code, 0, "admitted past the cap: {out}");
+    assert_eq!(handshakes(), 3);
+    let refused = mesh.agent2.metric("nodemesh_proxy_refused_connections_total{reason=\"pod_limit\"}");
+    assert!(refused.as_ref().is_ok_and(|n| *n >= 1), "{refused:?}");
+    // Released, they make room again.
+    for pid in held {
+        mesh.c.kill(pid);
+    }
+    wait_for("room again", Duration::from_secs(10), || {
+        mesh.client(Some(&(cert.clone(), key.clone())), &echo, &["--send-bytes", "1", "--echo-check"]).0 == 0
+    })
+    .expect("admitted after the release");
 }

@@ -93,7 +93,7 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     };
 
     if let (Some(tunnel), Some(hbone)) = (&route.tunnel, &state.hbone) {
-        return tunnelled(accepted, client, &classified, &route, tunnel, hbone, &record, proxy).await;
+        return tunnelled(client, &classified, &route, tunnel, hbone, &record, proxy).await;
     }
     let mut upstream = match connect::connect(&route, state.settings.connect_timeout).await {
         Ok(upstream) => upstream,
@@ -145,9 +145,7 @@ pub(super) async fn revoked(registration: Option<&mut super::revoke::Registratio
 
 /// The connect and relay stages for a connection carried in HBONE: a CONNECT stream on a
 /// pooled mutual-TLS connection to the destination's node, then the bytes both ways.
-#[expect(clippy::too_many_arguments, reason = "the stages' parts, passed as the other stages get them")]
 async fn tunnelled(
-    accepted: &Accepted,
     mut client: TcpStream,
     classified: &super::context::Classified,
     route: &route::Route,
@@ -180,7 +178,6 @@ async fn tunnelled(
         forward::graceful(&client);
     }
     record.finish(relay::Relayed::Copied);
-    let _ = accepted;
     result
 }
 

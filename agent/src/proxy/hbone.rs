@@ -60,6 +60,8 @@ pub struct HboneCounters {
     /// `(side, reason)` → count; side is `client` or `server`.
     pub handshake_failures: Mutex<BTreeMap<(&'static str, String), u64>>,
     pub inbound_streams: AtomicU64,
+    /// HBONE connections this node's pods hold open now (server side).
+    pub open_tunnels: AtomicU64,
 }
 
 impl HboneCounters {

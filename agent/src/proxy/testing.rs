@@ -19,6 +19,7 @@ pub fn pod(name: &str, ips: &[&str]) -> Arc<PodRuntime> {
         stats: PodStats::default(),
         splice: AtomicBool::new(true),
         transparent: AtomicBool::new(false),
+        tunnels: Default::default(),
     })
 }
 

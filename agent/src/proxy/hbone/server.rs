@@ -6,7 +6,11 @@
 //! Answers as ztunnel does: 400 for a request that is not a CONNECT to one of the pod's
 //! addresses, 503 for the proxy's own ports or an app that refuses, 401 for a denial.
 
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering::Relaxed};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -60,6 +64,13 @@ async fn serve(
         return Err(fail("no_certificate"));
     }
     let config = hbone.server_config(&slot).map_err(|e| fail(&format!("config: {e}")))?;
+    // A TLS connection counts against the caps like a connection (its streams count too).
+    let pod_load = pod_active(pod) + pod.tunnels.load(Relaxed);
+    let node_load = proxy.active_connections() + hbone.counters.open_tunnels.load(Relaxed);
+    if let Err(refusal) = proxy.state.admission.admit(pod_load, node_load) {
+        return Err(refusal.reason().to_owned());
+    }
+    let _open = OpenTunnel::new(pod, &hbone.counters.open_tunnels);
     // Small frames (a request, a WINDOW_UPDATE) must not wait for the peer's ACK.
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -187,6 +198,24 @@ async fn stream_task(
         tracing::debug!(error = %e, "HBONE stream ended with an error");
     }
     record.finish(Relayed::Copied);
+}
+
+/// Counts an HBONE connection as open, for the pod and the node, until dropped.
+struct OpenTunnel<'a>(&'a AtomicU64, &'a AtomicU64);
+
+impl<'a> OpenTunnel<'a> {
+    fn new(pod: &'a PodRuntime, node: &'a AtomicU64) -> Self {
+        pod.tunnels.fetch_add(1, Relaxed);
+        node.fetch_add(1, Relaxed);
+        Self(&pod.tunnels, node)
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+        self.1.fetch_sub(1, Relaxed);
+    }
 }
 
 fn pod_active(pod: &PodRuntime) -> u64 {

@@ -21,8 +21,12 @@ use tokio::{
     net::TcpStream,
 };
 
-/// Largest read from the TCP side per DATA burst.
-const READ_CHUNK: usize = 256 << 10;
+/// Reads from the TCP side start with this much room and grow, doubling while reads fill it,
+/// up to [`MAX_CHUNK`]: a request/response exchange of a few KiB never allocates a bulk
+/// transfer's buffer per message (each read's bytes go to h2 as their own `Bytes`, so every
+/// new reservation is a fresh allocation once the old one is in flight).
+const FIRST_CHUNK: usize = 16 << 10;
+const MAX_CHUNK: usize = 256 << 10;
 
 /// Relays until both directions have ended. `up` counts TCP → stream, `down` stream → TCP.
 pub async fn relay(
@@ -52,9 +56,16 @@ async fn tcp_to_stream(
     counter: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf = BytesMut::new();
+    let mut chunk_size = FIRST_CHUNK;
     loop {
-        buf.reserve(READ_CHUNK);
+        if buf.capacity() < chunk_size / 4 {
+            buf.reserve(chunk_size);
+        }
+        let room = buf.capacity();
         let n = reader.read_buf(&mut buf).await?;
+        if n == room && chunk_size < MAX_CHUNK {
+            chunk_size *= 2;
+        }
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_error)?;
             return Ok(());
