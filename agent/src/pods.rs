@@ -4,6 +4,7 @@
 pub mod addresses;
 pub mod cgroup;
 pub mod netns;
+pub mod reserved_ports;
 pub mod transparent;
 pub mod veth;
 

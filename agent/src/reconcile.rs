@@ -257,6 +257,12 @@ impl Reconciler {
                     "cannot route the app's answers to transparent sockets; HBONE connections to it come from loopback"),
             }
         }
+        // Before the listeners: the app's own connections must not take their ports.
+        let settings = self.proxy.settings();
+        let ports = [settings.outbound_port, settings.inbound_port, settings.hbone_port];
+        if let Err(e) = pods::reserved_ports::reserve(&runtime.netns, &ports) {
+            tracing::warn!(pod = %runtime.name, error = %e, "cannot reserve the proxy's ports in the pod");
+        }
         let listeners = self.proxy.open_listeners(&runtime).map_err(EnrollError::Listen)?;
         for ip in &pod.ips {
             if let Some(fd) = listeners.inbound(IpFamily::of(ip)) {

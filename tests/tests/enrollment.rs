@@ -62,3 +62,22 @@ fn a_bad_file_is_rejected_and_the_last_good_state_keeps_serving() {
     s.node.write_enrollment_text(&good).expect("restore");
     wait_for("acceptance", Duration::from_secs(5), || enrollment_error().is_none()).expect("accepted");
 }
+
+#[test]
+fn the_proxys_ports_are_kept_out_of_the_pods_ephemeral_range() {
+    let cluster = Cluster::new("reserved").expect("cluster");
+    let node = cluster.add_node("node1", 1).expect("node");
+    let pod = node.add_pod("mesh", "app", PodOptions::default()).expect("pod");
+    node.set_intercept("mesh", Some("enabled")).expect("label");
+    let sysctl = "net.ipv4.ip_local_reserved_ports";
+    // What the pod reserves itself stays.
+    pod.sysctl(sysctl, "8080,9000-9010").expect("sysctl");
+    let agent = node.start_agent(&AgentOptions::default()).expect("agent");
+    agent.wait_enrolled(&["mesh/app"], Duration::from_secs(10)).expect("enrolled");
+    let mut cat = std::process::Command::new("cat");
+    cat.arg("/proc/sys/net/ipv4/ip_local_reserved_ports");
+    let out = pod.output(cat).expect("read");
+    let reserved = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // The kernel prints the set back as sorted ranges.
+    assert_eq!(reserved, "8080,9000-9010,15001,15006,15008", "{reserved}");
+}

@@ -81,8 +81,12 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
             return Ok(());
         }
     };
-    drop(directory);
     let mut registration = subject.map(|s| state.revocations.register(s));
+    if let Err(reason) = recheck_if_changed(registration.is_some(), &directory, &classified, proxy) {
+        record.deny(reason);
+        return Ok(());
+    }
+    drop(directory);
 
     let route = match routed {
         Ok(route) => route,
@@ -132,6 +136,21 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     }
     record.finish(relayed);
     result
+}
+
+/// Policies published between a connection's check and its registration would not re-check
+/// it (the re-check only sees registered connections): check again when they changed.
+pub(super) fn recheck_if_changed(
+    registered: bool,
+    checked: &Arc<crate::directory::Directory>,
+    classified: &super::context::Classified,
+    proxy: &Proxy,
+) -> Result<(), String> {
+    let now = proxy.directory();
+    if !registered || Arc::ptr_eq(checked, &now) {
+        return Ok(());
+    }
+    authorize::authorize(classified, &now.policies).map(|_| ())
 }
 
 /// Resolves when a policy change denies the connection; never for one no policy of this

@@ -23,7 +23,7 @@ use crate::{
     identity::{san, tls},
     proxy::{
         PodRuntime, Proxy, authorize, classify, connect,
-        connection::{NodeActive, revoked},
+        connection::{NodeActive, recheck_if_changed, revoked},
         context::{Accepted, Authenticated},
         record::Record,
         relay::{Relayed, forward},
@@ -146,8 +146,12 @@ async fn stream_task(
             return reply(&mut respond, StatusCode::UNAUTHORIZED);
         }
     };
-    drop(directory);
     let mut registration = subject.map(|s| proxy.state.revocations.register(s));
+    if let Err(reason) = recheck_if_changed(registration.is_some(), &directory, &classified, proxy) {
+        record.deny(reason);
+        return reply(&mut respond, StatusCode::UNAUTHORIZED);
+    }
+    drop(directory);
     let route = match route::route(&accepted, &classified, proxy.route_settings()) {
         // The app sees the client's address, as behind ztunnel, where the pod is set up for it.
         Ok(route) if pod.transparent.load(Relaxed) => {
