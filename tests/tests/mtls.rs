@@ -305,8 +305,9 @@ fn a_wrong_or_missing_mesh_root_is_a_start_up_error() {
             ),
         )
         .expect("config");
-        let mut agent = node.command(nodemesh_testbed::nodemesh_bin()).expect("agent");
-        agent.arg("agent").arg("--config").arg(&config);
+        // Bounded: an agent that wrongly starts must fail the test, not hang it.
+        let mut agent = node.command("timeout").expect("agent");
+        agent.arg("20").arg(nodemesh_testbed::nodemesh_bin()).arg("agent").arg("--config").arg(&config);
         let out = agent.output().expect("run");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "the agent started with {}: {stderr}", root.display());
