@@ -25,6 +25,9 @@ pub struct ObjectMeta {
     /// Who created the object (a pod's ReplicaSet, Job, ...): names its workload.
     #[serde(default)]
     pub owner_references: Vec<OwnerReference>,
+    /// Set once the object is being deleted (a terminating pod).
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,33 @@ pub struct PodStatus {
     pub pod_ips: Vec<PodIp>,
     #[serde(default)]
     pub phase: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<PodCondition>,
+}
+
+/// One of `status.conditions` (only `Ready` is read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+impl Pod {
+    /// Whether the pod may receive traffic (an endpoint, as Kubernetes and Istio count one):
+    /// running, with an address, not terminating, and Ready when it reports conditions (a
+    /// hand-written manifest without conditions counts by its phase).
+    pub fn ready(&self) -> bool {
+        let has_ip = self.status.pod_ip.is_some() || !self.status.pod_ips.is_empty();
+        let ready = match self.status.conditions.iter().find(|c| c.kind == "Ready") {
+            Some(c) => c.status == "True",
+            None => self.status.conditions.is_empty(),
+        };
+        has_ip
+            && self.metadata.deletion_timestamp.is_none()
+            && matches!(self.status.phase.as_deref(), None | Some("Running"))
+            && ready
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -205,10 +205,9 @@ fn workload_proto(
         workload_name,
         services,
         authorization_policies: policies,
-        status: match pod.status.phase.as_deref() {
-            Some("Failed" | "Succeeded") => wl::WorkloadStatus::Unhealthy,
-            _ => wl::WorkloadStatus::Healthy,
-        } as i32,
+        // Only a ready pod is a healthy endpoint; a pending one (no address yet), one not
+        // Ready, a terminating or a finished one is published, but unhealthy.
+        status: if pod.ready() { wl::WorkloadStatus::Healthy } else { wl::WorkloadStatus::Unhealthy } as i32,
         cluster_id: mesh.cluster_id.clone(),
         network_mode: if pod.spec.host_network {
             wl::NetworkMode::HostNetwork
@@ -339,6 +338,36 @@ mod tests {
         let w = encoded(&pod("debug", "shop", "n1", &[]));
         assert_eq!((w.workload_name.as_str(), w.canonical_name.as_str()), ("debug", "debug"));
         assert_eq!(w.canonical_revision, "latest");
+    }
+
+    #[test]
+    fn only_a_ready_pod_is_a_healthy_endpoint() {
+        use crate::model::PodCondition;
+        let healthy = |p: &Pod| encoded(p).status == wl::WorkloadStatus::Healthy as i32;
+        let running = (*pod("a", "x", "n1", &[])).clone();
+        assert!(healthy(&running), "a running pod with an address and no conditions");
+        let mut pending = running.clone();
+        pending.status.phase = Some("Pending".into());
+        pending.status.pod_ip = None;
+        pending.status.pod_ips.clear();
+        assert!(!healthy(&pending), "pending, no address");
+        let mut no_ip = running.clone();
+        no_ip.status.pod_ip = None;
+        no_ip.status.pod_ips.clear();
+        assert!(!healthy(&no_ip), "no address");
+        let condition = |status: &str| PodCondition { kind: "Ready".into(), status: status.into() };
+        let mut not_ready = running.clone();
+        not_ready.status.conditions = vec![condition("False")];
+        assert!(!healthy(&not_ready), "not Ready");
+        let mut ready = running.clone();
+        ready.status.conditions = vec![condition("True")];
+        assert!(healthy(&ready));
+        let mut terminating = ready.clone();
+        terminating.metadata.deletion_timestamp = Some("2026-12-01T22:00:00Z".into());
+        assert!(!healthy(&terminating), "terminating");
+        let mut done = running;
+        done.status.phase = Some("Succeeded".into());
+        assert!(!healthy(&done), "finished");
     }
 
     #[test]
