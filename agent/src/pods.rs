@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod cgroup;
 pub mod netns;
 pub mod reserved_ports;
+mod rtnetlink;
 pub mod transparent;
 pub mod veth;
 

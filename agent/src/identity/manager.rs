@@ -152,11 +152,13 @@ impl CertificateCounters {
     }
 }
 
+/// Identity → (slot, how many enrolled pods have it).
+type Slots = BTreeMap<Arc<str>, (Arc<Slot>, usize)>;
+
 pub struct IdentityManager {
     client: CaClient,
     pub roots: Arc<MeshRoots>,
-    /// Identity → (slot, how many enrolled pods have it).
-    slots: Mutex<BTreeMap<Arc<str>, (Arc<Slot>, usize)>>,
+    slots: Mutex<Slots>,
     pub counters: Arc<CertificateCounters>,
 }
 
@@ -165,7 +167,7 @@ impl IdentityManager {
         Arc::new(Self { client, roots, slots: Mutex::default(), counters: Arc::default() })
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Arc<str>, (Arc<Slot>, usize)>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -14,10 +14,10 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
-use super::Netns;
+use super::{Netns, rtnetlink};
 
 /// The mark of the proxy's transparent sockets (Istio's 1337).
 pub const MARK: u32 = 0x539;
@@ -51,7 +51,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 pub fn install(netns: &Netns, v4: bool, v6: bool) -> io::Result<()> {
     netns.run(|| {
         std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
-        let socket = open()?;
+        let socket = rtnetlink::open()?;
         for (family, wanted) in [(libc::AF_INET as u8, v4), (libc::AF_INET6 as u8, v6)] {
             if wanted {
                 request(&socket, RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, &rule(family))?;
@@ -65,7 +65,7 @@ pub fn install(netns: &Netns, v4: bool, v6: bool) -> io::Result<()> {
 /// Undoes [`install`] (a pod leaving the mesh); what is already gone is no error.
 pub fn remove(netns: &Netns) -> io::Result<()> {
     netns.run(|| {
-        let socket = open()?;
+        let socket = rtnetlink::open()?;
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             for (kind, body) in [(RTM_DELRULE, rule(family)), (RTM_DELROUTE, route(family))] {
                 match request(&socket, kind, 0, &body) {
@@ -108,29 +108,6 @@ fn attribute(body: &mut Vec<u8>, kind: u16, value: u32) {
     body.extend_from_slice(&value.to_ne_bytes());
 }
 
-fn open() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned from here on.
-    let fd =
-        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor socket(2) just returned.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
-    // SAFETY: a timeval of the right size on a valid socket.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::from_ref(&timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    Ok(socket)
-}
-
 /// Sends one request and reads its acknowledgement; `EEXIST` (already set up) is success.
 fn request(socket: &OwnedFd, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
     let len = 16 + body.len();
@@ -141,17 +118,9 @@ fn request(socket: &OwnedFd, kind: u16, flags: u16, body: &[u8]) -> io::Result<(
     msg.extend_from_slice(&1u32.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
     msg.extend_from_slice(body);
-    // SAFETY: sending a buffer we own on a valid socket.
-    if unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rtnetlink::send(socket, &msg)?;
     let mut reply = [0u8; 512];
-    // SAFETY: receiving into a buffer we own.
-    let n = unsafe { libc::recv(socket.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    let n = rtnetlink::recv(socket, &mut reply)?;
     if n >= 20 && u16::from_ne_bytes([reply[4], reply[5]]) == NLMSG_ERROR {
         let code = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
         return match -code {

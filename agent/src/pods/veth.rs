@@ -5,12 +5,9 @@
 //! that index is a veth pointing back at the pod's end, so an index that merely exists in both
 //! namespaces is never mistaken for the peer. Plain rtnetlink, no external tool.
 
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::io;
 
-use super::Netns;
+use super::{Netns, rtnetlink};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -66,25 +63,13 @@ pub fn host_side(pod: &Netns) -> io::Result<Option<HostVeth>> {
 
 /// Every link of the calling thread's namespace.
 pub fn list_links() -> io::Result<Vec<Link>> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd =
-        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh, valid fd nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_receive_timeout(&socket)?;
-    send(&socket, &dump_request())?;
+    let socket = rtnetlink::open()?;
+    rtnetlink::send(&socket, &dump_request())?;
     let mut links = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut messages = &buffer[..n as usize];
+        let n = rtnetlink::recv(&socket, &mut buffer)?;
+        let mut messages = &buffer[..n];
         while messages.len() >= NLMSG_HDRLEN {
             let len = u32_at(messages, 0) as usize;
             let kind = u16_at(messages, 4);
@@ -149,28 +134,6 @@ fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         data = &data[align(len).min(data.len())..];
         Some(item)
     })
-}
-
-fn send(socket: &OwnedFd, msg: &[u8]) -> io::Result<()> {
-    // SAFETY: `msg` is valid for its length; the kernel is the destination (zeroed address).
-    let n = unsafe { libc::send(socket.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// A dump that never ends must not hang the reconciler.
-fn set_receive_timeout(socket: &OwnedFd) -> io::Result<()> {
-    let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-    // SAFETY: a timeval option of the right size on a valid socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::from_ref(&timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 const fn align(len: usize) -> usize {
