@@ -147,7 +147,15 @@ async fn config_dump(State(s): State<AdminState>) -> Json<serde_json::Value> {
     };
     // Each identity's certificate: serial, validity and state; never a key.
     let certificates = s.proxy.hbone().map(|h| h.identities.report()).unwrap_or_default();
-    Json(json!({ "config": &*s.config, "node_spec": &*spec, "xds": xds, "certificates": certificates }))
+    // Each service's endpoints as the balancer sees them: load, latency, ejection.
+    let services = s.proxy.services();
+    Json(json!({
+        "config": &*s.config,
+        "node_spec": &*spec,
+        "xds": xds,
+        "certificates": certificates,
+        "services": services,
+    }))
 }
 
 async fn ready(State(s): State<AdminState>) -> StatusCode {
@@ -205,5 +213,6 @@ pub fn report(s: &AdminState) -> StatusReport {
         proxy: totals,
         memory: crate::memory::now(),
         certificates: s.proxy.hbone().map(|h| h.identities.report()).unwrap_or_default(),
+        services: s.proxy.services(),
     }
 }

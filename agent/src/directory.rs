@@ -13,15 +13,20 @@ use std::{
 };
 
 use crate::authz::{Authorization, Policies};
+use crate::services::{Here, ServiceInfo};
 pub use crate::workload::{Names, PortPairs, WorkloadRef};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Directory {
     workloads: HashMap<IpAddr, Arc<WorkloadRef>>,
-    /// Service VIP → `namespace/hostname`.
-    services: HashMap<IpAddr, Arc<str>>,
+    /// Service VIP → the service, its endpoints and how to balance over them.
+    services: HashMap<IpAddr, Arc<ServiceInfo>>,
+    /// `namespace/hostname` → the service (a fallback is named, not addressed).
+    services_by_name: HashMap<Arc<str>, Arc<ServiceInfo>>,
     /// What each workload admits: published with the names it refers to, in one swap.
     pub policies: Policies,
+    /// This node and its locality, which routing preferences compare endpoints against.
+    pub here: Here,
 }
 
 impl Directory {
@@ -32,10 +37,25 @@ impl Directory {
     /// The service a connection to `dst` is for: a VIP's service, or the service the
     /// destination workload backs on that port.
     pub fn service(&self, dst: &SocketAddr, workload: Option<&WorkloadRef>) -> Option<String> {
-        if let Some(name) = self.services.get(&dst.ip()) {
-            return Some(name.to_string());
+        if let Some(service) = self.services.get(&dst.ip()) {
+            return Some(service.name.to_string());
         }
         workload.and_then(|w| w.service_on(dst.port())).map(str::to_owned)
+    }
+
+    /// The service whose address `ip` is.
+    pub fn service_at(&self, ip: &IpAddr) -> Option<&Arc<ServiceInfo>> {
+        self.services.get(ip)
+    }
+
+    /// A service by `namespace/hostname`.
+    pub fn service_named(&self, name: &str) -> Option<&Arc<ServiceInfo>> {
+        self.services_by_name.get(name)
+    }
+
+    /// Every service, for status.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceInfo>> {
+        self.services_by_name.values()
     }
 }
 
@@ -54,7 +74,7 @@ impl DirectoryBuilder {
         ips: &[IpAddr],
         names: Names<'_>,
         services: impl IntoIterator<Item = (&'s str, PortPairs)>,
-    ) {
+    ) -> Arc<WorkloadRef> {
         let mut intern = |name: &str| intern(&mut self.interned, name);
         let mut workload = WorkloadRef::build(names, &mut intern);
         workload.services = services.into_iter().map(|(name, ports)| (intern(name), ports)).collect();
@@ -62,17 +82,28 @@ impl DirectoryBuilder {
         for ip in ips {
             self.directory.workloads.insert(*ip, Arc::clone(&workload));
         }
+        workload
+    }
+
+    /// Names shared with the workloads' (one allocation per distinct name).
+    pub fn intern(&mut self, name: &str) -> Arc<str> {
+        intern(&mut self.interned, name)
     }
 
     pub fn policy(&mut self, policy: Authorization) {
         self.directory.policies.insert(policy);
     }
 
-    pub fn service(&mut self, vips: &[IpAddr], name: &str) {
-        let name = intern(&mut self.interned, name);
-        for vip in vips {
-            self.directory.services.insert(*vip, Arc::clone(&name));
+    pub fn service(&mut self, service: ServiceInfo) {
+        let service = Arc::new(service);
+        for vip in &service.vips {
+            self.directory.services.insert(*vip, Arc::clone(&service));
         }
+        self.directory.services_by_name.insert(Arc::clone(&service.name), service);
+    }
+
+    pub fn here(&mut self, here: Here) {
+        self.directory.here = here;
     }
 
     pub fn build(self) -> Directory {
@@ -99,7 +130,7 @@ mod tests {
         let names = Names { namespace: "shop", pod: "cart-1", service_account: "cart", ..Default::default() };
         let backs = [("shop/cart.shop.svc.cluster.local", vec![(80, 8080)])];
         d.workload(&["10.0.0.5".parse().expect("ip")], names, backs);
-        d.service(&["10.96.0.9".parse().expect("ip")], "shop/cart.shop.svc.cluster.local");
+        d.service(crate::services::tests::named("shop/cart.shop.svc.cluster.local", "10.96.0.9"));
         let d = d.build();
         let found = d.workload(&"10.0.0.5".parse().expect("ip")).expect("workload");
         assert_eq!(&*found.identity, "spiffe://cluster.local/ns/shop/sa/cart");

@@ -18,7 +18,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crate::report::flows::{Direction, Endpoint, FlowRecord, Verdict};
+use crate::report::flows::{Direction, Endpoint, FlowRecord, Routing, Verdict};
 use kernel::{DropReasons, KernelIds};
 use metrics::{SeriesLabels, SeriesTotals};
 
@@ -66,6 +66,10 @@ struct FlowState {
     kernel: KernelIds,
     /// While the kernel splices the connection: where its byte counts are.
     splice: Option<SpliceKeys>,
+    /// For a connection to a service: the endpoint picked last (it replaces the
+    /// destination the flow opened with) and what the route stage did.
+    retarget: Option<Endpoint>,
+    routing: Option<Routing>,
 }
 
 impl LiveFlow {
@@ -119,9 +123,16 @@ impl LiveFlow {
     }
 
     fn record(&self, kernel: Option<&KernelRecords>, reasons: &DropReasons, active: bool) -> FlowRecord {
-        let (verdict, reason, ids, splice) = {
+        let (verdict, reason, ids, splice, retarget, routing) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (state.verdict, state.reason.clone(), state.kernel, state.splice)
+            (
+                state.verdict,
+                state.reason.clone(),
+                state.kernel,
+                state.splice,
+                state.retarget.clone(),
+                state.routing.clone(),
+            )
         };
         let (sent, received) = self.bytes(splice, kernel);
         FlowRecord {
@@ -129,7 +140,7 @@ impl LiveFlow {
             direction: self.direction,
             pod: self.pod.to_string(),
             source: self.source.clone(),
-            destination: self.destination.clone(),
+            destination: retarget.unwrap_or_else(|| self.destination.clone()),
             service: self.service.clone(),
             mtls: self.mtls_peer.is_some() && self.mtls_confirmed.load(Relaxed),
             peer_identity: self
@@ -146,7 +157,33 @@ impl LiveFlow {
             duration_ms: self.start.elapsed().as_millis() as u64,
             active,
             kernel: kernel::read(kernel, &ids, reasons),
+            routing,
         }
+    }
+
+    /// The route stage's record of a connection to a service.
+    pub fn routing(&self, change: impl FnOnce(&mut Routing)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        change(state.routing.get_or_insert_with(Routing::default));
+    }
+
+    /// Another endpoint of the service is tried: the flow's destination from now on.
+    pub fn retarget(&self, address: SocketAddr, workload: Option<&WorkloadRef>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.retarget = Some(endpoint(&(address, workload)));
+        state.routing.get_or_insert_with(Routing::default).endpoint = Some(address);
+    }
+}
+
+/// A flow's end as reported, named when the directory knows it.
+fn endpoint((address, workload): &(SocketAddr, Option<&WorkloadRef>)) -> Endpoint {
+    let name = |field: fn(&WorkloadRef) -> &Arc<str>| workload.map(|w| field(w).to_string());
+    Endpoint {
+        address: *address,
+        namespace: name(|w| &w.namespace),
+        pod: name(|w| &w.pod),
+        workload: name(|w| &w.workload),
+        identity: name(|w| &w.identity),
     }
 }
 
@@ -209,18 +246,10 @@ impl FlowTable {
 
     /// Registers a connection; it is closed when the returned guard drops.
     pub fn open(&self, opening: Opening<'_>) -> FlowGuard<'_> {
-        let endpoint = |(address, workload): &(SocketAddr, Option<Arc<WorkloadRef>>)| {
-            let name =
-                |field: fn(&WorkloadRef) -> &Arc<str>| workload.as_deref().map(|w| field(w).to_string());
-            Endpoint {
-                address: *address,
-                namespace: name(|w| &w.namespace),
-                pod: name(|w| &w.pod),
-                workload: name(|w| &w.workload),
-                identity: name(|w| &w.identity),
-            }
+        let end = |(address, workload): &(SocketAddr, Option<Arc<WorkloadRef>>)| {
+            endpoint(&(*address, workload.as_deref()))
         };
-        let (source, destination) = (endpoint(&opening.source), endpoint(&opening.destination));
+        let (source, destination) = (end(&opening.source), end(&opening.destination));
         let labels = SeriesLabels::new(
             opening.direction,
             opening.source.1.as_deref(),
@@ -249,6 +278,8 @@ impl FlowTable {
                 reason: None,
                 kernel: KernelIds::default(),
                 splice: None,
+                retarget: None,
+                routing: None,
             }),
         });
         {

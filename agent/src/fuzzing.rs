@@ -24,11 +24,12 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target of the agent's (the control plane's own, `controlplane_yaml`, is in
 /// `nodemesh_controlplane::fuzzing` and replayed by its tests).
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     ("enrollment", enrollment),
     ("agent_config", agent_config),
     ("xds_address", xds_address),
     ("xds_authorization", xds_authorization),
+    ("xds_service_policy", xds_service_policy),
     ("xds_response", xds_response),
     ("snapshot", snapshot_file),
     ("flows_query", flows_query),
@@ -79,6 +80,19 @@ pub fn xds_address(data: &[u8]) {
 /// One `istio.security.Authorization` body.
 pub fn xds_authorization(data: &[u8]) {
     let _ = translate::authorization(&resource(type_urls::AUTHORIZATION, data));
+}
+
+/// One `nodemesh.v1.ServicePolicy` body, under the name it claims (so that the fuzzer
+/// reaches past the name check): an accepted one is never named for another service.
+pub fn xds_service_policy(data: &[u8]) {
+    use nodemesh_proto::{nodemesh::v1::ServicePolicy, prost::Message as _};
+    let name =
+        ServicePolicy::decode(data).map(|p| format!("{}/{}", p.namespace, p.hostname)).unwrap_or_default();
+    let resource = Resource { name: name.clone(), ..resource(type_urls::SERVICE_POLICY, data) };
+    if let Ok((service, policy)) = translate::service_policy(&resource) {
+        assert_eq!(service, name);
+        assert!(policy.rate_limits.iter().all(|l| l.connections_per_second > 0 || l.max_concurrent > 0));
+    }
 }
 
 /// A whole delta response, applied to a state that already holds it once (updates and

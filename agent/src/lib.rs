@@ -20,6 +20,7 @@ pub mod pods;
 pub mod proxy;
 pub mod reconcile;
 pub mod report;
+pub mod services;
 pub mod sidecar;
 pub mod spec;
 pub mod workload;

@@ -10,12 +10,16 @@
 mod accept;
 pub mod admission;
 mod authorize;
+mod autoscaler;
+pub mod balance;
 mod classify;
 mod connect;
 mod connection;
 mod context;
 pub mod hbone;
+mod hold;
 mod listeners;
+mod rate_limit;
 mod record;
 pub(crate) mod relay;
 pub mod revoke;
@@ -23,6 +27,8 @@ mod route;
 pub mod stats;
 #[cfg(test)]
 mod testing;
+mod to_service;
+mod upstream;
 
 /// See `splice::AUDIT_MISMATCHES`.
 pub fn splice_audit_mismatches() -> u64 {
@@ -158,6 +164,13 @@ struct ProxyState {
     hbone: Option<Arc<hbone::Hbone>>,
     /// Authorized live connections, checked again when policies change.
     revocations: revoke::Revocations,
+    /// Each service's balancing state on this node.
+    balancer: balance::Balancer,
+    /// Bumped whenever a directory is published: held connections wait on it.
+    directory_changes: tokio::sync::watch::Sender<u64>,
+    autoscaler: Arc<autoscaler::Autoscaler>,
+    /// Per source identity, for the services of this node's pods.
+    rate_limits: rate_limit::RateLimits,
 }
 
 /// Cheap to clone; shared between the reconciler and every connection task.
@@ -193,6 +206,10 @@ impl Proxy {
                 directory: RwLock::default(),
                 hbone,
                 revocations: revoke::Revocations::default(),
+                balancer: balance::Balancer::default(),
+                directory_changes: tokio::sync::watch::Sender::new(0),
+                autoscaler: Arc::default(),
+                rate_limits: rate_limit::RateLimits::default(),
             }),
         }
     }
@@ -217,10 +234,33 @@ impl Proxy {
     /// ones again: any the new policies deny is closed.
     pub fn publish_directory(&self, directory: Arc<Directory>) {
         *self.state.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&directory);
+        self.state.balancer.prune(&directory);
+        self.state.directory_changes.send_modify(|generation| *generation += 1);
         let revoked = self.state.revocations.recheck(&directory);
         if revoked > 0 {
             tracing::info!(revoked, "closed live connections that the new policies deny");
         }
+    }
+
+    /// Each service's balancing state, with its endpoints'.
+    pub fn services(&self) -> Vec<crate::report::status::ServiceReport> {
+        self.state.balancer.view(&self.directory())
+    }
+
+    /// Scale-up requests sent to autoscalers, and those that failed.
+    pub fn autoscaler_requests(&self) -> (u64, u64) {
+        let a = &self.state.autoscaler;
+        (a.asked.load(Relaxed), a.failed.load(Relaxed))
+    }
+
+    /// Connections refused by a rate limit: (service, source identity, limit) → count.
+    pub fn rate_limited(&self) -> Vec<((String, String, &'static str), u64)> {
+        self.state.rate_limits.refusals()
+    }
+
+    fn ask_autoscaler(&self, service: &Arc<str>, policy: &crate::services::ScaleFromZero, held: u32) {
+        let node = Arc::clone(&self.directory().here.node);
+        self.state.autoscaler.ask(service, &node, policy, held, policy.hold_timeout);
     }
 
     /// Connections closed because a policy change denied them.

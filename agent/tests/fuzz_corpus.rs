@@ -67,6 +67,7 @@ fn the_committed_seeds_are_the_built_ones() {
         ("xds_address", "workload", workload().encode_to_vec()),
         ("xds_address", "service", service().encode_to_vec()),
         ("xds_authorization", "allow", authorization().encode_to_vec()),
+        ("xds_service_policy", "full", service_policy().encode_to_vec()),
         ("xds_response", "sync", response().encode_to_vec()),
         ("snapshot", "state", nodemesh_agent::xds::snapshot::encode(&snapshot())),
         ("snapshot", "payload", [&[0xff][..], &snapshot().encode_to_vec()].concat()),
@@ -216,4 +217,33 @@ fn the_seeds_are_accepted() {
     nodemesh_agent::xds::state::State::from_snapshot(&snap).expect("its resources check");
     let response = DeltaDiscoveryResponse::decode(seed("xds_response", "sync").as_slice()).expect("response");
     nodemesh_agent::xds::state::State::check(&response).unwrap_or_else(|e| panic!("response: {e}"));
+}
+
+fn service_policy() -> nodemesh_proto::nodemesh::v1::ServicePolicy {
+    use nodemesh_proto::nodemesh::v1 as nm;
+    nm::ServicePolicy {
+        namespace: "shop".into(),
+        hostname: "cart.shop.svc.cluster.local".into(),
+        algorithm: nm::service_policy::Algorithm::RoundRobin as i32,
+        connect_timeout_ms: 2000,
+        max_connections: 100,
+        outlier_detection: Some(nm::OutlierDetection {
+            consecutive_errors: 5,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 10,
+        }),
+        rate_limits: vec![nm::RateLimit {
+            principals: vec!["cluster.local/ns/shop/sa/web".into()],
+            connections_per_second: 10,
+            burst: 20,
+            max_concurrent: 5,
+        }],
+        fallback: "shop/cart-static.shop.svc.cluster.local".into(),
+        scale_from_zero: Some(nm::ScaleFromZero {
+            autoscaler_url: "http://autoscaler.shop:9090/scale".into(),
+            hold_timeout_ms: 30_000,
+            max_held: 100,
+        }),
+    }
 }

@@ -47,6 +47,18 @@ pub fn render(report: &FlowsReport, now_ms: u64, ranked_by: Option<&str>) -> Str
         if let Some(reason) = &flow.reason {
             notes.push((table.len() - 1, format!("  ↳ {}: {reason}", flow.verdict.as_str())));
         }
+        if let Some(routing) = &flow.routing {
+            let row = table.len() - 1;
+            for retry in &routing.retries {
+                notes.push((row, format!("  ↳ retried after {retry}")));
+            }
+            if let Some(fallback) = &routing.fallback {
+                notes.push((row, format!("  ↳ to the fallback {fallback}")));
+            }
+            if let Some(ms) = routing.held_ms {
+                notes.push((row, format!("  ↳ held {ms} ms for a scale-up")));
+            }
+        }
     }
     // Notes go right under their flow's row.
     let rendered = table.render();

@@ -9,6 +9,7 @@ mod controlplane;
 mod flows_view;
 #[cfg(test)]
 mod golden;
+mod services_view;
 mod status_view;
 mod table;
 

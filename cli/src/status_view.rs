@@ -150,6 +150,9 @@ pub fn render(r: &StatusReport) -> String {
     if !r.certificates.is_empty() {
         out.push_str(&certificates(&r.certificates));
     }
+    if !r.services.is_empty() {
+        out.push_str(&crate::services_view::render(&r.services));
+    }
 
     let _ = writeln!(out, "\nPROGRAMS");
     let mut programs = Table::new(&[("NAME", 20), ("TYPE", 20), ("ID", 8), ("ATTACHED", 28)]);

@@ -13,6 +13,7 @@ pub struct Served {
     pub generation: u64,
     pub addresses: usize,
     pub authorizations: usize,
+    pub service_policies: usize,
     /// Input problems; the objects those files last held keep serving.
     pub input_errors: Vec<InputError>,
 }

@@ -162,6 +162,7 @@ pub fn record(served: &Mutex<Served>, world: &World, errors: Vec<crate::store::I
         generation: world.generation,
         addresses: world.addresses.len(),
         authorizations: world.authorizations.len(),
+        service_policies: world.service_policies.len(),
         input_errors: errors,
     };
 }

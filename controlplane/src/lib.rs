@@ -119,7 +119,7 @@ pub async fn serve(
     let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
     // Watching before the first scan: no change made after that scan goes unnoticed.
     let directory = inputs::Watch::start(&settings.config_dir, settings.poll);
-    let mut store = store::Store::new(&settings.config_dir);
+    let mut store = store::Store::new(&settings.config_dir).with_domain_suffix(&settings.mesh.domain_suffix);
     // Files written just before the start are given a moment to settle (there is no inotify
     // word yet that their writers are done), so the first state is whole; a file still
     // changing after that is picked up by the input loop once it settles.

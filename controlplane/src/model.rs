@@ -1,14 +1,21 @@
-//! The control plane's input, in Kubernetes' own vocabulary: Namespaces, Pods, Services and
-//! Istio AuthorizationPolicies, as YAML documents. Only the fields the control plane uses are
+//! The control plane's input, in Kubernetes' own vocabulary: Namespaces, Nodes, Pods,
+//! Services, Istio's AuthorizationPolicies, PeerAuthentications and DestinationRules, and
+//! Nodemesh's TrafficPolicies, as YAML documents. Only the fields the control plane uses are
 //! read; others (status details, managed fields) are ignored, as Kubernetes clients do.
 //! Every error names the field at fault.
 
+pub mod destination_rule;
+mod duration;
+pub mod traffic_policy;
 mod validate;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
+pub use destination_rule::DestinationRule;
+pub use duration::Duration;
 pub use nodemesh_conventions::{FieldError, Labels, OwnerReference, rules};
 use serde::{Deserialize, Serialize};
+pub use traffic_policy::TrafficPolicy;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -32,6 +39,13 @@ pub struct ObjectMeta {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+/// A cluster node: only its name and labels are read (its topology labels give the pods on
+/// it their locality).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
     pub metadata: ObjectMeta,
 }
 
@@ -135,6 +149,16 @@ pub struct ServiceSpec {
     pub cluster_ips: Vec<String>,
     #[serde(default)]
     pub ports: Vec<ServicePort>,
+    /// `PreferClose`, `PreferSameZone`, `PreferSameNode`, or a value Kubernetes leaves to the
+    /// implementation (no preference here).
+    #[serde(default)]
+    pub traffic_distribution: Option<String>,
+    /// `Cluster` (the default) or `Local` (endpoints on the client's node only).
+    #[serde(default)]
+    pub internal_traffic_policy: Option<String>,
+    /// Endpoints are used whether or not they are ready.
+    #[serde(default)]
+    pub publish_not_ready_addresses: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,10 +314,13 @@ pub struct MutualTls {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
     Namespace(Arc<Namespace>),
+    Node(Arc<Node>),
     Pod(Arc<Pod>),
     Service(Arc<Service>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
+    DestinationRule(Arc<DestinationRule>),
+    TrafficPolicy(Arc<TrafficPolicy>),
 }
 
 /// Identifies an object (duplicates across files are an error).
@@ -315,26 +342,37 @@ impl fmt::Display for ObjectKey {
 }
 
 impl Object {
+    /// Namespaces and Nodes belong to no namespace.
+    fn namespaced(&self) -> bool {
+        !matches!(self, Object::Namespace(_) | Object::Node(_))
+    }
+
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
             Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
+            Object::Node(o) => &mut Arc::make_mut(o).metadata,
             Object::Pod(o) => &mut Arc::make_mut(o).metadata,
             Object::Service(o) => &mut Arc::make_mut(o).metadata,
             Object::AuthorizationPolicy(o) => &mut Arc::make_mut(o).metadata,
             Object::PeerAuthentication(o) => &mut Arc::make_mut(o).metadata,
+            Object::DestinationRule(o) => &mut Arc::make_mut(o).metadata,
+            Object::TrafficPolicy(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
     pub fn key(&self) -> ObjectKey {
         let (kind, meta) = match self {
             Object::Namespace(o) => ("Namespace", &o.metadata),
+            Object::Node(o) => ("Node", &o.metadata),
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
             Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
             Object::PeerAuthentication(o) => ("PeerAuthentication", &o.metadata),
+            Object::DestinationRule(o) => ("DestinationRule", &o.metadata),
+            Object::TrafficPolicy(o) => ("TrafficPolicy", &o.metadata),
         };
         let namespace =
-            if kind == "Namespace" { String::new() } else { meta.namespace.clone().unwrap_or_default() };
+            if self.namespaced() { meta.namespace.clone().unwrap_or_default() } else { String::new() };
         ObjectKey { kind, namespace, name: meta.name.clone() }
     }
 }
@@ -357,6 +395,7 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
     validate::string_maps(&doc, &kind)?;
     let object = match (kind.as_str(), api.as_str()) {
         ("Namespace", "v1") => Object::Namespace(Arc::new(typed(doc)?)),
+        ("Node", "v1") => Object::Node(Arc::new(typed(doc)?)),
         ("Pod", "v1") => Object::Pod(Arc::new(typed(doc)?)),
         ("Service", "v1") => Object::Service(Arc::new(typed(doc)?)),
         ("AuthorizationPolicy", "security.istio.io/v1" | "security.istio.io/v1beta1") => {
@@ -365,7 +404,22 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
         ("PeerAuthentication", "security.istio.io/v1" | "security.istio.io/v1beta1") => {
             Object::PeerAuthentication(Arc::new(typed(doc)?))
         }
-        ("Namespace" | "Pod" | "Service" | "AuthorizationPolicy" | "PeerAuthentication", other) => {
+        (
+            "DestinationRule",
+            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
+        ) => Object::DestinationRule(Arc::new(typed(doc)?)),
+        ("TrafficPolicy", "nodemesh.io/v1alpha1") => Object::TrafficPolicy(Arc::new(typed(doc)?)),
+        (
+            "Namespace"
+            | "Node"
+            | "Pod"
+            | "Service"
+            | "AuthorizationPolicy"
+            | "PeerAuthentication"
+            | "DestinationRule"
+            | "TrafficPolicy",
+            other,
+        ) => {
             return Err(err(
                 "apiVersion",
                 format!("{other:?} is not a version of {kind} this control plane reads"),
@@ -376,6 +430,12 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
     let mut object = object;
     validate::validate(&mut object)?;
     Ok(Some(object))
+}
+
+/// A Service's hostname: `name.namespace.svc.<domain suffix>`, as Kubernetes DNS and istiod
+/// name it.
+pub fn service_fqdn(name: &str, namespace: &str, domain_suffix: &str) -> String {
+    format!("{name}.{namespace}.svc.{domain_suffix}")
 }
 
 fn typed<T: serde::de::DeserializeOwned>(doc: serde_yaml::Value) -> Result<T, FieldError> {

@@ -24,7 +24,6 @@ use nodemesh_proto::{
     },
     prost_types::value::Kind,
     tonic::{self, Request, Response, Status, Streaming},
-    type_urls,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -217,7 +216,9 @@ impl DeltaStream {
             self.node = Some(node);
         }
         let type_url = request.type_url.clone();
-        if type_url != type_urls::ADDRESS && type_url != type_urls::AUTHORIZATION {
+        // The types served are those the world holds: Istio's Address and Authorization,
+        // Nodemesh's ServicePolicy.
+        if self.world.borrow().resources(&type_url).is_none() {
             return Err(Status::invalid_argument(format!(
                 "type_url {:?} is not served",
                 text::peer(&type_url)

@@ -25,8 +25,8 @@ use nodemesh_input_file::{self as input_file, Fingerprint, Limits, Problem};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AuthorizationPolicy, FieldError, Namespace, Object, ObjectKey, PeerAuthentication, Pod, Service,
-    parse_document,
+    AuthorizationPolicy, DestinationRule, FieldError, Namespace, Node, Object, ObjectKey, PeerAuthentication,
+    Pod, Service, TrafficPolicy, parse_document,
 };
 use clashes::Held;
 
@@ -66,10 +66,14 @@ impl std::error::Error for InputError {}
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
     pub pods: Vec<Arc<Pod>>,
     pub services: Vec<Arc<Service>>,
     pub policies: Vec<Arc<AuthorizationPolicy>>,
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    /// At most one per service hostname (a second is a clash).
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    pub traffic_policies: Vec<Arc<TrafficPolicy>>,
 }
 
 /// What the caller knows that the files cannot tell: which writers are done, and the time.
@@ -113,6 +117,8 @@ pub struct Store {
     /// Files seen changed but not read yet, with when this store first saw that version.
     unsettled: HashMap<PathBuf, (Fingerprint, Instant)>,
     clashes: Vec<InputError>,
+    /// Resolves the Service a DestinationRule names, to find two rules for one service.
+    domain_suffix: String,
 }
 
 /// How one changed file turned out.
@@ -131,7 +137,16 @@ impl Store {
             generation: 0,
             unsettled: HashMap::new(),
             clashes: Vec::new(),
+            domain_suffix: nodemesh_conventions::DEFAULT_DOMAIN_SUFFIX.into(),
         }
+    }
+
+    /// The mesh's DNS domain (`cluster.local` unless set), which a DestinationRule's host
+    /// may be written in.
+    #[must_use]
+    pub fn with_domain_suffix(mut self, domain_suffix: &str) -> Self {
+        domain_suffix.clone_into(&mut self.domain_suffix);
+        self
     }
 
     /// Re-reads the files that changed and are complete. Fails only when the directory
@@ -224,7 +239,7 @@ impl Store {
                         .map(|(document, object)| {
                             let key = object.key();
                             let earlier = before.get(&key).copied().or_else(|| leaving.get(&key));
-                            Held::new(object, document, earlier, self.generation)
+                            Held::new(object, document, earlier, &self.domain_suffix, self.generation)
                         })
                         .collect();
                     FileState { fingerprint, objects, error: None }

@@ -9,11 +9,16 @@
 //!   namespace, no selector), ones of a namespace the node hosts workloads of, and
 //!   selector-scoped ones a local workload lists, among them the PeerAuthentications
 //!   converted for the workloads they make STRICT ([`peer_auth`]).
+//! - **ServicePolicy** (Nodemesh's): a service's DestinationRule and TrafficPolicy settings,
+//!   for every node, as its services are ([`service_policy`]).
 //!
-//! How each object becomes a resource is [`encode`]'s.
+//! How each object becomes a resource is [`encode`]'s; a service's load balancing and a
+//! pod's locality are [`topology`]'s.
 
 mod encode;
 mod peer_auth;
+mod service_policy;
+mod topology;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -21,7 +26,11 @@ use std::{
 };
 
 use nodemesh_conventions::{DEFAULT_DOMAIN_SUFFIX, DEFAULT_TRUST_DOMAIN, Labels};
-use nodemesh_proto::{istio::security as sec, prost_types::Any, type_urls};
+use nodemesh_proto::{
+    istio::{security as sec, workload as wl},
+    prost_types::Any,
+    type_urls,
+};
 
 use crate::{
     model::{AuthorizationPolicy, Pod, Service},
@@ -80,6 +89,7 @@ pub struct Delta {
     /// Added, changed (content or audience) and removed names, per type.
     pub addresses: Vec<Arc<str>>,
     pub authorizations: Vec<Arc<str>>,
+    pub service_policies: Vec<Arc<str>>,
     /// Nodes whose view rules changed (what namespaces or policies they host).
     pub nodes: HashSet<String>,
 }
@@ -89,6 +99,7 @@ impl Delta {
         match type_url {
             type_urls::ADDRESS => &self.addresses,
             type_urls::AUTHORIZATION => &self.authorizations,
+            type_urls::SERVICE_POLICY => &self.service_policies,
             _ => &[],
         }
     }
@@ -110,6 +121,7 @@ pub struct World {
     pub generation: u64,
     pub addresses: BTreeMap<Arc<str>, Arc<Entry>>,
     pub authorizations: BTreeMap<Arc<str>, Arc<Entry>>,
+    pub service_policies: BTreeMap<Arc<str>, Arc<Entry>>,
     nodes: HashMap<String, NodeInfo>,
     /// Against the world this one replaced (None for the first).
     pub delta: Option<Delta>,
@@ -125,6 +137,8 @@ struct PodMemo {
     captured: bool,
     backing: Vec<Arc<Service>>,
     policies: Vec<String>,
+    /// From the pod's node: a change to the node's topology labels re-encodes its pods.
+    locality: Option<wl::Locality>,
     entry: Arc<Entry>,
 }
 
@@ -135,8 +149,10 @@ impl PodMemo {
         captured: bool,
         backing: &[&Arc<Service>],
         policies: &[String],
+        locality: Option<&wl::Locality>,
     ) -> bool {
         Arc::ptr_eq(&self.pod, pod)
+            && self.locality.as_ref() == locality
             && self.captured == captured
             && self.backing.len() == backing.len()
             && self.backing.iter().zip(backing).all(|(a, b)| Arc::ptr_eq(a, b))
@@ -186,6 +202,7 @@ impl World {
                 converted.entry(c.name).or_insert(c.body);
             }
             let node = pod.spec.node_name.clone().unwrap_or_default();
+            let locality = topology::locality(pod, inputs.nodes.get(&node).map(|n| &**n));
             let info = world.nodes.entry(node.clone()).or_default();
             info.namespaces.insert(ns.clone());
             info.policies.extend(policies.iter().cloned());
@@ -195,7 +212,9 @@ impl World {
             }
             let name: Arc<str> = encode::workload_uid(pod, mesh).into();
             let entry = match previous.and_then(|p| p.pod_memos.get(&name)) {
-                Some(memo) if memo.reusable(pod, captured, &backing, &policies) => Arc::clone(&memo.entry),
+                Some(memo) if memo.reusable(pod, captured, &backing, &policies, locality.as_ref()) => {
+                    Arc::clone(&memo.entry)
+                }
                 _ => {
                     let audience = if captured || !backing.is_empty() {
                         Audience::Everyone
@@ -203,7 +222,8 @@ impl World {
                         Audience::Node(node)
                     };
                     let services: Vec<&Service> = backing.iter().map(|s| s.as_ref()).collect();
-                    let body = encode::workload(pod, captured, &services, policies.clone(), mesh);
+                    let body =
+                        encode::workload(pod, captured, &services, policies.clone(), locality.clone(), mesh);
                     Arc::new(entry(name.to_string(), body, audience))
                 }
             };
@@ -212,6 +232,7 @@ impl World {
                 captured,
                 backing: backing.into_iter().cloned().collect(),
                 policies,
+                locality,
                 entry: Arc::clone(&entry),
             };
             world.pod_memos.insert(Arc::clone(&name), memo);
@@ -232,6 +253,13 @@ impl World {
             world
                 .authorizations
                 .insert(name.as_str().into(), Arc::new(entry(name, body, Audience::Selected)));
+        }
+        // Few, and cheap to encode: rebuilt every time; the diff still names only those that
+        // changed.
+        for (name, body) in service_policy::build(inputs, mesh) {
+            world
+                .service_policies
+                .insert(name.as_str().into(), Arc::new(entry(name, body, Audience::Everyone)));
         }
         if let Some(previous) = previous {
             world.diff_from(previous);
@@ -285,6 +313,7 @@ impl World {
             from_generation: previous.generation,
             addresses: names(&self.addresses, &previous.addresses),
             authorizations: names(&self.authorizations, &previous.authorizations),
+            service_policies: names(&self.service_policies, &previous.service_policies),
             nodes,
         });
     }
@@ -293,6 +322,7 @@ impl World {
         match type_url {
             type_urls::ADDRESS => Some(&self.addresses),
             type_urls::AUTHORIZATION => Some(&self.authorizations),
+            type_urls::SERVICE_POLICY => Some(&self.service_policies),
             _ => None,
         }
     }

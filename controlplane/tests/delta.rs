@@ -13,7 +13,7 @@ use nodemesh_controlplane::server::CHUNK;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{DeltaDiscoveryRequest, Status},
     tonic::Code,
-    type_urls::{ADDRESS, AUTHORIZATION},
+    type_urls::{ADDRESS, AUTHORIZATION, SERVICE_POLICY},
 };
 
 const WEB: &str = "mesh/web.mesh.svc.cluster.local";
@@ -258,4 +258,44 @@ async fn a_stream_must_say_which_node_and_ask_for_a_served_type() {
         tokio::time::timeout(WAIT, other.inbound.message()).await.expect("in time").expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("is not served"), "{}", err.message());
+}
+
+fn rule(service: &str, max_connections: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {service}, namespace: mesh}}\n\
+         spec: {{host: {service}, trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {max_connections}}}}}}}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_destination_rule_change_re_sends_only_that_service_policy() {
+    let mut files = base();
+    files.push((
+        "api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: mesh}\n\
+         spec: {clusterIP: 10.96.0.2, selector: {app: api}, ports: [{port: 80}]}\n"
+            .into(),
+    ));
+    files.push(("web-rule.yaml", rule("web", 10)));
+    files.push(("api-rule.yaml", rule("api", 10)));
+    let cp = Cp::start(&files).await;
+    let mut s =
+        cp.open(DeltaDiscoveryRequest { type_url: SERVICE_POLICY.into(), ..subscribe("node1", &[]) }).await;
+    let first = s.next().await;
+    assert_eq!(first.type_url, SERVICE_POLICY);
+    assert_eq!(names(&first), ["mesh/api.mesh.svc.cluster.local", WEB]);
+    s.ack(&first).await;
+    s.quiet().await;
+
+    cp.write("web-rule.yaml", &rule("web", 20));
+    let changed = s.next().await;
+    assert_eq!(names(&changed), [WEB]);
+    assert_ne!(versions(&changed)[WEB], versions(&first)[WEB]);
+    s.ack(&changed).await;
+    s.quiet().await;
+
+    // The rule goes: so does the policy, by name.
+    cp.remove("web-rule.yaml");
+    let removed = s.next().await;
+    assert_eq!(removed.removed_resources, [WEB]);
 }

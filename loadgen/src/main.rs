@@ -8,7 +8,8 @@
 //! - `VERIFY` (u32::MAX - 1): checked bulk streams both ways (`verify.rs`).
 //!
 //! Commands print one JSON line:
-//! - `server --port P [--async [--threads N]]`
+//! - `server --port P [--delay-us U] [--async [--threads N]]`: `--delay-us` waits that long
+//!   before each response (a slow endpoint; blocking server only).
 //! - `rr --target A --size S --conns C --seconds D [--async [--threads N]]`: C persistent
 //!   connections, one request in flight each; requests per second and latency percentiles.
 //!   Blocking: one thread per connection. `--async`: tasks on a tokio runtime of N worker
@@ -72,6 +73,7 @@ fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -
 
 fn server(args: &[String]) -> io::Result<()> {
     let port: u16 = flag(args, "--port", None)?;
+    let delay = Duration::from_micros(flag(args, "--delay-us", Some(0))?);
     let listener = TcpListener::bind(("::", port))?;
     let mut workers = Vec::new();
     for _ in 0..SERVER_THREADS {
@@ -79,7 +81,7 @@ fn server(args: &[String]) -> io::Result<()> {
         workers.push(thread::spawn(move || {
             loop {
                 if let Ok((conn, _)) = listener.accept() {
-                    let _ = serve(conn);
+                    let _ = serve(conn, delay);
                 }
             }
         }));
@@ -90,7 +92,7 @@ fn server(args: &[String]) -> io::Result<()> {
     Ok(())
 }
 
-fn serve(mut conn: TcpStream) -> io::Result<()> {
+fn serve(mut conn: TcpStream, delay: Duration) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut head = [0u8; 4];
     conn.read_exact(&mut head)?;
@@ -113,7 +115,12 @@ fn serve(mut conn: TcpStream) -> io::Result<()> {
     loop {
         match read_full(&mut conn, &mut buf)? {
             false => return Ok(()),
-            true => conn.write_all(&buf)?,
+            true => {
+                if !delay.is_zero() {
+                    thread::sleep(delay);
+                }
+                conn.write_all(&buf)?
+            }
         }
     }
 }

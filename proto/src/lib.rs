@@ -50,6 +50,8 @@ pub mod type_urls {
     pub const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
     /// The config of the `nodemesh.io/labels` Workload extension.
     pub const LABELS: &str = "type.googleapis.com/nodemesh.v1.Labels";
+    /// Per-service traffic settings (`nodemesh/v1/service_policy.proto`).
+    pub const SERVICE_POLICY: &str = "type.googleapis.com/nodemesh.v1.ServicePolicy";
 }
 
 pub use prost;

@@ -227,13 +227,32 @@ impl ControlPlane {
 
     /// Writes the Kubernetes objects for these nodes' pods into `pods.yaml`.
     pub fn write_pods(&self, nodes: &[&Node]) -> anyhow::Result<()> {
+        self.write_pods_except(nodes, &[])
+    }
+
+    /// The same, leaving out the pods named in `except` (not scheduled yet, as far as the
+    /// control plane knows).
+    pub fn write_pods_except(&self, nodes: &[&Node], except: &[&str]) -> anyhow::Result<()> {
         let mut docs = Vec::new();
         for node in nodes {
-            for pod in node.pod_records() {
-                docs.push(pod_object(&node.name, &pod));
+            for pod in node.pod_records().iter().filter(|p| !except.contains(&p.name.as_str())) {
+                docs.push(pod_object(&node.name, pod));
             }
         }
         self.write("pods.yaml", &to_yaml_stream(&docs)?)
+    }
+
+    /// Runs `cmd` in the control plane's namespace (on the fabric, reachable from every
+    /// node), for as long as the cluster lives; returns its pid.
+    pub fn spawn(&self, cmd: Command) -> anyhow::Result<u32> {
+        let mut cmd = enter_netns(cmd, &self.netns_path())?;
+        let child = cmd.stdin(Stdio::null()).spawn().context("spawning in the control plane's namespace")?;
+        Ok(self.inner.track_child(child))
+    }
+
+    /// The control plane's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Writes a Namespace, with `nodemesh.io/intercept: enabled` when `intercept`.

@@ -18,6 +18,7 @@ pub mod controlplane;
 pub mod kernel;
 pub mod mesh;
 pub mod scenario;
+pub mod services;
 pub mod tools;
 
 use std::path::PathBuf;

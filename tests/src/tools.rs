@@ -372,3 +372,25 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.split_whitespace().next().context("sha256sum output")?.to_owned())
 }
+
+/// `tools/name_server.py`: an endpoint that sends its name, then echoes; `delay_ms` before
+/// the name makes it a slow one.
+pub fn name_server(name: &str, port: u16, delay_ms: u32) -> Command {
+    let mut cmd = python("name_server.py");
+    cmd.args(["--name", name, "--port", &port.to_string(), "--delay-ms", &delay_ms.to_string()]);
+    cmd
+}
+
+/// `tools/service_client.py <mode>` to `host:port` with `args`.
+pub fn service_client(mode: &str, host: IpAddr, port: u16, args: &[&str]) -> Command {
+    let mut cmd = python("service_client.py");
+    cmd.args([mode, "--host", &host.to_string(), "--port", &port.to_string()]).args(args);
+    cmd
+}
+
+/// `tools/autoscaler.py`: logs the proxy's scale-up requests to `log`.
+pub fn autoscaler(port: u16, log: &Path) -> Command {
+    let mut cmd = python("autoscaler.py");
+    cmd.args(["--port", &port.to_string()]).arg("--log").arg(log);
+    cmd
+}

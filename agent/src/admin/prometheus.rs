@@ -181,6 +181,7 @@ pub fn render(s: &AdminState) -> String {
     if let Some(hbone) = s.proxy.hbone() {
         identities(&mut e, hbone);
     }
+    services(&mut e, &s.proxy);
 
     let memory = crate::memory::now();
     e.family("nodemesh_memory_bytes", Kind::Gauge, "The agent's memory.")
@@ -253,4 +254,114 @@ fn identities(e: &mut Exposition, hbone: &crate::proxy::hbone::Hbone) {
     e.family("nodemesh_hbone_streams_total", Kind::Counter, "HBONE streams (app connections), by side.")
         .sample(&[("side", "client")], hbone.pool.streams.load(Relaxed) as f64)
         .sample(&[("side", "server")], c.inbound_streams.load(Relaxed) as f64);
+}
+
+/// Service routing: what the balancer did per service, each endpoint's state, and the
+/// refusals by reason; the held gauge and connection counter are what an autoscaler reads to
+/// scale a service up from zero, or down to it.
+fn services(e: &mut Exposition, proxy: &crate::proxy::Proxy) {
+    use crate::report::status::ServiceReport;
+    let services = proxy.services();
+    type PerService = fn(&ServiceReport) -> f64;
+    let per_service: [(&str, Kind, &str, PerService); 7] = [
+        (
+            "nodemesh_service_connections_total",
+            Kind::Counter,
+            "Connections to a service address that reached one of its endpoints.",
+            |v| v.connections as f64,
+        ),
+        (
+            "nodemesh_service_active_connections",
+            Kind::Gauge,
+            "Connections to a service open now (connecting included).",
+            |v| f64::from(v.active),
+        ),
+        (
+            "nodemesh_service_held_connections",
+            Kind::Gauge,
+            "Connections held while the service has no endpoint (scale from zero).",
+            |v| f64::from(v.held),
+        ),
+        (
+            "nodemesh_service_retries_total",
+            Kind::Counter,
+            "Connect attempts made on another endpoint after one failed.",
+            |v| v.retries as f64,
+        ),
+        (
+            "nodemesh_service_fallbacks_total",
+            Kind::Counter,
+            "Connections sent to the service's fallback service.",
+            |v| v.fallbacks as f64,
+        ),
+        (
+            "nodemesh_service_held_forwarded_total",
+            Kind::Counter,
+            "Held connections forwarded once an endpoint appeared.",
+            |v| v.held_forwarded as f64,
+        ),
+        ("nodemesh_service_ejections_total", Kind::Counter, "Endpoints ejected by outlier detection.", |v| {
+            v.ejections as f64
+        }),
+    ];
+    for (name, kind, help, value) in per_service {
+        let mut family = e.family(name, kind, help);
+        for v in &services {
+            family.sample(&[("service", &v.service)], value(v));
+        }
+    }
+    let mut refused = e.family(
+        "nodemesh_service_refused_total",
+        Kind::Counter,
+        "Connections to a service that none of its endpoints took, by reason: circuit_open, no_endpoint (none, none healthy, every attempt failed), hold_timeout, hold_full.",
+    );
+    for v in &services {
+        for (reason, n) in [
+            ("circuit_open", v.circuit_open),
+            ("no_endpoint", v.no_endpoint),
+            ("hold_timeout", v.held_timed_out),
+            ("hold_full", v.held_refused),
+        ] {
+            refused.sample(&[("service", &v.service), ("reason", reason)], n as f64);
+        }
+    }
+    type Value = fn(&crate::report::status::EndpointReport) -> f64;
+    let per_endpoint: [(&str, &str, Value); 3] = [
+        ("nodemesh_endpoint_ejected", "1 while an endpoint is ejected.", |ep| {
+            if ep.ejected_until_unix_ms.is_some() { 1.0 } else { 0.0 }
+        }),
+        ("nodemesh_endpoint_outstanding_connections", "Connections picked for an endpoint and open.", |ep| {
+            f64::from(ep.outstanding)
+        }),
+        (
+            "nodemesh_endpoint_connect_latency_ewma_seconds",
+            "The balancer's peak EWMA of an endpoint's connect latency.",
+            |ep| ep.ewma_connect_us as f64 / 1e6,
+        ),
+    ];
+    for (name, help, value) in per_endpoint {
+        let mut family = e.family(name, Kind::Gauge, help);
+        for v in &services {
+            for ep in &v.endpoints {
+                let endpoint = ep.pod.as_deref().unwrap_or(&ep.uid);
+                family.sample(&[("service", v.service.as_str()), ("endpoint", endpoint)], value(ep));
+            }
+        }
+    }
+    let mut limited = e.family(
+        "nodemesh_rate_limited_total",
+        Kind::Counter,
+        "Connections to a service of this node refused by its rate limits, by source identity and limit (rate, concurrency).",
+    );
+    for ((service, identity, which), n) in proxy.rate_limited() {
+        limited.sample(&[("service", &service), ("source_principal", &identity), ("limit", which)], n as f64);
+    }
+    let (asked, failed) = proxy.autoscaler_requests();
+    e.family(
+        "nodemesh_autoscaler_requests_total",
+        Kind::Counter,
+        "Scale-up requests sent to autoscalers, by result.",
+    )
+    .sample(&[("result", "sent")], asked as f64)
+    .sample(&[("result", "failed")], failed as f64);
 }

@@ -6,6 +6,10 @@
 //!
 //! - `tcp_fwmark_accept = 1`: a connection the app accepts takes the mark of the SYN that
 //!   opened it (ours), and so does every packet it sends;
+//! - `fwmark_reflect = 1` (IPv4 and IPv6): the reset the kernel sends when nothing listens on
+//!   the app's port takes the mark of the SYN it answers, so it comes back to our socket too
+//!   and the connect is refused at once (unmarked, it left for the real client, and the
+//!   connect waited out its timeout: a dead app looked like a slow one);
 //! - a rule sending marked packets to table [`TABLE`], whose one route says every address is
 //!   local (`local default dev lo`), so they are delivered back inside the pod, to us.
 //!
@@ -51,6 +55,10 @@ const LOOPBACK_IFINDEX: u32 = 1;
 pub fn install(netns: &Netns, v4: bool, v6: bool) -> io::Result<()> {
     netns.run(|| {
         std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+        std::fs::write("/proc/sys/net/ipv4/fwmark_reflect", "1")?;
+        if v6 {
+            std::fs::write("/proc/sys/net/ipv6/fwmark_reflect", "1")?;
+        }
         let socket = rtnetlink::open()?;
         for (family, wanted) in [(libc::AF_INET as u8, v4), (libc::AF_INET6 as u8, v6)] {
             if wanted {

@@ -80,7 +80,7 @@ mod tests {
         let names = |ns, pod| Names { namespace: ns, pod, service_account: "sa", ..Names::default() };
         d.workload(&["10.0.0.1".parse().expect("ip")], names("shop", "web-1"), []);
         d.workload(&["10.0.0.2".parse().expect("ip")], names("shop", "cart-1"), []);
-        d.service(&["10.96.0.9".parse().expect("ip")], "shop/cart.shop.svc.cluster.local");
+        d.service(crate::services::tests::named("shop/cart.shop.svc.cluster.local", "10.96.0.9"));
         d.build()
     }
 

@@ -14,12 +14,8 @@ use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use super::{
-    Proxy, admission, authorize, classify, connect,
-    context::Accepted,
-    hbone,
-    record::Record,
-    relay::{self, forward},
-    route,
+    Proxy, admission, authorize, classify, context::Accepted, rate_limit, record::Record, route, to_service,
+    upstream,
 };
 use crate::report::flows::Direction;
 
@@ -41,7 +37,7 @@ pub(super) async fn handle(accepted: Accepted, client: TcpStream, proxy: Proxy) 
     .await
 }
 
-async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::Result<()> {
+async fn run(accepted: &Accepted, client: TcpStream, proxy: &Proxy) -> io::Result<()> {
     let state = &proxy.state;
     let original = match accepted.direction {
         Direction::Outbound => {
@@ -52,11 +48,14 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
     let directory = proxy.directory();
     let classified = classify::classify(accepted, original, &directory, |ip| proxy.pod_by_ip(ip));
     tracing::debug!(destination = ?classified.original, protocol = ?classified.protocol, "classified");
+    // A service's address: the service stage picks an endpoint, and retries another.
+    if let Some(service) = to_service::service_of(accepted, &classified, &directory) {
+        return to_service::run(accepted, client, classified, service, directory, proxy).await;
+    }
     // Routed up front (a pure decision) so the flow knows from its start whether it is
     // carried in mutual TLS; a connection with no route is refused after authorization.
     let routed = route::route(accepted, &classified, proxy.route_settings());
-    let mtls_peer =
-        routed.as_ref().ok().and_then(|r| r.tunnel.as_ref()).map(|t| Arc::clone(&t.destination_identity));
+    let mtls_peer = routed.as_ref().ok().and_then(upstream::tunnel_peer);
     let record = Record::open(
         &state.flows,
         accepted,
@@ -81,6 +80,13 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
             return Ok(());
         }
     };
+    let _limited = match rate_limit::check(&state.rate_limits, subject.as_ref(), &classified, &directory) {
+        Ok(open) => open,
+        Err(reason) => {
+            record.deny(reason);
+            return Ok(());
+        }
+    };
     let mut registration = subject.map(|s| state.revocations.register(s));
     if let Err(reason) = recheck_if_changed(registration.is_some(), &directory, &classified, proxy) {
         record.deny(reason);
@@ -95,47 +101,16 @@ async fn run(accepted: &Accepted, mut client: TcpStream, proxy: &Proxy) -> io::R
             return Err(io::Error::new(io::ErrorKind::NotFound, reason));
         }
     };
-
-    if let (Some(tunnel), Some(hbone)) = (&route.tunnel, &state.hbone) {
-        return tunnelled(client, &classified, &route, tunnel, hbone, &record, proxy).await;
-    }
-    let mut upstream = match connect::connect(&route, state.settings.connect_timeout).await {
+    let upstream = match upstream::open(&route, &classified, proxy, state.settings.connect_timeout).await {
         Ok(upstream) => upstream,
-        Err(e) => {
+        Err(failure) => {
             // The app's connect already succeeded (to us); a reset is the closest thing to
             // the refusal or timeout it would have seen directly.
-            record.fail(connect::failure_reason(&e));
-            return Err(e);
+            upstream::failed(&record, &failure);
+            return Err(failure.error);
         }
     };
-    // A crash from here on resets the upstream too (see `forward::reset`).
-    forward::reset(&upstream);
-    record.allow(accepted, &route, &client, &upstream);
-    let relay_settings = state.settings.relay();
-    let relaying = relay::relay(
-        &mut client,
-        &mut upstream,
-        route.splice,
-        &relay_settings,
-        &state.splice_maps,
-        record.counters(),
-        |keys| record.spliced(keys),
-    );
-    let (relayed, result) = tokio::select! {
-        done = relaying => done,
-        reason = revoked(registration.as_mut()) => {
-            // Both sockets close with a reset (linger 0), as a denial at accept would.
-            record.deny(reason);
-            record.finish(relay::Relayed::Copied);
-            return Ok(());
-        }
-    };
-    if result.is_ok() {
-        forward::graceful(&client);
-        forward::graceful(&upstream);
-    }
-    record.finish(relayed);
-    result
+    upstream::relay(accepted, client, upstream, &route, &record, registration.as_mut(), proxy).await
 }
 
 /// Policies published between a connection's check and its registration would not re-check
@@ -160,44 +135,6 @@ pub(super) async fn revoked(registration: Option<&mut super::revoke::Registratio
         Some(r) => r.revoked().await,
         None => std::future::pending().await,
     }
-}
-
-/// The connect and relay stages for a connection carried in HBONE: a CONNECT stream on a
-/// pooled mutual-TLS connection to the destination's node, then the bytes both ways.
-async fn tunnelled(
-    mut client: TcpStream,
-    classified: &super::context::Classified,
-    route: &route::Route,
-    tunnel: &route::Tunnel,
-    hbone: &hbone::Hbone,
-    record: &Record<'_>,
-    proxy: &Proxy,
-) -> io::Result<()> {
-    let Some(authority) = classified.original else { return Ok(()) };
-    let timeout = proxy.state.settings.connect_timeout;
-    let opened =
-        match hbone::client::open(hbone, route, tunnel, authority, classified.source.addr, timeout).await {
-            Ok(opened) => opened,
-            Err(e) => {
-                // Refused by the peer (a 401, a 503): it answered in mutual TLS.
-                if matches!(e, hbone::client::OpenError::Status(_)) {
-                    record.mtls_answered();
-                }
-                record.fail(e.reason());
-                return Err(io::Error::other(e.to_string()));
-            }
-        };
-    record.allow_tunnelled();
-    client.set_nodelay(true)?;
-    let counters = record.counters();
-    let result =
-        hbone::stream::relay(&mut client, opened.send, opened.recv, counters.sent, counters.received).await;
-    drop(opened.claim);
-    if result.is_ok() {
-        forward::graceful(&client);
-    }
-    record.finish(relay::Relayed::Copied);
-    result
 }
 
 /// Loops and caps (see `admission.rs`), the first thing a connection's task does. A refused

@@ -47,6 +47,11 @@ impl<'t> Record<'t> {
         Self { flow, stats }
     }
 
+    /// The live flow, for the stages that add to what it reports.
+    pub fn flow(&self) -> &crate::flows::LiveFlow {
+        self.flow.flow()
+    }
+
     /// Nowhere to send it, or the upstream could not be reached.
     pub fn fail(&self, reason: impl Into<String>) {
         self.stats.failed.fetch_add(1, Relaxed);

@@ -139,6 +139,26 @@ pub struct FlowRecord {
     pub duration_ms: u64,
     pub active: bool,
     pub kernel: KernelView,
+    /// How a connection to a service reached its endpoint (absent for one to a pod address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+}
+
+/// What the route stage did for a connection to a service address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The endpoint the connection went to (or was last tried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SocketAddr>,
+    /// Each failed attempt before it: `<endpoint> <reason>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<String>,
+    /// The fallback service that took it, and why the service itself could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// How long it was held waiting for the service to scale up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
 }
 
 impl FlowRecord {

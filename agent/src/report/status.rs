@@ -36,6 +36,9 @@ pub struct StatusReport {
     /// Each identity's workload certificate (never a key), when the agent has a CA.
     #[serde(default)]
     pub certificates: Vec<CertificateReport>,
+    /// Each service this node's pods connected to: its endpoints' balancing state.
+    #[serde(default)]
+    pub services: Vec<ServiceReport>,
 }
 
 /// One identity's workload certificate, as status, `/config_dump` and metrics show it.
@@ -254,4 +257,38 @@ pub mod programs {
     pub const PROXY_SOCK_OPS: &str = "nm_sock_ops_proxy";
     /// The drop tracer (tp_btf/kfree_skb), node-wide.
     pub const DROP_TRACER: &str = "nm_kfree_skb";
+}
+
+/// A service's balancing state, as status and `/config_dump` show it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceReport {
+    pub service: String,
+    pub endpoints_known: usize,
+    pub active: u32,
+    pub held: u32,
+    pub max_connections: Option<u32>,
+    pub connections: u64,
+    pub retries: u64,
+    pub fallbacks: u64,
+    pub circuit_open: u64,
+    pub no_endpoint: u64,
+    pub held_forwarded: u64,
+    pub held_timed_out: u64,
+    pub held_refused: u64,
+    pub ejections: u64,
+    pub endpoints: Vec<EndpointReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointReport {
+    pub uid: String,
+    pub pod: Option<String>,
+    pub node: Option<String>,
+    pub outstanding: u32,
+    pub ewma_connect_us: u64,
+    pub picks: u64,
+    pub connect_failures: u64,
+    pub consecutive_failures: u32,
+    pub ejections: u64,
+    pub ejected_until_unix_ms: Option<u64>,
 }

@@ -4,6 +4,8 @@
 use std::net::IpAddr;
 
 use nodemesh_conventions::Labels;
+
+use crate::services::{LoadBalancing, Locality};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub struct Workload {
     /// no heap.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// Where it runs, for locality-aware balancing.
+    #[serde(default, skip_serializing_if = "Locality::is_empty")]
+    pub locality: Locality,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +56,8 @@ pub struct Service {
     pub hostname: String,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<PortMap>,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,7 +71,9 @@ async fn stream(shared: &Arc<XdsHandle>, received: &mut bool) -> Result<(), Sess
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
 
     let (tx, rx) = mpsc::channel(16);
-    for (i, type_url) in [type_urls::ADDRESS, type_urls::AUTHORIZATION].into_iter().enumerate() {
+    for (i, type_url) in
+        [type_urls::ADDRESS, type_urls::AUTHORIZATION, type_urls::SERVICE_POLICY].into_iter().enumerate()
+    {
         let initial_resource_versions = shared.state().versions(type_url);
         let request = DeltaDiscoveryRequest {
             node: (i == 0).then(|| node(&shared.settings.node_name)),

@@ -3,7 +3,10 @@
 //! translated (for use). A response is checked whole before any of it is applied: one bad
 //! resource rejects the response and leaves the state as it was.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use nodemesh_conventions::FieldError;
 use nodemesh_proto::{
@@ -17,6 +20,7 @@ pub use crate::report::status::Counts;
 
 use super::translate::{self, Address, Invalid};
 use crate::authz::Authorization;
+use crate::services::{Endpoint, Here, Locality, ServiceInfo, ServicePolicy};
 use crate::{
     claims::{Claim, Claims, Clash},
     directory::{Directory, DirectoryBuilder, Names},
@@ -55,6 +59,8 @@ impl<T> Held<T> {
 pub struct State {
     addresses: BTreeMap<String, Held<Address>>,
     authorizations: BTreeMap<String, Held<Authorization>>,
+    /// By the service's `namespace/hostname`.
+    service_policies: BTreeMap<String, Held<ServicePolicy>>,
     system_versions: BTreeMap<String, String>,
     /// The next arrival number.
     arrivals: u64,
@@ -66,6 +72,7 @@ pub struct Checked {
     system_version: String,
     addresses: Vec<(String, Held<Address>)>,
     authorizations: Vec<(String, Held<Authorization>)>,
+    service_policies: Vec<(String, Held<ServicePolicy>)>,
     removed: Vec<String>,
 }
 
@@ -79,6 +86,7 @@ impl State {
             system_version: response.system_version_info.clone(),
             addresses: Vec::new(),
             authorizations: Vec::new(),
+            service_policies: Vec::new(),
             removed: response.removed_resources.clone(),
         };
         for resource in &response.resources {
@@ -88,6 +96,10 @@ impl State {
                 }
                 type_urls::AUTHORIZATION => {
                     checked.authorizations.push(Held::new(resource, translate::authorization(resource)?))
+                }
+                type_urls::SERVICE_POLICY => {
+                    let (_, policy) = translate::service_policy(resource)?;
+                    checked.service_policies.push(Held::new(resource, policy));
                 }
                 other => {
                     return Err(Invalid {
@@ -101,12 +113,19 @@ impl State {
     }
 
     pub fn apply(&mut self, checked: Checked) {
-        let Checked { type_url, system_version, addresses, authorizations, removed } = checked;
+        let Checked { type_url, system_version, addresses, authorizations, service_policies, removed } =
+            checked;
         for name in &removed {
-            if type_url == type_urls::ADDRESS {
-                self.addresses.remove(name);
-            } else {
-                self.authorizations.remove(name);
+            match type_url.as_str() {
+                type_urls::ADDRESS => {
+                    self.addresses.remove(name);
+                }
+                type_urls::AUTHORIZATION => {
+                    self.authorizations.remove(name);
+                }
+                _ => {
+                    self.service_policies.remove(name);
+                }
             }
         }
         for (name, mut held) in addresses {
@@ -121,6 +140,7 @@ impl State {
             self.addresses.insert(name, held);
         }
         self.authorizations.extend(authorizations);
+        self.service_policies.extend(service_policies);
         self.system_versions.insert(type_url, system_version);
     }
 
@@ -132,6 +152,9 @@ impl State {
             }
             type_urls::AUTHORIZATION => {
                 self.authorizations.iter().map(|(n, h)| (n.clone(), h.version.to_string())).collect()
+            }
+            type_urls::SERVICE_POLICY => {
+                self.service_policies.iter().map(|(n, h)| (n.clone(), h.version.to_string())).collect()
             }
             _ => BTreeMap::new(),
         }
@@ -188,35 +211,67 @@ impl State {
                 })
             })
             .collect();
-        NodeSpec { authoritative: true, pods, directory: std::sync::Arc::new(self.directory()) }
+        NodeSpec { authoritative: true, pods, directory: Arc::new(self.directory(node)) }
     }
 
-    /// Every workload and service held (that holds its claims), by address, and the policies
-    /// that guard them.
-    fn directory(&self) -> Directory {
+    /// Every workload and service held (that holds its claims), by address, with each
+    /// service's endpoints and settings, and the policies that guard them.
+    fn directory(&self, node: &str) -> Directory {
         let mut directory = DirectoryBuilder::default();
-        for (_, held) in self.admitted().0 {
-            match &held.value {
-                Address::Workload(w) => {
-                    let names = Names {
-                        namespace: &w.namespace,
-                        pod: &w.name,
-                        workload: &w.workload_name,
-                        trust_domain: &w.trust_domain,
-                        service_account: &w.service_account,
-                        canonical_service: &w.canonical_name,
-                        canonical_revision: &w.canonical_revision,
-                        policies: &w.authorization_policies,
-                        captured: w.captured,
-                    };
-                    let services = w.services.iter().map(|(name, ports)| {
-                        (name.as_str(), ports.iter().map(|p| (p.service_port, p.target_port)).collect())
-                    });
-                    directory.workload(&w.ips, names, services);
-                }
-                Address::Service(s) => directory.service(&s.vips, &format!("{}/{}", s.namespace, s.hostname)),
+        let admitted = self.admitted().0;
+        let mut endpoints: HashMap<&str, Vec<Endpoint>> = HashMap::new();
+        let mut here = Here { node: directory.intern(node), locality: Locality::default() };
+        for (_, held) in &admitted {
+            let Address::Workload(w) = &held.value else { continue };
+            let names = Names {
+                namespace: &w.namespace,
+                pod: &w.name,
+                workload: &w.workload_name,
+                trust_domain: &w.trust_domain,
+                service_account: &w.service_account,
+                canonical_service: &w.canonical_name,
+                canonical_revision: &w.canonical_revision,
+                policies: &w.authorization_policies,
+                captured: w.captured,
+            };
+            let ports = |list: &[translate::PortMap]| -> Vec<(u16, u16)> {
+                list.iter().map(|p| (p.service_port, p.target_port)).collect()
+            };
+            let services = w.services.iter().map(|(name, list)| (name.as_str(), ports(list)));
+            let workload = directory.workload(&w.ips, names, services);
+            if w.node == node && here.locality.is_empty() {
+                here.locality = w.locality.clone();
+            }
+            let workload_node = directory.intern(&w.node);
+            let uid = directory.intern(&w.uid);
+            for (name, list) in &w.services {
+                endpoints.entry(name.as_str()).or_default().push(Endpoint {
+                    uid: Arc::clone(&uid),
+                    ips: w.ips.clone(),
+                    ports: ports(list),
+                    workload: Arc::clone(&workload),
+                    node: Arc::clone(&workload_node),
+                    locality: w.locality.clone(),
+                    healthy: w.healthy,
+                });
             }
         }
+        for (_, held) in &admitted {
+            let Address::Service(s) = &held.value else { continue };
+            let name = format!("{}/{}", s.namespace, s.hostname);
+            let policy =
+                self.service_policies.get(&name).map(|h| Arc::new(h.value.clone())).unwrap_or_default();
+            let interned = directory.intern(&name);
+            directory.service(ServiceInfo {
+                endpoints: endpoints.remove(name.as_str()).unwrap_or_default(),
+                name: interned,
+                vips: s.vips.clone(),
+                ports: s.ports.iter().map(|p| (p.service_port, p.target_port)).collect(),
+                load_balancing: s.load_balancing.clone(),
+                policy,
+            });
+        }
+        directory.here(here);
         for held in self.authorizations.values() {
             directory.policy(held.value.clone());
         }
@@ -255,10 +310,13 @@ impl State {
             self.addresses.iter().map(|(n, h)| (n, &h.value)).collect();
         let authorizations: BTreeMap<&String, &Authorization> =
             self.authorizations.iter().map(|(n, h)| (n, &h.value)).collect();
+        let service_policies: BTreeMap<&String, &ServicePolicy> =
+            self.service_policies.iter().map(|(n, h)| (n, &h.value)).collect();
         serde_json::json!({
             "system_versions": self.system_versions,
             "addresses": addresses,
             "authorizations": authorizations,
+            "service_policies": service_policies,
         })
     }
 
@@ -271,6 +329,13 @@ impl State {
             (
                 type_urls::AUTHORIZATION,
                 self.authorizations.iter().map(|(n, h)| h.to_resource(n, type_urls::AUTHORIZATION)).collect(),
+            ),
+            (
+                type_urls::SERVICE_POLICY,
+                self.service_policies
+                    .iter()
+                    .map(|(n, h)| h.to_resource(n, type_urls::SERVICE_POLICY))
+                    .collect(),
             ),
         ]
         .into_iter()

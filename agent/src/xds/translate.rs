@@ -6,6 +6,9 @@
 use std::net::IpAddr;
 
 mod extensions;
+mod services;
+
+pub use services::service_policy;
 
 pub use super::resources::{Address, PortMap, Service, Workload};
 use crate::authz::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
@@ -142,10 +145,11 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         authorization_policies,
         status,
         extensions: workload_extensions,
+        locality,
         // Ignored until the features that use them land: a workload's own name in DNS,
         // network and gateway (multi-network), waypoints (L7 in ambient), workload type,
-        // tunnels the app speaks itself, cluster, locality (the routing issue), host network
-        // (such pods are never enrolled), capacity (weighted balancing).
+        // tunnels the app speaks itself, cluster, host network (such pods are never
+        // enrolled), capacity (weighted balancing).
         hostname: _,
         network: _,
         waypoint: _,
@@ -154,7 +158,6 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         native_tunnel: _,
         application_tunnel: _,
         cluster_id: _,
-        locality: _,
         network_mode: _,
         capacity: _,
     } = w;
@@ -202,6 +205,7 @@ fn workload(ctx: &Ctx<'_>, w: wl::Workload) -> Result<Workload, Invalid> {
         authorization_policies,
         healthy: status != wl::WorkloadStatus::Unhealthy as i32,
         labels,
+        locality: services::locality(ctx, locality)?,
         uid,
     })
 }
@@ -223,13 +227,13 @@ fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
         hostname,
         addresses,
         ports: service_ports,
-        // Ignored until the features that use them land: SANs and waypoints (the identity
-        // and L7 issues), load balancing and IP families (the routing issue), extensions
-        // (none defined for services), canonical, waypoint use and visibility (multi-cluster
-        // and ambient gateways).
+        load_balancing,
+        // Ignored: SANs (an endpoint's own identity is what HBONE checks), waypoints (L7 in
+        // ambient), IP families (the addresses say), extensions (none defined for
+        // services), canonical, waypoint use and visibility (multi-cluster and ambient
+        // gateways).
         subject_alt_names: _,
         waypoint: _,
-        load_balancing: _,
         ip_families: _,
         extensions: _,
         canonical: _,
@@ -255,6 +259,7 @@ fn service(ctx: &Ctx<'_>, s: wl::Service) -> Result<Service, Invalid> {
         hostname: ctx.nonempty("service.hostname", &hostname)?,
         vips,
         ports: ports(ctx, "service.ports", &service_ports)?,
+        load_balancing: services::load_balancing(ctx, load_balancing)?,
     })
 }
 

@@ -198,3 +198,41 @@ fn pod_and_service_addresses_must_be_unicast() {
     }
     pod_with("", "status: {podIP: \"::ffff:10.0.0.1\"}").expect("IPv4-mapped unicast");
 }
+
+#[test]
+fn nodes_and_the_service_fields_of_load_balancing() {
+    let node = parse(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: eu-1a}}\n\
+         spec: {podCIDR: 10.244.1.0/24}\nstatus: {nodeInfo: {osImage: x}}\n",
+    )
+    .expect("valid")
+    .expect("object");
+    assert_eq!(node.key().to_string(), "Node n1", "cluster-scoped");
+    let service = parse(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\n\
+         spec: {trafficDistribution: PreferSameNode, internalTrafficPolicy: Local, publishNotReadyAddresses: true}\n",
+    )
+    .expect("valid")
+    .expect("object");
+    let Object::Service(service) = service else { panic!("not a service") };
+    assert_eq!(service.spec.traffic_distribution.as_deref(), Some("PreferSameNode"));
+    assert_eq!(service.spec.internal_traffic_policy.as_deref(), Some("Local"));
+    assert!(service.spec.publish_not_ready_addresses);
+
+    let e =
+        parse("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {internalTrafficPolicy: local}\n")
+            .expect_err("case");
+    assert_eq!(e.field, "spec.internalTrafficPolicy");
+    // Kubernetes leaves other distributions to the implementation: accepted, and no preference.
+    assert!(
+        parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {trafficDistribution: example.com/x}\n"
+        )
+        .is_ok()
+    );
+    let e = parse(
+        "apiVersion: networking.istio.io/v2\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a}\n",
+    )
+    .expect_err("version");
+    assert_eq!(e.field, "apiVersion");
+}

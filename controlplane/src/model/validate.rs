@@ -8,13 +8,13 @@ use nodemesh_conventions::{MAX_MESH_LABELS, MESH_LABEL_PREFIX};
 
 use super::{
     AuthorizationPolicy, FieldError, Labels, MutualTls, Object, ObjectMeta, PeerAuthentication, Pod, Service,
-    TargetPort, err, parse_cidr, rules,
+    TargetPort, destination_rule, err, parse_cidr, rules, traffic_policy,
 };
 
 /// A principal is `<trust domain>/ns/<namespace>/sa/<service account>`: at most
 /// 253 + 4 + 63 + 4 + 253 = 577 bytes, a little more with `spiffe://` or a wildcard. Anything
 /// longer is not a principal, and would only make every Authorization resource heavier.
-const MAX_PRINCIPAL: usize = 640;
+pub(super) const MAX_PRINCIPAL: usize = 640;
 /// A namespace name (an RFC 1123 label, at most 63) and a wildcard.
 const MAX_NAMESPACE_MATCH: usize = 64;
 /// Kubernetes caps an object's annotations, keys and values together, at 256 KiB.
@@ -86,11 +86,14 @@ pub fn validate(object: &mut Object) -> Result<(), FieldError> {
     let name_rule = match object {
         Object::Namespace(_) => rules::dns_label,
         Object::Service(_) => rules::dns1035_label,
-        Object::Pod(_) | Object::AuthorizationPolicy(_) | Object::PeerAuthentication(_) => {
-            rules::dns_subdomain
-        }
+        Object::Node(_)
+        | Object::Pod(_)
+        | Object::AuthorizationPolicy(_)
+        | Object::PeerAuthentication(_)
+        | Object::DestinationRule(_)
+        | Object::TrafficPolicy(_) => rules::dns_subdomain,
     };
-    let namespaced = !matches!(object, Object::Namespace(_));
+    let namespaced = object.namespaced();
     let meta = object.meta_mut();
     check("metadata.name", name_rule(&meta.name))?;
     if namespaced {
@@ -99,11 +102,13 @@ pub fn validate(object: &mut Object) -> Result<(), FieldError> {
     }
     validate_meta(meta)?;
     match object {
-        Object::Namespace(_) => Ok(()),
+        Object::Namespace(_) | Object::Node(_) => Ok(()),
         Object::Pod(pod) => validate_pod(pod),
         Object::Service(svc) => validate_service(svc),
         Object::AuthorizationPolicy(policy) => validate_policy(policy),
         Object::PeerAuthentication(pa) => validate_peer_authentication(pa),
+        Object::DestinationRule(rule) => destination_rule::validate(rule),
+        Object::TrafficPolicy(policy) => traffic_policy::validate(policy),
     }
 }
 
@@ -241,6 +246,12 @@ fn validate_service(svc: &Service) -> Result<(), FieldError> {
     if let Some(selector) = &svc.spec.selector {
         labels("spec.selector", selector)?;
     }
+    if let Some(policy) = &svc.spec.internal_traffic_policy
+        && policy != "Cluster"
+        && policy != "Local"
+    {
+        return Err(err("spec.internalTrafficPolicy", format!("{policy:?} is not one of Cluster, Local")));
+    }
     for (i, port) in svc.spec.ports.iter().enumerate() {
         let at = format!("spec.ports[{i}]");
         if port.port == 0 {
@@ -331,7 +342,7 @@ fn validate_policy(policy: &AuthorizationPolicy) -> Result<(), FieldError> {
 
 /// Principal and namespace matches: non-empty, bounded, printable, and `*` only as a whole
 /// match, a prefix or a suffix (Istio's syntax; `a*b` would silently match nothing).
-fn strings(field: &str, list: &[String], max: usize) -> Result<(), FieldError> {
+pub(super) fn strings(field: &str, list: &[String], max: usize) -> Result<(), FieldError> {
     for (i, s) in list.iter().enumerate() {
         let at = || format!("{field}[{i}]");
         if s.is_empty() {

@@ -1,11 +1,14 @@
 //! Who holds what, since when: every object's identities (its key; a pod's UID and addresses;
-//! a service's cluster IPs), each dated by the scan that first read the object holding it,
-//! and clashes resolved in favour of whoever arrived first, whatever the files are called.
+//! a service's cluster IPs; the service a DestinationRule or TrafficPolicy is for), each dated
+//! by the scan that first read the object holding it, and clashes resolved in favour of
+//! whoever arrived first, whatever the files are called.
 //!
 //! A newcomer never takes anything from an incumbent: a second definition of an object, a
-//! second pod with an address or UID already held, or a service VIP that is a pod's address
-//! (in either order) is refused whole (no workload, no service), reported with both objects,
-//! and the incumbent serves on unchanged. When the incumbent goes, the newcomer is served.
+//! second pod with an address or UID already held, a service VIP that is a pod's address (in
+//! either order), or a second DestinationRule (or TrafficPolicy) for one service is refused
+//! whole (no workload, no service, no policy), reported with both objects, and the incumbent
+//! serves on unchanged. When the incumbent goes, the newcomer is served. (Of two rules for a
+//! service Istio keeps the oldest; arrival is the nearest the files have to creation times.)
 
 use std::{collections::HashMap, net::IpAddr, path::Path};
 
@@ -18,6 +21,11 @@ pub enum Identity {
     PodUid(String),
     /// Canonical: IPv4-mapped IPv6 addresses as IPv4.
     Address(IpAddr),
+    /// The service (hostname) a policy of this kind is for.
+    PolicyTarget {
+        kind: &'static str,
+        service: String,
+    },
 }
 
 /// An identity an object holds, the field that gives it, and since which scan.
@@ -41,8 +49,14 @@ impl Held {
     /// `object`, read in scan `generation`. Its claims date from `earlier` (the same object
     /// as held before this scan, in this file or in one it left) where it made them already,
     /// so editing an object, or moving it to another file, keeps its place.
-    pub fn new(object: Object, document: usize, earlier: Option<&Held>, generation: u64) -> Self {
-        let claims = identities(&object)
+    pub fn new(
+        object: Object,
+        document: usize,
+        earlier: Option<&Held>,
+        domain_suffix: &str,
+        generation: u64,
+    ) -> Self {
+        let claims = identities(&object, domain_suffix)
             .into_iter()
             .map(|(identity, field)| {
                 let since = earlier
@@ -62,7 +76,7 @@ impl Held {
     }
 }
 
-fn identities(object: &Object) -> Vec<(Identity, String)> {
+fn identities(object: &Object, domain_suffix: &str) -> Vec<(Identity, String)> {
     let mut out = vec![(Identity::Key(object.key()), "metadata.name".to_owned())];
     let mut address = |ip: &str, field: String| {
         if let Ok(ip) = ip.parse::<IpAddr>() {
@@ -92,7 +106,18 @@ fn identities(object: &Object) -> Vec<(Identity, String)> {
                 address(ip, format!("spec.clusterIPs[{i}]"));
             }
         }
-        Object::Namespace(_) | Object::AuthorizationPolicy(_) | Object::PeerAuthentication(_) => {}
+        Object::DestinationRule(rule) => {
+            let service = rule.service_hostname(domain_suffix);
+            out.push((Identity::PolicyTarget { kind: "DestinationRule", service }, "spec.host".into()));
+        }
+        Object::TrafficPolicy(policy) => {
+            let service = policy.service_hostname(domain_suffix);
+            out.push((Identity::PolicyTarget { kind: "TrafficPolicy", service }, "spec.targetRef".into()));
+        }
+        Object::Namespace(_)
+        | Object::Node(_)
+        | Object::AuthorizationPolicy(_)
+        | Object::PeerAuthentication(_) => {}
     }
     out
 }
@@ -127,6 +152,7 @@ enum Layer {
     Key,
     Uid,
     Address,
+    PolicyTarget,
 }
 
 fn layer(identity: &Identity) -> Layer {
@@ -134,6 +160,7 @@ fn layer(identity: &Identity) -> Layer {
         Identity::Key(_) => Layer::Key,
         Identity::PodUid(_) => Layer::Uid,
         Identity::Address(_) => Layer::Address,
+        Identity::PolicyTarget { .. } => Layer::PolicyTarget,
     }
 }
 
@@ -144,7 +171,7 @@ pub fn resolve<'a>(files: impl Iterator<Item = (&'a Path, &'a [Held])>) -> (Inpu
     let mut refused: Vec<Option<InputError>> = vec![None; all.len()];
     // Layer by layer: a second definition never competes for addresses, and a pod refused
     // for its UID does not hold its addresses against others.
-    for current in [Layer::Key, Layer::Uid, Layer::Address] {
+    for current in [Layer::Key, Layer::Uid, Layer::Address, Layer::PolicyTarget] {
         let mut first: HashMap<&Identity, (usize, &Claim)> = HashMap::new();
         for (i, c) in all.iter().enumerate().filter(|(i, _)| refused[*i].is_none()) {
             for claim in c.held.claims.iter().filter(|cl| layer(&cl.identity) == current) {
@@ -179,10 +206,15 @@ pub fn resolve<'a>(files: impl Iterator<Item = (&'a Path, &'a [Held])>) -> (Inpu
             Object::Namespace(ns) => {
                 inputs.namespaces.insert(ns.metadata.name.clone(), ns);
             }
+            Object::Node(node) => {
+                inputs.nodes.insert(node.metadata.name.clone(), node);
+            }
             Object::Pod(pod) => inputs.pods.push(pod),
             Object::Service(svc) => inputs.services.push(svc),
             Object::AuthorizationPolicy(p) => inputs.policies.push(p),
             Object::PeerAuthentication(p) => inputs.peer_authentications.push(p),
+            Object::DestinationRule(r) => inputs.destination_rules.push(r),
+            Object::TrafficPolicy(p) => inputs.traffic_policies.push(p),
         }
     }
     (inputs, errors)
@@ -200,6 +232,7 @@ fn refusal(newcomer: &Candidate, claim: &Claim, incumbent: &Candidate) -> InputE
         Identity::Key(_) => format!("{key} is already defined by {holder}, which came first"),
         Identity::PodUid(uid) => format!("UID {uid} is already {holder}'s, which came first"),
         Identity::Address(ip) => format!("{ip} is already the address of {holder}, which came first"),
+        Identity::PolicyTarget { service, .. } => format!("{service} already has {holder}, which came first"),
     };
     InputError {
         file: newcomer.file.display().to_string(),

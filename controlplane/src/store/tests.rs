@@ -417,3 +417,71 @@ fn a_fix_with_the_same_size_and_mtime_is_still_read() {
     assert!(d.scan().changed);
     assert_eq!(d.errors(), []);
 }
+
+fn rule(name: &str, host: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{host: {host}, trafficPolicy: {policy}}}\n"
+    )
+}
+
+#[test]
+fn a_second_rule_or_policy_for_a_service_is_refused_until_the_first_goes() {
+    let mut d = Dir::new();
+    d.write("z.yaml", &rule("first", "cart", "{loadBalancer: {simple: RANDOM}}"));
+    d.scan();
+    // Another form of the same host, in a file that sorts first: still second.
+    d.write(
+        "a.yaml",
+        &rule("second", "cart.shop.svc.cluster.local", "{loadBalancer: {simple: ROUND_ROBIN}}"),
+    );
+    d.scan();
+    let names = |inputs: &Inputs| -> Vec<String> {
+        inputs.destination_rules.iter().map(|r| r.metadata.name.clone()).collect()
+    };
+    assert_eq!(names(&d.store.inputs()), ["first"]);
+    let e = refused(&d.store.errors(), "a.yaml", "spec.host");
+    assert!(
+        e.error.message.contains("cart.shop.svc.cluster.local already has DestinationRule shop/first (")
+            && e.error.message.contains("this DestinationRule is refused"),
+        "{e}"
+    );
+    d.remove("z.yaml");
+    d.scan();
+    assert_eq!(names(&d.store.inputs()), ["second"]);
+    assert_eq!(d.store.errors(), []);
+
+    let policy = |name: &str| {
+        format!(
+            "apiVersion: nodemesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{targetRef: {{kind: Service, name: cart}}, rateLimits: [{{maxConcurrent: 1}}]}}\n"
+        )
+    };
+    d.write("p.yaml", &format!("{}---\n{}", policy("one"), policy("two")));
+    d.scan();
+    assert_eq!(d.store.inputs().traffic_policies.len(), 1);
+    assert_eq!(refused(&d.store.errors(), "p.yaml", "spec.targetRef").document, 2);
+}
+
+#[test]
+fn a_bad_rule_keeps_the_last_good_one_serving() {
+    let mut d = Dir::new();
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: a}}\n";
+    d.write(
+        "rules.yaml",
+        &format!("{}---\n{node}", rule("cart", "cart", "{loadBalancer: {simple: RANDOM}}")),
+    );
+    d.scan();
+    let good = d.store.inputs();
+    assert_eq!((good.destination_rules.len(), good.nodes.len()), (1, 1));
+    d.write("rules.yaml", &rule("cart", "cart", "{tls: {mode: ISTIO_MUTUAL}}"));
+    d.scan();
+    let e = refused(&d.errors(), "rules.yaml", "spec.trafficPolicy.tls");
+    assert!(e.error.message.contains("Nodemesh does not support this at L4"), "{e}");
+    let inputs = d.store.inputs();
+    assert!(
+        Arc::ptr_eq(&inputs.destination_rules[0], &good.destination_rules[0]),
+        "the last good rule serves"
+    );
+    assert!(Arc::ptr_eq(&inputs.nodes["n1"], &good.nodes["n1"]), "and the file's node");
+}

@@ -1,7 +1,8 @@
 //! The encoding of the inputs into the resources agents are sent: each pod a Workload, each
 //! Service a Service, each AuthorizationPolicy an Authorization, in Istio's workload API and
-//! named as istiod names them. The mirror of the agent's `xds/translate.rs`, which decodes
-//! them; which agent gets what is the world's business ([`super`]).
+//! named as istiod names them (ServicePolicies are [`super::service_policy`]'s). The mirror
+//! of the agent's `xds/translate.rs`, which decodes them; which agent gets what is the
+//! world's business ([`super`]).
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -14,7 +15,7 @@ use nodemesh_proto::{
     type_urls,
 };
 
-use super::MeshSettings;
+use super::{MeshSettings, topology};
 use crate::model::{AuthorizationPolicy, Pod, Service, TargetPort, parse_cidr};
 
 /// An Address resource's body.
@@ -97,6 +98,7 @@ pub fn service(svc: &Service, mesh: &MeshSettings) -> Any {
         // A named target port differs per pod, so the service itself carries 0 for it.
         ports: service_ports(svc, |_| None),
         ip_families: ip_families as i32,
+        load_balancing: topology::load_balancing(svc),
         ..Default::default()
     };
     address_any(wl::address::Type::Service(service))
@@ -135,15 +137,19 @@ fn service_ports(svc: &Service, named: impl Fn(&str) -> Option<u16>) -> Vec<wl::
 }
 
 /// A pod's Address resource body: `captured` says whether it is in the mesh, `backing` the
-/// services selecting it, `policies` the selector policies that apply to it.
+/// services selecting it, `policies` the selector policies that apply to it, `locality`
+/// where it runs ([`topology::locality`]).
 pub fn workload(
     pod: &Pod,
     captured: bool,
     backing: &[&Service],
     policies: Vec<String>,
+    locality: Option<wl::Locality>,
     mesh: &MeshSettings,
 ) -> Any {
-    address_any(wl::address::Type::Workload(workload_proto(pod, captured, backing, policies, mesh)))
+    let mut workload = workload_proto(pod, captured, backing, policies, mesh);
+    workload.locality = locality;
+    address_any(wl::address::Type::Workload(workload))
 }
 
 fn workload_proto(

@@ -4,7 +4,7 @@ use nodemesh_conventions::{INTERCEPT_LABEL, POD_UID_EXTENSION};
 use nodemesh_proto::{istio::workload as wl, prost::Message as _};
 
 use super::*;
-use crate::model::{ObjectMeta, PodSpec, PodStatus};
+use crate::model::{Object, ObjectMeta, PodSpec, PodStatus, parse_document};
 
 pub(super) fn pod(name: &str, ns: &str, node: &str, labels: &[(&str, &str)]) -> Arc<Pod> {
     Arc::new(Pod {
@@ -18,6 +18,27 @@ pub(super) fn pod(name: &str, ns: &str, node: &str, labels: &[(&str, &str)]) -> 
         spec: PodSpec { node_name: Some(node.into()), ..Default::default() },
         status: PodStatus { pod_ip: Some("10.0.0.1".into()), ..Default::default() },
     })
+}
+
+/// Inputs from YAML documents, each checked as the store checks it (clashes aside).
+pub(super) fn inputs_from(yaml: &str) -> Inputs {
+    use serde::Deserialize as _;
+    let mut inputs = Inputs::default();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(document).expect("yaml");
+        let Some(object) = parse_document(value).expect("valid") else { continue };
+        match object {
+            Object::Namespace(o) => drop(inputs.namespaces.insert(o.metadata.name.clone(), o)),
+            Object::Node(o) => drop(inputs.nodes.insert(o.metadata.name.clone(), o)),
+            Object::Pod(o) => inputs.pods.push(o),
+            Object::Service(o) => inputs.services.push(o),
+            Object::AuthorizationPolicy(o) => inputs.policies.push(o),
+            Object::PeerAuthentication(o) => inputs.peer_authentications.push(o),
+            Object::DestinationRule(o) => inputs.destination_rules.push(o),
+            Object::TrafficPolicy(o) => inputs.traffic_policies.push(o),
+        }
+    }
+    inputs
 }
 
 fn decode(entry: &Entry) -> wl::Workload {
@@ -90,6 +111,7 @@ fn a_workload_behind_many_services_keeps_its_version_across_builds() {
                     protocol: None,
                     app_protocol: None,
                 }],
+                ..Default::default()
             },
         };
         inputs.services.push(Arc::new(svc));
@@ -146,4 +168,75 @@ fn a_rebuild_reuses_what_did_not_change_and_redoes_what_did() {
     let delta = fourth.delta.as_ref().expect("delta");
     assert_eq!(delta.addresses.iter().map(|n| &**n).collect::<Vec<_>>(), ["Kubernetes//Pod/other/c"]);
     assert!(delta.nodes.contains("n2"), "n2 hosts nothing any more");
+}
+
+#[test]
+fn a_node_label_change_re_encodes_the_pods_on_it_alone() {
+    let node = |name: &str, zone: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: {zone}}}\n"
+        )
+    };
+    let mut inputs = inputs_from(&format!("{}---\n{}", node("n1", "eu-1a"), node("n2", "eu-1b")));
+    inputs.pods.push(pod("a", "shop", "n1", &[]));
+    inputs.pods.push(pod("b", "shop", "n2", &[]));
+    inputs.pods.push(pod("c", "shop", "n3", &[]));
+    let mesh = MeshSettings::default();
+    let first = World::build(&inputs, &mesh, 1, None);
+    let (a, b, c) = ("Kubernetes//Pod/shop/a", "Kubernetes//Pod/shop/b", "Kubernetes//Pod/shop/c");
+    let zone = |world: &World, name: &str| decode(&world.addresses[name]).locality.map(|l| l.zone);
+    assert_eq!(zone(&first, a).as_deref(), Some("eu-1a"));
+    assert_eq!(zone(&first, c), None, "n3 is not known");
+
+    // n1 moves zone; n2 is read again unchanged (a new object with the same labels).
+    let moved = inputs_from(&format!("{}---\n{}", node("n1", "eu-1c"), node("n2", "eu-1b")));
+    inputs.nodes = moved.nodes;
+    let second = World::build(&inputs, &mesh, 2, Some(&first));
+    assert_eq!(second.delta.as_ref().map(|d| d.addresses.clone()), Some(vec![Arc::from(a)]));
+    assert_eq!(zone(&second, a).as_deref(), Some("eu-1c"));
+    assert!(Arc::ptr_eq(&first.addresses[b], &second.addresses[b]), "b's node kept its locality: reused");
+}
+
+#[test]
+fn a_destination_rule_change_re_sends_only_its_service_policy() {
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{clusterIP: 10.96.0.{}, ports: [{{port: 80}}]}}\n---\n",
+            name.len()
+        )
+    };
+    let rule = |name: &str, max: u32| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec: {{host: {name}, trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {max}}}}}}}}}\n---\n"
+        )
+    };
+    let yaml = |cart_max: u32, web: bool| {
+        let web = if web { rule("web", 5) } else { String::new() };
+        format!("{}{}{}{web}", service("cart"), service("web"), rule("cart", cart_max))
+    };
+    let mesh = MeshSettings::default();
+    let first = World::build(&inputs_from(&yaml(10, true)), &mesh, 1, None);
+    let names = |m: &BTreeMap<Arc<str>, Arc<Entry>>| m.keys().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&first.service_policies),
+        ["shop/cart.shop.svc.cluster.local", "shop/web.shop.svc.cluster.local"]
+    );
+    let entry = &first.service_policies["shop/cart.shop.svc.cluster.local"];
+    assert_eq!(
+        (entry.body.type_url.as_str(), &entry.audience),
+        (type_urls::SERVICE_POLICY, &Audience::Everyone)
+    );
+    assert_eq!(first.resources(type_urls::SERVICE_POLICY).map(BTreeMap::len), Some(2));
+
+    let second = World::build(&inputs_from(&yaml(20, true)), &mesh, 2, Some(&first));
+    let delta = second.delta.as_ref().expect("delta");
+    assert_eq!(delta.names(type_urls::SERVICE_POLICY), [Arc::from("shop/cart.shop.svc.cluster.local")]);
+    assert!(delta.addresses.is_empty(), "the services themselves did not change");
+
+    // web's rule goes: its policy is named as removed.
+    let third = World::build(&inputs_from(&yaml(20, false)), &mesh, 3, Some(&second));
+    let delta = third.delta.as_ref().expect("delta");
+    assert_eq!(delta.service_policies, [Arc::from("shop/web.shop.svc.cluster.local")]);
+    assert!(!third.service_policies.contains_key("shop/web.shop.svc.cluster.local"));
 }

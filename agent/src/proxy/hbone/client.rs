@@ -34,6 +34,9 @@ pub struct Opened {
     pub send: SendStream<Bytes>,
     pub recv: RecvStream,
     pub claim: StreamClaim,
+    /// How long the CONNECT took to be answered: the endpoint's connect latency as seen
+    /// through its node (the pooled connection's handshake, a one-off, is not in it).
+    pub exchange: Duration,
 }
 
 /// Why no stream was opened: the flow's reason.
@@ -101,8 +104,9 @@ pub async fn open(
         }
         Ok((send, response.into_body()))
     };
+    let started = std::time::Instant::now();
     let (send, recv) = tokio::time::timeout(timeout, exchange).await.map_err(|_| OpenError::Timeout)??;
-    Ok(Opened { send, recv, claim })
+    Ok(Opened { send, recv, claim, exchange: started.elapsed() })
 }
 
 /// A new pooled connection: TCP from the source pod, TLS as the source identity, HTTP/2.

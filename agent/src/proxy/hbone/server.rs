@@ -25,6 +25,7 @@ use crate::{
         PodRuntime, Proxy, authorize, classify, connect,
         connection::{NodeActive, recheck_if_changed, revoked},
         context::{Accepted, Authenticated},
+        rate_limit,
         record::Record,
         relay::{Relayed, forward},
         route,
@@ -146,6 +147,14 @@ async fn stream_task(
             return reply(&mut respond, StatusCode::UNAUTHORIZED);
         }
     };
+    let _limited =
+        match rate_limit::check(&proxy.state.rate_limits, subject.as_ref(), &classified, &directory) {
+            Ok(open) => open,
+            Err(reason) => {
+                record.deny(reason);
+                return reply(&mut respond, StatusCode::TOO_MANY_REQUESTS);
+            }
+        };
     let mut registration = subject.map(|s| proxy.state.revocations.register(s));
     if let Err(reason) = recheck_if_changed(registration.is_some(), &directory, &classified, proxy) {
         record.deny(reason);

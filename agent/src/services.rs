@@ -1,0 +1,197 @@
+//! The mesh's services as the proxy routes to them: addresses, ports, the endpoints behind
+//! them with where they run, and how to balance over them (the workload API's
+//! `LoadBalancing`, and Nodemesh's `ServicePolicy` for what that cannot carry). Built whole
+//! with the directory from the control plane's state; a leaf beside `workload`: it imports
+//! nothing of the agent's but the workload's names.
+
+pub mod policy;
+
+use std::{net::IpAddr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+pub use policy::{Algorithm, OutlierDetection, RateLimit, ScaleFromZero, ServicePolicy};
+
+use crate::workload::WorkloadRef;
+
+/// Where a workload runs, as topology labels name it (an empty part is unknown).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+}
+
+/// A locality scope of a routing preference, as the workload API lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    /// One cluster and one network are all there is here: always the same.
+    Cluster,
+    Network,
+}
+
+/// What to do when no endpoint matches the whole routing preference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalityMode {
+    /// Prefer the endpoints that match the most scopes, in order; fall back to the next
+    /// tier when a tier has no healthy endpoint.
+    #[default]
+    Failover,
+    /// Only endpoints that match every scope; none healthy means no endpoint.
+    Strict,
+    /// No balancing: the connection goes to the address the app dialled (a service whose
+    /// address is a load balancer of its own).
+    Passthrough,
+}
+
+/// The workload API's `LoadBalancing` of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancing {
+    /// Scopes in order of importance; empty: no locality preference.
+    pub routing_preference: Vec<Scope>,
+    pub mode: LocalityMode,
+    /// Endpoints that are not healthy count too (`publishNotReadyAddresses`).
+    pub allow_unhealthy: bool,
+}
+
+/// One workload behind a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The workload's uid: what its balancing state is kept under.
+    pub uid: Arc<str>,
+    pub ips: Vec<IpAddr>,
+    /// (service port, target port) for this workload; target 0: the service's named target
+    /// port that this workload does not have.
+    pub ports: Vec<(u16, u16)>,
+    pub workload: Arc<WorkloadRef>,
+    pub node: Arc<str>,
+    pub locality: Locality,
+    pub healthy: bool,
+}
+
+impl Endpoint {
+    /// The workload's port for `service_port`, when it serves it.
+    pub fn target_port(&self, service_port: u16, declared: u16) -> Option<u16> {
+        match self.ports.iter().find(|(sp, _)| *sp == service_port) {
+            Some((_, 0)) => None,
+            Some((_, target)) => Some(*target),
+            // Listed without this port (an older control plane): the service's own target.
+            None => (declared != 0).then_some(declared),
+        }
+    }
+
+    /// The address of the family `v4` asks for, when the workload has one.
+    pub fn ip(&self, v4: bool) -> Option<IpAddr> {
+        self.ips.iter().find(|ip| ip.is_ipv4() == v4).copied()
+    }
+}
+
+/// A service, its endpoints and how to balance over them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// `namespace/hostname`.
+    pub name: Arc<str>,
+    pub vips: Vec<IpAddr>,
+    /// (service port, target port); target 0: named, resolved per endpoint.
+    pub ports: Vec<(u16, u16)>,
+    pub load_balancing: LoadBalancing,
+    pub policy: Arc<ServicePolicy>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServiceInfo {
+    /// The declared target port of `service_port`, when the service has that port.
+    pub fn port(&self, service_port: u16) -> Option<u16> {
+        self.ports.iter().find(|(sp, _)| *sp == service_port).map(|(_, target)| *target)
+    }
+}
+
+/// Where this node is: what the routing preference compares endpoints against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Here {
+    pub node: Arc<str>,
+    pub locality: Locality,
+}
+
+impl Here {
+    /// How many of `preference`'s scopes, in order, `endpoint` shares with this node: the
+    /// endpoint's tier (ztunnel's rank).
+    pub fn rank(&self, preference: &[Scope], endpoint: &Endpoint) -> usize {
+        preference
+            .iter()
+            .take_while(|scope| match scope {
+                Scope::Region => self.locality.region == endpoint.locality.region,
+                Scope::Zone => self.locality.zone == endpoint.locality.zone,
+                Scope::Subzone => self.locality.subzone == endpoint.locality.subzone,
+                Scope::Node => self.node == endpoint.node,
+                Scope::Cluster | Scope::Network => true,
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::workload::Names;
+
+    /// A service with one port (80 → 8080) and no endpoints.
+    pub(crate) fn named(name: &str, vip: &str) -> ServiceInfo {
+        ServiceInfo {
+            name: name.into(),
+            vips: vec![vip.parse().expect("ip")],
+            ports: vec![(80, 8080)],
+            load_balancing: LoadBalancing::default(),
+            policy: Arc::default(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn endpoint(node: &str, zone: &str) -> Endpoint {
+        Endpoint {
+            uid: node.into(),
+            ips: vec![IpAddr::from([10, 0, 0, 1])],
+            ports: vec![(80, 8080), (81, 0)],
+            workload: Arc::new(WorkloadRef::new(Names { namespace: "shop", pod: "p", ..Default::default() })),
+            node: node.into(),
+            locality: Locality { region: "r".into(), zone: zone.into(), subzone: String::new() },
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn rank_counts_the_scopes_shared_in_order() {
+        let here = Here {
+            node: "n1".into(),
+            locality: Locality { region: "r".into(), zone: "a".into(), subzone: String::new() },
+        };
+        let close = [Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone, Scope::Node];
+        assert_eq!(here.rank(&close, &endpoint("n1", "a")), 5);
+        assert_eq!(here.rank(&close, &endpoint("n2", "a")), 4);
+        assert_eq!(here.rank(&close, &endpoint("n3", "b")), 2);
+        // The order matters: a node match does not count past a zone mismatch.
+        assert_eq!(here.rank(&[Scope::Zone, Scope::Node], &endpoint("n1", "b")), 0);
+    }
+
+    #[test]
+    fn target_ports_resolve_per_endpoint() {
+        let e = endpoint("n1", "a");
+        assert_eq!(e.target_port(80, 8080), Some(8080));
+        // A named target port this workload does not have.
+        assert_eq!(e.target_port(81, 0), None);
+        assert_eq!(e.target_port(82, 9000), Some(9000));
+        assert_eq!(e.target_port(82, 0), None);
+    }
+}
