@@ -81,7 +81,7 @@ async fn handle(mut client: TcpStream, mark: u32, max_buffer: usize) -> io::Resu
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
     let settings =
         forward::CopySettings { max_buffer, hand_off_after: None, idle_timeout: std::time::Duration::ZERO };
-    forward::forward(&mut client, &mut upstream, settings, &sent, &received).await.map(|_| ())
+    forward::forward(&mut client, &mut upstream, settings, &sent, &received, None).await.map(|_| ())
 }
 
 /// The destination before REDIRECT rewrote it (netfilter's conntrack remembers it).

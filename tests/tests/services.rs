@@ -119,11 +119,10 @@ fn p2c_sends_a_slow_endpoint_less_than_round_robin_does() {
     eprintln!("round robin {rr_picks:?}, P2C {p2c_picks:?}");
     // Round robin gives each endpoint a third, whatever its speed.
     assert!((500..=567).contains(&rr), "round robin: {rr_picks:?}");
-    // P2C sees the slow one by its load: its connections stay open 5 ms longer, so it has
-    // more outstanding (its connect latency is the others'; the server is slow to answer,
-    // not to accept). Round robin's count has a binomial spread of about 19 here; 10 % less
-    // is nearly three of those below it (measured: about 25 % less).
-    assert!(p2c * 10 < rr * 9, "P2C sends the slow endpoint clearly less ({p2c}) than round robin ({rr})");
+    // P2C sees the slow one by the latency of its first answers (it accepts as fast as the
+    // others) and by its load (its connections stay open 5 ms longer). Measured: about a
+    // third of round robin's count; round robin's spread here is about 19.
+    assert!(p2c * 2 < rr, "P2C sends the slow endpoint clearly less ({p2c}) than round robin ({rr})");
 }
 
 #[test]

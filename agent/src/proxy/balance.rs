@@ -174,6 +174,10 @@ pub struct Outstanding {
 }
 
 impl Outstanding {
+    pub fn endpoint(&self) -> &Arc<EndpointState> {
+        &self.endpoint
+    }
+
     pub fn new(endpoint: Arc<EndpointState>) -> Self {
         endpoint.outstanding.fetch_add(1, Relaxed);
         endpoint.picks.fetch_add(1, Relaxed);

@@ -110,7 +110,7 @@ async fn run(accepted: &Accepted, client: TcpStream, proxy: &Proxy) -> io::Resul
             return Err(failure.error);
         }
     };
-    upstream::relay(accepted, client, upstream, &route, &record, registration.as_mut(), proxy).await
+    upstream::relay(accepted, client, upstream, &route, &record, registration.as_mut(), proxy, None).await
 }
 
 /// Policies published between a connection's check and its registration would not re-check

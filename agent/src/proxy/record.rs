@@ -98,7 +98,7 @@ impl<'t> Record<'t> {
     /// The counters the relay keeps current.
     pub fn counters(&self) -> Counters<'_> {
         let flow = self.flow.flow();
-        Counters { sent: &flow.sent, received: &flow.received }
+        Counters { sent: &flow.sent, received: &flow.received, first_response: None }
     }
 
     /// The kernel took the bytes over: the live flow reads its counts from the splice.

@@ -4,6 +4,7 @@
 //! hand-off; persistent and bulk ones get the splice. The HTTP issue adds a request-aware
 //! relay here for ports declared HTTP.
 
+pub mod first_response;
 pub(crate) mod forward;
 mod idle;
 pub(super) mod splice;
@@ -35,6 +36,8 @@ pub struct Counters<'a> {
     /// From the connecting side to the other, and back.
     pub sent: &'a AtomicU64,
     pub received: &'a AtomicU64,
+    /// Times the endpoint's first answer, for the balancer (connections to a service).
+    pub first_response: Option<&'a first_response::FirstResponse>,
 }
 
 /// What the relay did.
@@ -59,13 +62,13 @@ pub async fn relay(
     if let Err(e) = client.set_nodelay(true) {
         return (Relayed::Copied, Err(e));
     }
-    let Counters { sent, received } = counters;
+    let Counters { sent, received, first_response } = counters;
     let copy = forward::CopySettings {
         max_buffer: settings.max_buffer_bytes,
         hand_off_after: splice.then_some(settings.splice_after_bytes),
         idle_timeout: settings.idle_timeout,
     };
-    match forward::forward(client, upstream, copy, sent, received).await {
+    match forward::forward(client, upstream, copy, sent, received, first_response).await {
         Ok(forward::Outcome::Done(_)) => return (Relayed::Copied, Ok(())),
         Ok(forward::Outcome::Paused(_)) => {}
         Err(e) => return (Relayed::Copied, Err(e)),
@@ -89,7 +92,8 @@ pub async fn relay(
         Err(splice::NotSpliced(e)) => {
             tracing::debug!(error = %e, "not spliced; copying");
             let rest = forward::CopySettings { hand_off_after: None, ..copy };
-            (Relayed::Copied, forward::forward(client, upstream, rest, sent, received).await.map(|_| ()))
+            let copied = forward::forward(client, upstream, rest, sent, received, first_response).await;
+            (Relayed::Copied, copied.map(|_| ()))
         }
     }
 }

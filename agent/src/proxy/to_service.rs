@@ -20,6 +20,7 @@ use super::{
     context::{Accepted, Classified, Party},
     hold, rate_limit,
     record::Record,
+    relay::first_response::FirstResponse,
     route, upstream,
 };
 use crate::{
@@ -325,7 +326,7 @@ impl<'p> Attempt<'p> {
         route: route::Route,
         upstream: upstream::Upstream,
         checked: Checked<'_>,
-        _outstanding: Outstanding,
+        outstanding: Outstanding,
     ) -> io::Result<()> {
         let proxy = self.proxy;
         if let Some(inbound) = destination.local_destination.as_ref().map(|pod| &pod.stats.inbound) {
@@ -342,7 +343,19 @@ impl<'p> Attempt<'p> {
         let Some(client) = self.client.take() else { return Ok(()) };
         let accepted = self.accepted;
         let record = self.record();
-        upstream::relay(accepted, client, upstream, &route, record, registration.as_mut(), proxy).await
+        let endpoint = Arc::clone(outstanding.endpoint());
+        let timer = FirstResponse::new(move |latency| endpoint.responded(latency, Instant::now()));
+        upstream::relay(
+            accepted,
+            client,
+            upstream,
+            &route,
+            record,
+            registration.as_mut(),
+            proxy,
+            Some(&timer),
+        )
+        .await
     }
 }
 

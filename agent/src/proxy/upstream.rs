@@ -12,7 +12,7 @@ use super::{
     context::{Accepted, Classified},
     hbone,
     record::Record,
-    relay::{self, forward},
+    relay::{self, first_response::FirstResponse, forward},
     revoke::Registration,
     route::Route,
 };
@@ -78,7 +78,9 @@ pub async fn open(
 }
 
 /// Moves the bytes both ways until either side ends, or a policy change revokes the
-/// connection (both sockets then close with a reset).
+/// connection (both sockets then close with a reset). `timer` times the endpoint's first
+/// answer (while the proxy copies: a spliced connection's bytes are the kernel's).
+#[expect(clippy::too_many_arguments, reason = "the stages' parts, each used once")]
 pub async fn relay(
     accepted: &Accepted,
     mut client: TcpStream,
@@ -87,10 +89,11 @@ pub async fn relay(
     record: &Record<'_>,
     registration: Option<&mut Registration<'_>>,
     proxy: &Proxy,
+    timer: Option<&FirstResponse>,
 ) -> io::Result<()> {
     let mut upstream = match upstream {
         Upstream::Tcp(stream) => stream,
-        Upstream::Tunnel(opened) => return tunnelled(client, opened, record).await,
+        Upstream::Tunnel(opened) => return tunnelled(client, opened, record, timer).await,
     };
     record.allow(accepted, route, &client, &upstream);
     let state = &proxy.state;
@@ -101,7 +104,7 @@ pub async fn relay(
         route.splice,
         &relay_settings,
         &state.splice_maps,
-        record.counters(),
+        relay::Counters { first_response: timer, ..record.counters() },
         |keys| record.spliced(keys),
     );
     let (relayed, result) = tokio::select! {
@@ -125,12 +128,14 @@ async fn tunnelled(
     mut client: TcpStream,
     opened: hbone::client::Opened,
     record: &Record<'_>,
+    timer: Option<&FirstResponse>,
 ) -> io::Result<()> {
     record.allow_tunnelled();
     client.set_nodelay(true)?;
     let counters = record.counters();
     let result =
-        hbone::stream::relay(&mut client, opened.send, opened.recv, counters.sent, counters.received).await;
+        hbone::stream::relay(&mut client, opened.send, opened.recv, counters.sent, counters.received, timer)
+            .await;
     drop(opened.claim);
     if result.is_ok() {
         forward::graceful(&client);

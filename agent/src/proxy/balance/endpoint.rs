@@ -1,5 +1,6 @@
 //! One endpoint's balancing state, kept across directory updates: connections outstanding,
-//! a peak-sensitive EWMA of its connect latency (Linkerd's peak EWMA), and outlier ejection.
+//! peak-sensitive EWMAs (Linkerd's peak EWMA) of its connect latency and of its first
+//! answer's latency (`relay::first_response`), and outlier ejection.
 
 use std::{
     sync::{
@@ -26,7 +27,9 @@ pub struct EndpointState {
     pub picks: AtomicU64,
     pub connect_failures: AtomicU64,
     pub ejections: AtomicU64,
+    /// Connect latency, and first-answer latency.
     latency: Mutex<Ewma>,
+    response: Mutex<Ewma>,
     outlier: Mutex<Outlier>,
 }
 
@@ -59,16 +62,18 @@ impl Default for EndpointState {
             connect_failures: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             latency: Mutex::new(Ewma { estimate: 0.0, at: Instant::now() }),
+            response: Mutex::new(Ewma { estimate: 0.0, at: Instant::now() }),
             outlier: Mutex::new(Outlier::default()),
         }
     }
 }
 
 impl EndpointState {
-    /// The latency estimate now, in microseconds (decayed since the last sample).
+    /// The latency estimate now, in microseconds (decayed since the last sample): the
+    /// slower of the endpoint's connects and its first answers.
     pub fn latency_us(&self, now: Instant) -> f64 {
-        let ewma = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        ewma.estimate * decay(now.saturating_duration_since(ewma.at))
+        let read = |m: &Mutex<Ewma>| m.lock().unwrap_or_else(|p| p.into_inner()).now(now);
+        read(&self.latency).max(read(&self.response))
     }
 
     /// What P2C compares: the latency estimate (at least [`FLOOR_US`]) scaled by the load
@@ -80,19 +85,15 @@ impl EndpointState {
 
     /// A connect succeeded after `latency`.
     pub fn connected(&self, latency: Duration, now: Instant) {
-        let sample = latency.as_secs_f64() * 1e6;
-        {
-            let mut ewma = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-            let decayed = ewma.estimate * decay(now.saturating_duration_since(ewma.at));
-            // Peak-sensitive: a slower sample moves the estimate half-way up at once (two
-            // in a row nearly all the way), a faster one blends in over several.
-            let weight = if sample > decayed { 0.5 } else { 0.25 };
-            ewma.estimate = decayed + (sample - decayed) * weight;
-            ewma.at = now;
-        }
+        self.latency.lock().unwrap_or_else(|p| p.into_inner()).sample(latency, now);
         let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
         outlier.consecutive = 0;
         outlier.on_probation = false;
+    }
+
+    /// The endpoint answered a connection's first bytes after `latency`.
+    pub fn responded(&self, latency: Duration, now: Instant) {
+        self.response.lock().unwrap_or_else(|p| p.into_inner()).sample(latency, now);
     }
 
     /// A connect failed. Returns whether that ejected the endpoint; `may_eject` says
@@ -126,6 +127,22 @@ impl EndpointState {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.outlier.lock().unwrap_or_else(|p| p.into_inner()).consecutive
+    }
+}
+
+impl Ewma {
+    fn now(&self, now: Instant) -> f64 {
+        self.estimate * decay(now.saturating_duration_since(self.at))
+    }
+
+    fn sample(&mut self, latency: Duration, now: Instant) {
+        let sample = latency.as_secs_f64() * 1e6;
+        let decayed = self.now(now);
+        // Peak-sensitive: a slower sample moves the estimate half-way up at once (two in a
+        // row nearly all the way), a faster one blends in over several.
+        let weight = if sample > decayed { 0.5 } else { 0.25 };
+        self.estimate = decayed + (sample - decayed) * weight;
+        self.at = now;
     }
 }
 
@@ -178,6 +195,9 @@ mod tests {
         let fast = EndpointState::default();
         fast.connected(Duration::from_micros(80), t0);
         assert!((fast.cost(t0) - FLOOR_US).abs() < 1.0);
+        // A slow answer counts though the connect was fast.
+        fast.responded(Duration::from_millis(6), t0);
+        assert!((fast.latency_us(t0) - 3000.0).abs() < 1.0);
     }
 
     #[test]

@@ -195,7 +195,8 @@ async fn stream_task(
     };
     record.allow_tunnelled();
     let counters = record.counters();
-    let relaying = stream::relay(&mut upstream, send, request.into_body(), counters.received, counters.sent);
+    let relaying =
+        stream::relay(&mut upstream, send, request.into_body(), counters.received, counters.sent, None);
     let result = tokio::select! {
         result = relaying => result,
         reason = revoked(registration.as_mut()) => {

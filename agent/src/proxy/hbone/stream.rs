@@ -16,6 +16,8 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
+
+use crate::proxy::relay::first_response::{self, FirstResponse, Way};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
@@ -28,16 +30,20 @@ use tokio::{
 const FIRST_CHUNK: usize = 16 << 10;
 const MAX_CHUNK: usize = 256 << 10;
 
-/// Relays until both directions have ended. `up` counts TCP → stream, `down` stream → TCP.
+/// Relays until both directions have ended. `up` counts TCP → stream, `down` stream → TCP;
+/// `timer` (the client side's, where the stream leads to the endpoint) times its first
+/// answer.
 pub async fn relay(
     tcp: &mut TcpStream,
     send: SendStream<Bytes>,
     recv: RecvStream,
     up: &AtomicU64,
     down: &AtomicU64,
+    timer: Option<&FirstResponse>,
 ) -> io::Result<()> {
     let (reader, writer) = tcp.split();
-    tokio::try_join!(tcp_to_stream(reader, send, up), stream_to_tcp(recv, writer, down)).map(|_| ())
+    tokio::try_join!(tcp_to_stream(reader, send, up, timer), stream_to_tcp(recv, writer, down, timer))
+        .map(|_| ())
 }
 
 pub fn h2_error(e: h2::Error) -> io::Error {
@@ -54,6 +60,7 @@ async fn tcp_to_stream(
     mut reader: impl AsyncRead + Unpin,
     mut send: SendStream<Bytes>,
     counter: &AtomicU64,
+    timer: Option<&FirstResponse>,
 ) -> io::Result<()> {
     let mut buf = BytesMut::new();
     let mut chunk_size = FIRST_CHUNK;
@@ -84,6 +91,7 @@ async fn tcp_to_stream(
             send.send_data(part, false).map_err(h2_error)?;
         }
         counter.fetch_add(n as u64, Relaxed);
+        first_response::moved(timer, Way::ToEndpoint);
     }
 }
 
@@ -91,6 +99,7 @@ async fn stream_to_tcp(
     mut recv: RecvStream,
     mut writer: impl AsyncWrite + Unpin,
     counter: &AtomicU64,
+    timer: Option<&FirstResponse>,
 ) -> io::Result<()> {
     loop {
         match recv.data().await {
@@ -100,6 +109,7 @@ async fn stream_to_tcp(
                 writer.write_all(&data).await?;
                 let _ = recv.flow_control().release_capacity(n);
                 counter.fetch_add(n as u64, Relaxed);
+                first_response::moved(timer, Way::FromEndpoint);
             }
             Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) => break,
             Some(Err(e)) => return Err(h2_error(e)),

@@ -26,7 +26,11 @@ use tokio::{
     sync::watch,
 };
 
-use super::{idle::IdleWatch, tcp_counts};
+use super::{
+    first_response::{self, FirstResponse, Way},
+    idle::IdleWatch,
+    tcp_counts,
+};
 
 /// Copied directions whose byte counts disagreed with the kernel's at their end; exported as
 /// `nodemesh_copy_audit_mismatches_total`.
@@ -76,11 +80,12 @@ pub async fn forward(
     settings: CopySettings,
     sent: &AtomicU64,
     received: &AtomicU64,
+    first_response: Option<&FirstResponse>,
 ) -> io::Result<Outcome> {
     if settings.hand_off_after == Some(0) {
         return Ok(Outcome::Paused(Transfer::default()));
     }
-    let result = forward_halves(client, upstream, settings, sent, received).await;
+    let result = forward_halves(client, upstream, settings, sent, received, first_response).await;
     if result.is_err() {
         reset(client);
         reset(upstream);
@@ -94,6 +99,7 @@ async fn forward_halves(
     settings: CopySettings,
     sent: &AtomicU64,
     received: &AtomicU64,
+    first_response: Option<&FirstResponse>,
 ) -> io::Result<Outcome> {
     let CopySettings { max_buffer, hand_off_after, idle_timeout } = settings;
     let mut idle = IdleWatch::new(idle_timeout);
@@ -102,12 +108,12 @@ async fn forward_halves(
     let (mut upstream_r, mut upstream_w) = upstream.split();
     let moved = AtomicU64::new(0);
     let (pause, _) = watch::channel(false);
-    let limit = Limit { after: hand_off_after, moved: &moved, pause: &pause };
+    let limit = Limit { after: hand_off_after, moved: &moved, pause: &pause, timer: first_response };
     let (up, down) = watched(
         async {
             tokio::try_join!(
-                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &limit),
-                copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &limit),
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, (sent, Way::ToEndpoint), &limit),
+                copy_half(&mut upstream_r, &mut client_w, max_buffer, (received, Way::FromEndpoint), &limit),
             )
         },
         &mut idle,
@@ -125,7 +131,13 @@ async fn forward_halves(
         // One side already half-closed: nothing worth handing over, finish copying the other.
         (HalfEnd::Eof(a), HalfEnd::Paused(b)) => {
             let rest = watched(
-                copy_half(&mut upstream_r, &mut client_w, max_buffer, received, &unlimited),
+                copy_half(
+                    &mut upstream_r,
+                    &mut client_w,
+                    max_buffer,
+                    (received, Way::FromEndpoint),
+                    &unlimited,
+                ),
                 &mut idle,
                 moved_total,
             )
@@ -134,7 +146,7 @@ async fn forward_halves(
         }
         (HalfEnd::Paused(a), HalfEnd::Eof(b)) => {
             let rest = watched(
-                copy_half(&mut client_r, &mut upstream_w, max_buffer, sent, &unlimited),
+                copy_half(&mut client_r, &mut upstream_w, max_buffer, (sent, Way::ToEndpoint), &unlimited),
                 &mut idle,
                 moved_total,
             )
@@ -188,6 +200,7 @@ struct Limit<'a> {
     after: Option<u64>,
     moved: &'a AtomicU64,
     pause: &'a watch::Sender<bool>,
+    timer: Option<&'a FirstResponse>,
 }
 
 /// Copies until EOF (then shuts down the writer's sending side) or a pause.
@@ -200,7 +213,7 @@ async fn copy_half<R, W>(
     reader: &mut R,
     writer: &mut W,
     max_buffer: usize,
-    counter: &AtomicU64,
+    (counter, way): (&AtomicU64, Way),
     limit: &Limit<'_>,
 ) -> io::Result<HalfEnd>
 where
@@ -228,6 +241,7 @@ where
         writer.write_all(&buf[..n]).await?;
         total += n as u64;
         counter.fetch_add(n as u64, Relaxed);
+        first_response::moved(limit.timer, way);
         if let Some(after) = limit.after
             && limit.moved.fetch_add(n as u64, Relaxed) + n as u64 >= after
         {
@@ -277,7 +291,7 @@ mod tests {
         let (mut upstream_side, mut server) = pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let proxy = tokio::spawn(async move {
-            forward(&mut client_side, &mut upstream_side, copy(64 * 1024, None), &sent, &received).await
+            forward(&mut client_side, &mut upstream_side, copy(64 * 1024, None), &sent, &received, None).await
         });
 
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -305,7 +319,7 @@ mod tests {
         let (mut upstream_side, server) = pair().await;
         let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
         let proxy = tokio::spawn(async move {
-            forward(&mut client_side, &mut upstream_side, copy(64 * 1024, None), &sent, &received).await
+            forward(&mut client_side, &mut upstream_side, copy(64 * 1024, None), &sent, &received, None).await
         });
         reset(&server);
         drop(server);
@@ -324,7 +338,7 @@ mod tests {
         app.write_all(b"hello").await.expect("write");
         app.shutdown().await.expect("half-close");
         let before = AUDIT_MISMATCHES.load(Relaxed);
-        let e = forward(&mut client_side, &mut upstream_side, copy(4096, None), &sent, &received)
+        let e = forward(&mut client_side, &mut upstream_side, copy(4096, None), &sent, &received, None)
             .await
             .expect_err("the audit fails the copy");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
@@ -343,7 +357,7 @@ mod tests {
         let settings = CopySettings { idle_timeout: Duration::from_secs(30), ..copy(4096, None) };
         app.write_all(b"one request, then silence").await.expect("write");
         let started = tokio::time::Instant::now();
-        let e = forward(&mut client_side, &mut upstream_side, settings, &sent, &received)
+        let e = forward(&mut client_side, &mut upstream_side, settings, &sent, &received, None)
             .await
             .expect_err("idle connections end");
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
@@ -369,9 +383,10 @@ mod tests {
             answer
         });
         // Crosses 10 kB, pauses with nothing held, then carries on where it stopped.
-        let first = forward(&mut client_side, &mut upstream_side, copy(4096, Some(10_000)), &sent, &received)
-            .await
-            .expect("forward");
+        let first =
+            forward(&mut client_side, &mut upstream_side, copy(4096, Some(10_000)), &sent, &received, None)
+                .await
+                .expect("forward");
         let Outcome::Paused(before) = first else { panic!("expected a pause, got {first:?}") };
         assert!(before.client_to_upstream >= 10_000 && before.client_to_upstream < request.len() as u64);
         let server_task = tokio::spawn(async move {
@@ -381,7 +396,7 @@ mod tests {
             server.shutdown().await.expect("shutdown");
             got
         });
-        let rest = forward(&mut client_side, &mut upstream_side, copy(4096, None), &sent, &received)
+        let rest = forward(&mut client_side, &mut upstream_side, copy(4096, None), &sent, &received, None)
             .await
             .expect("rest");
         let Outcome::Done(after) = rest else { panic!("expected the end, got {rest:?}") };
