@@ -162,7 +162,6 @@ fn run(mut config: Config) -> anyhow::Result<()> {
             listener_marks: handles.listener_marks,
             original_destinations: handles.original_destinations,
             splice: handles.splice,
-            transparent: handles.transparent,
         },
         FlowTable::new(config.flows_max_closed, drop_reasons, Some(handles.kernel_records)),
         data_plane.handle().clone(),

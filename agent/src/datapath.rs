@@ -22,7 +22,7 @@ use aya::{
 use nodemesh_common::{Counter, maps as names};
 
 use bpf_sys::MapFd;
-pub use connections::{OriginalDestinations, SpliceKeys, SpliceMaps, TransparentConnects};
+pub use connections::{OriginalDestinations, SpliceKeys, SpliceMaps};
 pub use hooks::{DROP_TRACER, Hook, PROXY_SOCK_OPS, SPLICE_VERDICT};
 pub use loader::DatapathSettings;
 pub use pins::PinDir;
@@ -99,7 +99,6 @@ pub struct Handles {
     pub listener_marks: ListenerMarks,
     pub original_destinations: OriginalDestinations,
     pub splice: SpliceMaps,
-    pub transparent: TransparentConnects,
     /// The flow table's.
     pub kernel_records: KernelRecords,
     /// The metrics endpoint's.
@@ -138,7 +137,6 @@ impl Datapath {
             steering: Steering { listeners: open(names::LISTENERS)? },
             listener_marks: ListenerMarks { marks: open(names::LISTENER_MARK)? },
             original_destinations: OriginalDestinations { map: open(names::ORIG_DST)? },
-            transparent: TransparentConnects { map: open(names::TRANSPARENT)? },
             splice: SpliceMaps {
                 socks: open(names::SPLICE_SOCKS)?,
                 state: open(names::SPLICE_STATE)?,

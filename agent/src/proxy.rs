@@ -53,7 +53,7 @@ use std::{
 pub use crate::report::status::{ListenerInfo, PodStatsSnapshot, ProxyTotals};
 
 use crate::{
-    datapath::{ListenerMarks, OriginalDestinations, SpliceMaps, TransparentConnects},
+    datapath::{ListenerMarks, OriginalDestinations, SpliceMaps},
     directory::Directory,
     flows::FlowTable,
     pods::Netns,
@@ -139,7 +139,6 @@ pub struct ProxyMaps {
     pub listener_marks: ListenerMarks,
     pub original_destinations: OriginalDestinations,
     pub splice: SpliceMaps,
-    pub transparent: TransparentConnects,
 }
 
 /// Everything the connection tasks share.
@@ -149,7 +148,6 @@ struct ProxyState {
     listener_marks: ListenerMarks,
     original_destinations: OriginalDestinations,
     splice_maps: SpliceMaps,
-    transparent: TransparentConnects,
     /// Enrolled pods by address, for the same-node shortcut. Read per connection, replaced
     /// whole by the reconciler.
     pods: RwLock<Arc<HashMap<IpAddr, Arc<PodRuntime>>>>,
@@ -198,7 +196,6 @@ impl Proxy {
                 listener_marks: maps.listener_marks,
                 original_destinations: maps.original_destinations,
                 splice_maps: maps.splice,
-                transparent: maps.transparent,
                 pods: RwLock::default(),
                 runtime,
                 active: AtomicU64::new(0),

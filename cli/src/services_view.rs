@@ -61,7 +61,7 @@ pub fn render(services: &[ServiceReport]) -> String {
                 e.pod.clone().unwrap_or_else(|| e.uid.clone()),
                 e.node.clone().unwrap_or_else(|| "-".into()),
                 e.outstanding.to_string(),
-                latency(e.ewma_connect_us),
+                latency(e.ewma_latency_us),
                 e.picks.to_string(),
                 e.connect_failures.to_string(),
                 state,

@@ -15,5 +15,4 @@ pub use counters::Counter;
 pub use types::{
     DatapathConfig, FlowDirection, FlowKey, FlowStats, ListenerKey, OrigDstKey, SPLICE_BROKEN,
     SPLICE_SEQ_KNOWN, SkBuffOffsets, SockAddr, SpliceCtl, SpliceState, TcpHealth, TcpSockOffsets,
-    TransparentKey,
 };

@@ -21,10 +21,6 @@ pub const LISTENER_MARK: &str = "nm_listen_mark";
 pub const ORIG_DST: &str = "nm_orig_dst";
 /// Inbound listeners by pod address ([`crate::ListenerKey`]), for sk_lookup.
 pub const LISTENERS: &str = "nm_listeners";
-/// The HBONE server's connections to apps from the client's address, for sk_lookup to leave
-/// alone ([`crate::TransparentKey`]); each entry lives from bind to connect. Not pinned: they
-/// describe the running agent's own sockets.
-pub const TRANSPARENT: &str = "nm_transparent";
 /// Per-CPU reason counters, indexed by [`crate::Counter`].
 pub const COUNTERS: &str = "nm_counters";
 /// The proxy's spliced sockets by socket cookie. The splice maps are not pinned: they only
@@ -59,8 +55,6 @@ pub const SPLICE_ENTRIES: u32 = 65_536;
 pub const FLOW_ENTRIES: u32 = 65_536;
 /// Capacity of [`TCP_HEALTH`]: two sockets per proxied connection.
 pub const TCP_HEALTH_ENTRIES: u32 = 65_536;
-/// Capacity of [`TRANSPARENT`]: connects in flight at once.
-pub const TRANSPARENT_ENTRIES: u32 = 16_384;
 /// Words in each port bitmap (65,536 ports / 64 bits).
 pub const PORT_BITMAP_WORDS: u32 = 1_024;
 

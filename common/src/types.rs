@@ -44,20 +44,6 @@ impl ListenerKey {
     pub const HBONE: u32 = 1;
 }
 
-/// A connection the HBONE server is opening to an app in its own pod from the client's
-/// address (`IP_TRANSPARENT`): sk_lookup must leave it to the app, not steer it back into the
-/// proxy. Exact, so a real client on the network can never slip by the proxy with it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TransparentKey {
-    /// Network-order words, IPv4 mapped into IPv6.
-    pub client: [u32; 4],
-    /// Network byte order, as sk_lookup sees it.
-    pub client_port: u16,
-    /// Host byte order, as sk_lookup sees it.
-    pub app_port: u16,
-}
-
 /// Datapath settings the agent writes once at start-up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -233,7 +219,6 @@ pub struct TcpSockOffsets {
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<OrigDstKey>() == 32);
 const _: () = assert!(size_of::<ListenerKey>() == 20);
-const _: () = assert!(size_of::<TransparentKey>() == 20);
 const _: () = assert!(size_of::<DatapathConfig>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowDirection>() == 24);
@@ -251,7 +236,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::OrigDstKey {}
     unsafe impl aya::Pod for super::ListenerKey {}
-    unsafe impl aya::Pod for super::TransparentKey {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::SpliceState {}
     unsafe impl aya::Pod for super::SpliceCtl {}

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use nodemesh_common::{
     DatapathConfig, FlowKey, FlowStats, ListenerKey, OrigDstKey, SockAddr, SpliceCtl, SpliceState, TcpHealth,
-    TransparentKey, counters, maps as names,
+    counters, maps as names,
 };
 
 #[map(name = "nm_config")]
@@ -34,10 +34,6 @@ pub static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(names
 
 #[map(name = "nm_listeners")]
 pub static LISTENERS: SockHash<ListenerKey> = SockHash::pinned(names::LISTENER_ENTRIES, 0);
-
-#[map(name = "nm_transparent")]
-pub static TRANSPARENT: HashMap<TransparentKey, u8> =
-    HashMap::with_max_entries(names::TRANSPARENT_ENTRIES, 0);
 
 #[map(name = "nm_counters")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);

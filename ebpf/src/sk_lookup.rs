@@ -5,22 +5,25 @@
 //! port) in `nm_listeners`. Nothing in the
 //! packet changes, so the accepted socket's getsockname() is the original destination.
 //! Connections from loopback sources (the proxy's own upstream connections to the app, bound
-//! to 127.0.0.6 or ::1, and in-pod traffic), and the HBONE server's connections to the app
-//! from the client's address (registered in `nm_transparent` for their lifetime up to the
-//! connect), are never steered: without that the proxy's connection to the app would loop
-//! back into the proxy.
+//! to 127.0.0.6 or ::1), and whatever arrives on the namespace's loopback interface (the
+//! HBONE server's connections to the app from the client's address, and other traffic that
+//! starts inside the namespace) are never steered: without that the proxy's connection to
+//! the app would loop back into the proxy. Nothing from the network arrives on `lo`, so no
+//! client can use either to pass by the proxy.
 
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
-use nodemesh_common::{Counter, ListenerKey, TransparentKey, addr};
+use nodemesh_common::{Counter, ListenerKey, addr};
 
 use crate::{
     counters::count,
     ctx,
-    maps::{CONFIG, EXCLUDED_INBOUND, LISTENERS, TRANSPARENT},
+    maps::{CONFIG, EXCLUDED_INBOUND, LISTENERS},
     ports::is_excluded,
 };
 
 const AF_INET: u32 = 2;
+/// The loopback interface's index, in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const ENOENT: i32 = 2;
 
@@ -45,19 +48,14 @@ fn try_steer(ctx: &SkLookupContext) -> Result<Counter, Counter> {
     let (local6, remote6) = (ctx::read_words(&lookup.local_ip6), ctx::read_words(&lookup.remote_ip6));
     let (local, remote) =
         if family == AF_INET { (addr::from_v4(local4), addr::from_v4(remote4)) } else { (local6, remote6) };
-    if addr::is_loopback(&remote) || addr::is_loopback(&local) {
+    if addr::is_loopback(&remote)
+        || addr::is_loopback(&local)
+        || ctx::read(&lookup.ingress_ifindex) == LOOPBACK_IFINDEX
+    {
         return Err(Counter::SkLookupSkipLoopback);
     }
     // local_port is in host order in this context.
     let port = ctx::read(&lookup.local_port) as u16;
-    // The HBONE server's own connection to the app, from the client's address: the proxy
-    // registered this exact client address and port before connecting.
-    let client_port = ctx::read(&lookup.remote_port);
-    let own = TransparentKey { client: remote, client_port, app_port: port };
-    // SAFETY: a hash map lookup; the value is not kept.
-    if unsafe { TRANSPARENT.get(&own) }.is_some() {
-        return Err(Counter::SkLookupSkipLoopback);
-    }
     let config = CONFIG.get(0).ok_or(Counter::SkLookupSkipNoListener)?;
     // HBONE goes to the pod's HBONE listener, even if the app listens on 15008 itself (a
     // squatter must not receive the mesh's tunnels); the proxy's own ports and excluded

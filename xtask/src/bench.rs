@@ -5,6 +5,7 @@ mod controlplane;
 mod measure;
 mod mtls;
 mod report;
+mod services;
 mod stress;
 mod topology;
 
@@ -85,11 +86,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let wants = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut raw = report::Raw::new();
     let mut order: Vec<&str> = Vec::new();
-    let special = |o: &String| o == CONTROL_PLANE || o == SPLICE_STRESS;
+    let special =
+        |o: &String| o == CONTROL_PLANE || o == SPLICE_STRESS || services::SCENARIOS.contains(&o.as_str());
     let data_path_wanted = args.only.is_empty() || args.only.iter().any(|o| !special(o));
     let mut splice_stress = None;
     let mut mtls = None;
-    if data_path_wanted || wants(SPLICE_STRESS) {
+    let mut routing = None;
+    let services_wanted = services::SCENARIOS.iter().any(|s| wants(s));
+    if data_path_wanted || wants(SPLICE_STRESS) || services_wanted {
         let mut topo = topology::Topology::start(&bin_dir, &args.agent_config)
             .context("building the benchmark cluster")?;
         if data_path_wanted {
@@ -103,9 +107,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!("splice_stress: {result} ({:.0}s)", started.elapsed().as_secs_f64());
             splice_stress = Some(result);
         }
-        if wants(mtls::SCENARIO) {
+        if wants(mtls::SCENARIO) || services_wanted {
             // Last: the agents restart against a control plane with a CA.
             topo.enable_identities(&bin_dir).context("turning identities on")?;
+        }
+        if wants(mtls::SCENARIO) {
             // Both, whatever --only says: the ratios need the direct path of the same phase.
             let scenarios = topo.identity_scenarios();
             for name in data_path(args, &topo, scenarios, &settings, rounds, &mut raw, &bin_dir)? {
@@ -119,6 +125,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
             println!("handshakes/s: {handshakes:?}");
             mtls = Some(mtls::summary(report::median(&mut handshakes)));
+        }
+        if services_wanted {
+            let started = Instant::now();
+            let result =
+                services::run(&topo, &settings, rounds, &bin_dir).context("the service benchmark")?;
+            println!("services ({:.0}s): {result}", started.elapsed().as_secs_f64());
+            routing = Some(result);
         }
     }
     let control_plane = if wants(CONTROL_PLANE) {
@@ -141,6 +154,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(mtls) = mtls {
         results["mtls"] = mtls;
     }
+    if let Some(routing) = routing {
+        results["services"] = routing;
+    }
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let partial = !args.only.is_empty();
@@ -150,7 +166,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (false, false) => "results.json",
     });
     std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
-    check_schema(&results, &order, wants(CONTROL_PLANE), wants(SPLICE_STRESS))?;
+    check_schema(&results, &order, wants(CONTROL_PLANE), wants(SPLICE_STRESS), services_wanted)?;
     println!("wrote {}", file.display());
     if !args.quick && !partial {
         report::write_docs(&results, &order, &root.join("docs"), &today())?;
@@ -214,7 +230,22 @@ fn data_path(
 }
 
 /// The schema docs/bench.md promises: every scenario with every metric, as numbers.
-fn check_schema(results: &Value, order: &[&str], control_plane: bool, stress: bool) -> anyhow::Result<()> {
+fn check_schema(
+    results: &Value,
+    order: &[&str],
+    control_plane: bool,
+    stress: bool,
+    services: bool,
+) -> anyhow::Result<()> {
+    if services {
+        for name in ["service_direct", "service_pod", "service", "service_rr", "service_slow_endpoint"] {
+            for metric in services::METRICS {
+                results["services"][name][metric]
+                    .as_f64()
+                    .with_context(|| format!("results.json lacks services.{name}.{metric}"))?;
+            }
+        }
+    }
     if stress {
         for metric in stress::METRICS {
             results[SPLICE_STRESS][metric]

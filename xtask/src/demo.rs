@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a fake two-node cluster driven by the reference control plane from its
 //! embedded default (Kubernetes YAML the demo writes), with its CA: real traffic through the
 //! mesh, mutual TLS between the nodes with both identities in the flows, a label flipped live,
-//! an authorization policy enforced, the control plane killed, `nodemesh status` and
+//! an authorization policy enforced, a Service balanced over three endpoints and one of them
+//! killed without a client noticing, the control plane killed, `nodemesh status` and
 //! `nodemesh flows`.
 
 use std::{net::IpAddr, time::Duration};
@@ -25,13 +26,24 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let client = node1.add_pod("mesh", "client", account("client"))?;
     let server = node2.add_pod("mesh", "server", account("server"))?;
     let plain = node1.add_pod("plain", "plain", PodOptions::default())?;
+    let cart = |sa: &str| PodOptions {
+        labels: [("app".to_owned(), "cart".to_owned())].into(),
+        service_account: Some(sa.into()),
+        ..Default::default()
+    };
+    let carts = [
+        node1.add_pod("mesh", "cart-1", cart("cart"))?,
+        node2.add_pod("mesh", "cart-2", cart("cart"))?,
+        node2.add_pod("mesh", "cart-3", cart("cart"))?,
+    ];
+    cp.write("cart.yaml", CART)?;
     cp.write_namespace("mesh", true)?;
     cp.write_namespace("plain", false)?;
     cp.write_pods(&[&node1, &node2])?;
     cp.enable_ca(86_400)?;
     cp.start()?;
     println!(
-        "[1/9] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
+        "[1/11] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
          the mesh, and `nodemesh controlplane` serving delta xDS and its CA over TLS from {} \
          (Kubernetes YAML: namespace mesh labelled nodemesh.io/intercept=enabled, plain not)",
         cp.config_dir.display()
@@ -69,17 +81,19 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         node.start_agent(&options)
     };
     let (agent1, agent2) = (agent(&node1)?, agent(&node2)?);
-    agent1.wait_enrolled(&["mesh/client"], Duration::from_secs(10))?;
-    agent2.wait_enrolled(&["mesh/server"], Duration::from_secs(10))?;
+    agent1.wait_enrolled(&["mesh/client", "mesh/cart-1"], Duration::from_secs(10))?;
+    agent2.wait_enrolled(&["mesh/server", "mesh/cart-2", "mesh/cart-3"], Duration::from_secs(10))?;
     for a in [&agent1, &agent2] {
-        nodemesh_testbed::wait_for("a workload certificate", Duration::from_secs(10), || {
+        nodemesh_testbed::wait_for("workload certificates", Duration::from_secs(10), || {
             a.status().is_ok_and(|s| {
-                s["certificates"].as_array().is_some_and(|c| c.iter().any(|c| c["state"] == "valid"))
+                s["certificates"]
+                    .as_array()
+                    .is_some_and(|c| c.len() >= 2 && c.iter().all(|c| c["state"] == "valid"))
             })
         })?;
     }
     println!(
-        "[2/9] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS (TLS, \
+        "[2/11] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS (TLS, \
          checked against the mesh root), enrolled its mesh pods and got a certificate for their \
          identity from the CA (key generated in memory, never written)",
         if splice { "on" } else { "off" }
@@ -89,7 +103,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let got = curl_sha(&client, &url, &cluster.work_dir().join("download"))?;
     anyhow::ensure!(got == sha, "the download through the mesh was corrupted");
     println!(
-        "[3/9] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
+        "[3/11] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
          in through node2's (sk_lookup)"
     );
     let outbound = agent1.flows("state=all")?;
@@ -106,20 +120,20 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         "the cross-node connection was not mutual TLS"
     );
     println!(
-        "[4/9] that connection crossed the nodes in HBONE (HTTP/2 CONNECT over mutual TLS 1.3): node1's \
+        "[4/11] that connection crossed the nodes in HBONE (HTTP/2 CONNECT over mutual TLS 1.3): node1's \
          agent verified the server as {}, node2's the client as {}",
         server_id.unwrap_or_default(),
         client_id.unwrap_or_default()
     );
     let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     println!(
-        "[5/9] mesh/client to the external host: through the proxy (the app's local address {}), \
+        "[5/11] mesh/client to the external host: through the proxy (the app's local address {}), \
          the host saw {} (the pod's own address)",
         r["local"][0], r["greeting"]
     );
     let r = bulk(&plain, IpAddr::from(ext.ipv4))?;
     println!(
-        "[6/9] plain/plain (namespace not labelled) to the external host: direct, local address {}",
+        "[6/11] plain/plain (namespace not labelled) to the external host: direct, local address {}",
         r["local"][0]
     );
 
@@ -135,7 +149,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     anyhow::ensure!(plain.wait(pid, Duration::from_secs(15))?.success(), "plain/plain was never intercepted");
     let r: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&probe_out)?.trim())?;
     println!(
-        "[7/9] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
+        "[7/11] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
         r["seconds"].as_f64().unwrap_or(f64::NAN)
     );
 
@@ -150,8 +164,38 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     })?;
     bulk(&client, server_ip).context("mesh/client is still allowed")?;
     println!(
-        "[8/9] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
+        "[8/11] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
          resets plain/plain's connections to mesh/server; mesh/client still gets through"
+    );
+
+    let mut servers = Vec::new();
+    for pod in &carts {
+        let mut cmd = tools::name_server(&pod.name, CART_PORT, 0);
+        cmd.stdout(std::process::Stdio::null());
+        servers.push(pod.spawn(cmd)?);
+    }
+    for pod in &carts {
+        tools::wait_listening(&pod.netns_path(), CART_PORT)?;
+    }
+    let vip = IpAddr::from([10, 96, 0, 10]);
+    let r = service_client(&client, "count", vip, &["--count", "60", "--concurrency", "3"])?;
+    println!(
+        "[9/11] Service mesh/cart ({vip}:80, its three endpoints on both nodes): 60 connections from          mesh/client, each to the endpoint node1's proxy picked (P2C, by load and latency): {}",
+        r["by_endpoint"]
+    );
+    let out = cluster.work_dir().join("cart-loop.json");
+    let mut cmd = tools::service_client("loop", vip, 80, &["--seconds", "5"]);
+    cmd.stdout(std::fs::File::create(&out)?);
+    let looping = client.spawn(cmd)?;
+    std::thread::sleep(Duration::from_secs(1));
+    carts[1].kill(servers[1]);
+    anyhow::ensure!(client.wait(looping, Duration::from_secs(20))?.success(), "the connect loop failed");
+    let r: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out)?.trim())?;
+    let failed = r["failures"].as_array().map_or(0, Vec::len);
+    anyhow::ensure!(failed == 0, "a client connection failed when cart-2 died: {r}");
+    println!(
+        "[10/11] cart-2's server killed while mesh/client connects in a loop: {} connections, {failed}          failed (a refused connect is retried on another endpoint before the app's bytes are read);          cart-2 is ejected by the DestinationRule's outlierDetection (SERVICES in nodemesh status below)",
+        r["attempts"]
     );
 
     cp.kill();
@@ -160,7 +204,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     anyhow::ensure!(r["local"][0] == "127.0.0.1", "no longer intercepted after the control plane died: {r}");
     bulk(&client, server_ip).context("mutual TLS with the control plane away")?;
     println!(
-        "[9/9] control plane (and CA) killed: traffic still flows through the mesh from the last good \
+        "[11/11] control plane (and CA) killed: traffic still flows through the mesh from the last good \
          state, in mutual TLS with the certificates the agents hold"
     );
 
@@ -179,6 +223,28 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         anyhow::ensure!(stopped.success(), "an agent exited with {stopped}");
     }
     Ok(())
+}
+
+/// The demo's Service, and the DestinationRule that ejects a failing endpoint.
+const CART: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: mesh}
+spec: {clusterIP: 10.96.0.10, selector: {app: cart}, ports: [{name: tcp, port: 80, targetPort: 8080}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: mesh}
+spec:
+  host: cart
+  trafficPolicy:
+    outlierDetection: {consecutiveGatewayErrors: 2, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+";
+const CART_PORT: u16 = 8080;
+
+fn service_client(pod: &Pod, mode: &str, vip: IpAddr, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = pod.output(tools::service_client(mode, vip, 80, args))?;
+    tools::json_result("service_client", &out)
 }
 
 fn curl_sha(pod: &Pod, url: &str, out: &std::path::Path) -> anyhow::Result<String> {

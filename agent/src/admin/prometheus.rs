@@ -334,9 +334,9 @@ fn services(e: &mut Exposition, proxy: &crate::proxy::Proxy) {
             f64::from(ep.outstanding)
         }),
         (
-            "nodemesh_endpoint_connect_latency_ewma_seconds",
-            "The balancer's peak EWMA of an endpoint's connect latency.",
-            |ep| ep.ewma_connect_us as f64 / 1e6,
+            "nodemesh_endpoint_latency_ewma_seconds",
+            "The balancer's latency estimate of an endpoint: the slower of its connects' and its first answers' peak EWMAs.",
+            |ep| ep.ewma_latency_us as f64 / 1e6,
         ),
     ];
     for (name, help, value) in per_endpoint {

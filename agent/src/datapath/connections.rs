@@ -3,7 +3,7 @@
 
 use std::{io, net::SocketAddr, os::fd::BorrowedFd};
 
-use nodemesh_common::{OrigDstKey, SockAddr, SpliceCtl, SpliceState, TransparentKey, addr};
+use nodemesh_common::{OrigDstKey, SockAddr, SpliceCtl, SpliceState, addr};
 
 use super::bpf_sys::MapFd;
 
@@ -20,29 +20,6 @@ impl OriginalDestinations {
         let key =
             OrigDstKey { netns_cookie, addr: addr::from_ip(client.ip()), port: client.port(), _pad: [0; 6] };
         Ok(self.map.take::<_, SockAddr>(&key)?.map(|a| SocketAddr::new(addr::to_ip(&a.addr), a.port)))
-    }
-}
-
-/// The HBONE server's connects to apps from the client's address (`nm_transparent`): while
-/// one is registered, sk_lookup leaves that exact connection to the app.
-#[derive(Debug)]
-pub struct TransparentConnects {
-    pub(super) map: MapFd,
-}
-
-impl TransparentConnects {
-    fn key(client: SocketAddr, app_port: u16) -> TransparentKey {
-        TransparentKey { client: addr::from_ip(client.ip()), client_port: client.port().to_be(), app_port }
-    }
-
-    pub fn register(&self, client: SocketAddr, app_port: u16) -> io::Result<()> {
-        self.map.update(&Self::key(client, app_port), &1u8)
-    }
-
-    pub fn unregister(&self, client: SocketAddr, app_port: u16) {
-        if let Err(e) = self.map.delete(&Self::key(client, app_port)) {
-            tracing::warn!(%client, app_port, error = %e, "removing a transparent connect's entry");
-        }
     }
 }
 

@@ -134,7 +134,7 @@ impl ServiceState {
                     pod: described.map(|d| format!("{}/{}", d.workload.namespace, d.workload.pod)),
                     node: described.map(|d| d.node.to_string()),
                     outstanding: e.outstanding.load(Relaxed),
-                    ewma_connect_us: e.latency_us(now).round() as u64,
+                    ewma_latency_us: e.latency_us(now).round() as u64,
                     picks: e.picks.load(Relaxed),
                     connect_failures: e.connect_failures.load(Relaxed),
                     consecutive_failures: e.consecutive_failures(),

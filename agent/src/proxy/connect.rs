@@ -10,7 +10,6 @@ use socket2::Domain;
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::route::Route;
-use crate::datapath::TransparentConnects;
 
 /// Connects to the route's endpoint from a socket created in its pod's namespace.
 pub async fn connect(route: &Route, timeout: Duration) -> io::Result<TcpStream> {
@@ -27,26 +26,23 @@ pub async fn connect(route: &Route, timeout: Duration) -> io::Result<TcpStream> 
 }
 
 /// Connects to an app in the route's pod from the client's own address (`route.source`),
-/// as the HBONE server does where the pod is set up for it (`pods::transparent`). The exact
-/// client address and port are registered for sk_lookup to leave alone until the connect is
-/// done, so the connection reaches the app instead of looping back into the proxy.
-pub async fn connect_transparent(
-    route: &Route,
-    timeout: Duration,
-    registry: &TransparentConnects,
-) -> io::Result<TcpStream> {
+/// as the HBONE server does where the pod is set up for it (`pods::transparent`). The
+/// socket is bound to the pod's loopback interface, which is how its packets reach the app
+/// anyway (the address is local): sk_lookup leaves what arrives on `lo` alone, so the
+/// connection reaches the app instead of looping back into the proxy, and the kernel may
+/// reuse a TIME_WAIT of the same addresses for it (as it does on loopback), so a client's
+/// connection rate is not bounded by the pod's ephemeral ports. The port is picked at
+/// connect(), with the whole 4-tuple.
+pub async fn connect_transparent(route: &Route, timeout: Duration) -> io::Result<TcpStream> {
     let dst = route.endpoint;
     let source = route.source.ok_or_else(|| io::Error::other("a transparent connect needs a source"))?;
     let socket = route.from_pod.netns.tcp_socket(Domain::for_address(dst))?;
     socket.set_tcp_nodelay(true)?;
     crate::pods::transparent::prepare_socket(&socket, source.is_ipv6())?;
-    // The port is taken at bind() here: sk_lookup must know it before the SYN goes out.
+    socket.bind_device(Some(b"lo"))?;
+    bind_address_no_port(&socket)?;
     socket.bind(&std::net::SocketAddr::new(source, 0).into())?;
-    let client = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("no local address"))?;
-    registry.register(client, dst.port())?;
-    let result = finish(socket, dst, timeout).await;
-    registry.unregister(client, dst.port());
-    result
+    finish(socket, dst, timeout).await
 }
 
 async fn finish(

@@ -285,7 +285,7 @@ pub struct EndpointReport {
     pub pod: Option<String>,
     pub node: Option<String>,
     pub outstanding: u32,
-    pub ewma_connect_us: u64,
+    pub ewma_latency_us: u64,
     pub picks: u64,
     pub connect_failures: u64,
     pub consecutive_failures: u32,

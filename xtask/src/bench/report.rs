@@ -108,6 +108,9 @@ pub fn write_docs(results: &Value, order: &[&str], docs: &Path, date: &str) -> a
     if !results["mtls"].is_null() {
         md.push_str(&super::mtls::markdown(results));
     }
+    if !results["services"].is_null() {
+        md.push_str(&super::services::markdown(&results["services"]));
+    }
     md.push_str(&absolute_table(results, order));
     if !results["controlplane"].is_null() {
         md.push_str(&super::controlplane::markdown(&results["controlplane"]));

@@ -32,7 +32,11 @@ use nodemesh_testbed::{Agent, AgentOptions, Cluster, ControlPlane, Node, Pod, Po
 
 /// `nm-loadgen server` ports in every server pod.
 pub const MESH_PORT: u16 = 9100;
-const DIRECT_PORT: u16 = 9101;
+pub const DIRECT_PORT: u16 = 9101;
+/// The service benchmark's second target port: `server-4` answers 5 ms late there.
+pub const SLOW_PORT: u16 = 9106;
+/// How late `server-4` answers on [`SLOW_PORT`].
+const SLOW_DELAY_US: &str = "5000";
 const SIDECAR_PORT: u16 = 9102;
 /// `nm-loadgen server --async` listens on each of the ports above plus this.
 pub const ASYNC_OFFSET: u16 = 3;
@@ -41,6 +45,8 @@ pub const ASYNC_OFFSET: u16 = 3;
 const SIDECAR_LISTEN: u16 = 15101;
 const SIDECAR_MARK: u32 = 1337;
 const SPLICE_LABEL: &str = "nodemesh.io/splice";
+/// The pods on node 2.
+const NODE2_PODS: [&str; 3] = ["mesh/server-2", "mesh/server-3", "mesh/server-4"];
 
 /// Which processes do the proxying in a scenario (for CPU and RSS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +76,9 @@ pub struct Topology {
     pub client: Pod,
     server: Pod,
     server2: Pod,
+    /// More endpoints of the service benchmark's Services, on node 2.
+    server3: Pod,
+    server4: Pod,
     sidecar_pid: u32,
     /// The agents' options (without a control plane), for restarting them.
     options: AgentOptions,
@@ -88,7 +97,12 @@ impl Topology {
         };
         let client = node1.add_pod("mesh", "client", spliced.clone())?;
         let server = node1.add_pod("mesh", "server", spliced.clone())?;
-        let server2 = node2.add_pod("mesh", "server-2", spliced)?;
+        // Node 2's servers are the endpoints of the service benchmark's Services too.
+        let mut endpoint = spliced;
+        endpoint.labels.insert("app".into(), "bench".into());
+        let server2 = node2.add_pod("mesh", "server-2", endpoint.clone())?;
+        let server3 = node2.add_pod("mesh", "server-3", endpoint.clone())?;
+        let server4 = node2.add_pod("mesh", "server-4", endpoint)?;
         for node in [&node1, &node2] {
             node.set_intercept("mesh", Some("enabled"))?;
         }
@@ -109,12 +123,27 @@ impl Topology {
                 pod.spawn(cmd)?;
             }
         }
+        for (pod, delay) in [(&server2, "0"), (&server3, "0"), (&server4, SLOW_DELAY_US)] {
+            for port in [MESH_PORT, SLOW_PORT] {
+                let delay = if port == SLOW_PORT { delay } else { "0" };
+                if pod.name != "server-2" || port == SLOW_PORT {
+                    let mut cmd = Command::new(&loadgen);
+                    cmd.args(["server", "--port", &port.to_string(), "--delay-us", delay]);
+                    pod.spawn(cmd)?;
+                }
+            }
+        }
         for pod in [&server, &server2] {
             for port in [MESH_PORT, DIRECT_PORT, SIDECAR_PORT] {
                 tools::wait_listening(&pod.netns_path(), port)?;
                 tools::wait_listening(&pod.netns_path(), port + ASYNC_OFFSET)?;
             }
         }
+        for pod in [&server2, &server3, &server4] {
+            tools::wait_listening(&pod.netns_path(), SLOW_PORT)?;
+        }
+        tools::wait_listening(&server3.netns_path(), MESH_PORT)?;
+        tools::wait_listening(&server4.netns_path(), MESH_PORT)?;
 
         let nodemesh = bin_dir.join("nodemesh");
         let sidecar_pid = start_sidecar(&client, &nodemesh)?;
@@ -139,7 +168,7 @@ impl Topology {
         let agent1 = node1.start_agent(&options)?;
         let agent2 = node2.start_agent(&options)?;
         agent1.wait_enrolled(&["mesh/client", "mesh/server"], Duration::from_secs(15))?;
-        agent2.wait_enrolled(&["mesh/server-2"], Duration::from_secs(15))?;
+        agent2.wait_enrolled(&NODE2_PODS, Duration::from_secs(15))?;
         Ok(Self {
             cluster,
             node1,
@@ -149,6 +178,8 @@ impl Topology {
             client,
             server,
             server2,
+            server3,
+            server4,
             sidecar_pid,
             options,
             control_plane: None,
@@ -186,7 +217,7 @@ impl Topology {
             Ok(agent)
         };
         self.agent1 = start(&self.node1, &["mesh/client", "mesh/server"])?;
-        self.agent2 = start(&self.node2, &["mesh/server-2"])?;
+        self.agent2 = start(&self.node2, &NODE2_PODS)?;
         self.control_plane = Some(cp);
         Ok(())
     }
@@ -250,7 +281,7 @@ impl Topology {
         let value = if splice { "enabled" } else { "disabled" };
         for (node, agent, pods) in [
             (&self.node1, &self.agent1, vec![&self.client, &self.server]),
-            (&self.node2, &self.agent2, vec![&self.server2]),
+            (&self.node2, &self.agent2, vec![&self.server2, &self.server3, &self.server4]),
         ] {
             for pod in &pods {
                 node.set_pod_label(pod, SPLICE_LABEL, Some(value))?;

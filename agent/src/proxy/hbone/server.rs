@@ -174,7 +174,7 @@ async fn stream_task(
     };
     let timeout = proxy.state.settings.connect_timeout;
     let connected = if route.transparent {
-        connect::connect_transparent(&route, timeout, &proxy.state.transparent).await
+        connect::connect_transparent(&route, timeout).await
     } else {
         connect::connect(&route, timeout).await
     };
