@@ -6,7 +6,10 @@
 
 pub mod policy;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,25 +69,28 @@ pub struct LoadBalancing {
     pub allow_unhealthy: bool,
 }
 
-/// One workload behind a service.
+/// One workload behind a service. Ten thousand of them cost little: the names, ports and
+/// locality are the directory's shared ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// The workload's uid: what its balancing state is kept under.
     pub uid: Arc<str>,
-    pub ips: Vec<IpAddr>,
-    /// (service port, target port) for this workload; target 0: the service's named target
-    /// port that this workload does not have.
-    pub ports: Vec<(u16, u16)>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// Its names, and the (service port, target port) pairs of each service it backs.
     pub workload: Arc<WorkloadRef>,
     pub node: Arc<str>,
-    pub locality: Locality,
+    pub locality: Arc<Locality>,
     pub healthy: bool,
 }
 
 impl Endpoint {
-    /// The workload's port for `service_port`, when it serves it.
-    pub fn target_port(&self, service_port: u16, declared: u16) -> Option<u16> {
-        match self.ports.iter().find(|(sp, _)| *sp == service_port) {
+    /// The workload's port for `service`'s `service_port` (`declared` is the service's own
+    /// target port, 0 when it is named), when it serves it.
+    pub fn target_port(&self, service: &str, service_port: u16, declared: u16) -> Option<u16> {
+        let ports = self.workload.services.iter().find(|(name, _)| &**name == service).map(|(_, p)| p);
+        match ports.and_then(|p| p.iter().find(|(sp, _)| *sp == service_port)) {
+            // A named target port this workload does not have.
             Some((_, 0)) => None,
             Some((_, target)) => Some(*target),
             // Listed without this port (an older control plane): the service's own target.
@@ -94,7 +100,7 @@ impl Endpoint {
 
     /// The address of the family `v4` asks for, when the workload has one.
     pub fn ip(&self, v4: bool) -> Option<IpAddr> {
-        self.ips.iter().find(|ip| ip.is_ipv4() == v4).copied()
+        if v4 { self.ipv4.map(IpAddr::V4) } else { self.ipv6.map(IpAddr::V6) }
     }
 }
 
@@ -160,13 +166,15 @@ pub(crate) mod tests {
     }
 
     fn endpoint(node: &str, zone: &str) -> Endpoint {
+        let mut workload = WorkloadRef::new(Names { namespace: "shop", pod: "p", ..Default::default() });
+        workload.services = vec![("shop/cart".into(), vec![(80, 8080), (81, 0)])];
         Endpoint {
             uid: node.into(),
-            ips: vec![IpAddr::from([10, 0, 0, 1])],
-            ports: vec![(80, 8080), (81, 0)],
-            workload: Arc::new(WorkloadRef::new(Names { namespace: "shop", pod: "p", ..Default::default() })),
+            ipv4: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            ipv6: None,
+            workload: Arc::new(workload),
             node: node.into(),
-            locality: Locality { region: "r".into(), zone: zone.into(), subzone: String::new() },
+            locality: Arc::new(Locality { region: "r".into(), zone: zone.into(), subzone: String::new() }),
             healthy: true,
         }
     }
@@ -188,10 +196,13 @@ pub(crate) mod tests {
     #[test]
     fn target_ports_resolve_per_endpoint() {
         let e = endpoint("n1", "a");
-        assert_eq!(e.target_port(80, 8080), Some(8080));
+        assert_eq!(e.target_port("shop/cart", 80, 8080), Some(8080));
         // A named target port this workload does not have.
-        assert_eq!(e.target_port(81, 0), None);
-        assert_eq!(e.target_port(82, 9000), Some(9000));
-        assert_eq!(e.target_port(82, 0), None);
+        assert_eq!(e.target_port("shop/cart", 81, 0), None);
+        assert_eq!(e.target_port("shop/cart", 82, 9000), Some(9000));
+        assert_eq!(e.target_port("shop/cart", 82, 0), None);
+        // Another service's ports are not this one's.
+        assert_eq!(e.target_port("shop/other", 80, 0), None);
+        assert_eq!((e.ip(true), e.ip(false)), (Some(IpAddr::from([10, 0, 0, 1])), None));
     }
 }

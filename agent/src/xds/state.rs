@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -221,6 +222,9 @@ impl State {
         let admitted = self.admitted().0;
         let mut endpoints: HashMap<&str, Vec<Endpoint>> = HashMap::new();
         let mut here = Here { node: directory.intern(node), locality: Locality::default() };
+        // A handful of localities among thousands of workloads: one allocation each.
+        let mut localities: HashMap<&Locality, Arc<Locality>> = HashMap::new();
+        let nowhere = Arc::new(Locality::default());
         for (_, held) in &admitted {
             let Address::Workload(w) = &held.value else { continue };
             let names = Names {
@@ -239,21 +243,33 @@ impl State {
             };
             let services = w.services.iter().map(|(name, list)| (name.as_str(), ports(list)));
             let workload = directory.workload(&w.ips, names, services);
-            if w.node == node && here.locality.is_empty() {
-                here.locality = w.locality.clone();
+            if let (true, true, Some(locality)) = (w.node == node, here.locality.is_empty(), &w.locality) {
+                here.locality = Locality::clone(locality);
             }
-            let workload_node = directory.intern(&w.node);
-            let uid = directory.intern(&w.uid);
-            for (name, list) in &w.services {
-                endpoints.entry(name.as_str()).or_default().push(Endpoint {
-                    uid: Arc::clone(&uid),
-                    ips: w.ips.clone(),
-                    ports: ports(list),
-                    workload: Arc::clone(&workload),
-                    node: Arc::clone(&workload_node),
-                    locality: w.locality.clone(),
-                    healthy: w.healthy,
-                });
+            if w.services.is_empty() {
+                continue;
+            }
+            let locality = match &w.locality {
+                Some(l) => Arc::clone(localities.entry(l).or_insert_with(|| Arc::new(Locality::clone(l)))),
+                None => Arc::clone(&nowhere),
+            };
+            let endpoint = Endpoint {
+                uid: w.uid.as_str().into(),
+                ipv4: w.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                }),
+                ipv6: w.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                }),
+                workload,
+                node: directory.intern(&w.node),
+                locality,
+                healthy: w.healthy,
+            };
+            for (name, _) in &w.services {
+                endpoints.entry(name.as_str()).or_default().push(endpoint.clone());
             }
         }
         for (_, held) in &admitted {

@@ -67,7 +67,7 @@ pub fn candidates<'s>(
         .filter(|e| e.healthy || lb.allow_unhealthy)
         .filter(|e| !ask.tried.contains(&e.uid))
         .filter_map(|e| {
-            let addr = SocketAddr::new(e.ip(ask.v4)?, e.target_port(ask.port, declared)?);
+            let addr = SocketAddr::new(e.ip(ask.v4)?, e.target_port(&service.name, ask.port, declared)?);
             let rank = ask.here.rank(&lb.routing_preference, e);
             if lb.mode == LocalityMode::Strict && rank < full {
                 return None;
@@ -140,21 +140,25 @@ mod tests {
         workload::{Names, WorkloadRef},
     };
 
+    const CART: &str = "shop/cart.shop.svc.cluster.local";
+
     fn endpoint(uid: &str, node: &str, ip: [u8; 4]) -> Endpoint {
+        let mut workload = WorkloadRef::new(Names { namespace: "shop", pod: uid, ..Default::default() });
+        workload.services = vec![(CART.into(), vec![(80, 8080)])];
         Endpoint {
             uid: uid.into(),
-            ips: vec![IpAddr::from(ip), IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip[3])])],
-            ports: vec![(80, 8080)],
-            workload: Arc::new(WorkloadRef::new(Names { namespace: "shop", pod: uid, ..Default::default() })),
+            ipv4: Some(ip.into()),
+            ipv6: Some([0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip[3])].into()),
+            workload: Arc::new(workload),
             node: node.into(),
-            locality: Locality::default(),
+            locality: Arc::default(),
             healthy: true,
         }
     }
 
     fn service(lb: LoadBalancing) -> ServiceInfo {
         ServiceInfo {
-            name: "shop/cart.shop.svc.cluster.local".into(),
+            name: CART.into(),
             vips: vec![IpAddr::from([10, 96, 0, 1])],
             ports: vec![(80, 8080)],
             load_balancing: lb,
@@ -208,7 +212,7 @@ mod tests {
         let states = States::new();
         let mut s = service(LoadBalancing::default());
         s.endpoints[0].healthy = false;
-        s.endpoints[1].ports = vec![(80, 0)];
+        Arc::make_mut(&mut s.endpoints[1].workload).services = vec![(CART.into(), vec![(80, 0)])];
         let now = Instant::now();
         let ask = Ask { port: 80, v4: false, here: &here, now, tried: &[] };
         let tier = candidates(&s, &ask, |e| states.of(e)).expect("tier");

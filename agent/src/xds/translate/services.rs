@@ -53,13 +53,17 @@ pub(super) fn load_balancing(ctx: &Ctx<'_>, lb: Option<wl::LoadBalancing>) -> Re
     Ok(LoadBalancing { routing_preference, mode, allow_unhealthy })
 }
 
-pub(super) fn locality(ctx: &Ctx<'_>, locality: Option<wl::Locality>) -> Result<Locality, Invalid> {
-    let Some(wl::Locality { region, zone, subzone }) = locality else { return Ok(Locality::default()) };
-    Ok(Locality {
+pub(super) fn locality(
+    ctx: &Ctx<'_>,
+    locality: Option<wl::Locality>,
+) -> Result<Option<Box<Locality>>, Invalid> {
+    let Some(wl::Locality { region, zone, subzone }) = locality else { return Ok(None) };
+    let locality = Locality {
         region: ctx.bounded("workload.locality.region", &region)?,
         zone: ctx.bounded("workload.locality.zone", &zone)?,
         subzone: ctx.bounded("workload.locality.subzone", &subzone)?,
-    })
+    };
+    Ok((!locality.is_empty()).then(|| Box::new(locality)))
 }
 
 /// The most rate limits one service may carry: far above any real policy, bounded so that
