@@ -73,8 +73,6 @@ pub struct LoadBalancing {
 /// locality are the directory's shared ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// The workload's uid: what its balancing state is kept under.
-    pub uid: Arc<str>,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     /// Its names, and the (service port, target port) pairs of each service it backs.
@@ -84,7 +82,20 @@ pub struct Endpoint {
     pub healthy: bool,
 }
 
+/// What an endpoint's balancing state is kept under, across directory updates: its pod's
+/// namespace and name (unique, and already held by its names).
+pub type EndpointKey = (Arc<str>, Arc<str>);
+
 impl Endpoint {
+    pub fn key(&self) -> EndpointKey {
+        (Arc::clone(&self.workload.namespace), Arc::clone(&self.workload.pod))
+    }
+
+    /// Whether `key` is this endpoint's.
+    pub fn is(&self, key: &EndpointKey) -> bool {
+        key.0 == self.workload.namespace && key.1 == self.workload.pod
+    }
+
     /// The workload's port for `service`'s `service_port` (`declared` is the service's own
     /// target port, 0 when it is named), when it serves it.
     pub fn target_port(&self, service: &str, service_port: u16, declared: u16) -> Option<u16> {
@@ -169,7 +180,6 @@ pub(crate) mod tests {
         let mut workload = WorkloadRef::new(Names { namespace: "shop", pod: "p", ..Default::default() });
         workload.services = vec![("shop/cart".into(), vec![(80, 8080), (81, 0)])];
         Endpoint {
-            uid: node.into(),
             ipv4: Some(Ipv4Addr::new(10, 0, 0, 1)),
             ipv6: None,
             workload: Arc::new(workload),

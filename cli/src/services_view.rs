@@ -58,7 +58,7 @@ pub fn render(services: &[ServiceReport]) -> String {
             };
             endpoints.row(vec![
                 service.to_owned(),
-                e.pod.clone().unwrap_or_else(|| e.uid.clone()),
+                e.pod.clone(),
                 e.node.clone().unwrap_or_else(|| "-".into()),
                 e.outstanding.to_string(),
                 latency(e.ewma_latency_us),

@@ -151,11 +151,10 @@ fn a_killed_endpoint_costs_no_connection_is_ejected_and_comes_back() {
 
     std::thread::sleep(Duration::from_secs(2));
     s.stop("cart-2", two);
-    let uid = "Kubernetes//Pod/mesh/cart-2";
     let endpoint = |state: &serde_json::Value| {
         state["endpoints"]
             .as_array()
-            .and_then(|e| e.iter().find(|e| e["uid"] == uid))
+            .and_then(|e| e.iter().find(|e| e["pod"] == "mesh/cart-2"))
             .cloned()
             .unwrap_or_default()
     };

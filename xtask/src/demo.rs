@@ -180,7 +180,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let vip = IpAddr::from([10, 96, 0, 10]);
     let r = service_client(&client, "count", vip, &["--count", "60", "--concurrency", "3"])?;
     println!(
-        "[9/11] Service mesh/cart ({vip}:80, its three endpoints on both nodes): 60 connections from          mesh/client, each to the endpoint node1's proxy picked (P2C, by load and latency): {}",
+        "[9/11] Service mesh/cart ({vip}:80, its three endpoints on both nodes): 60 connections from mesh/client, each to the endpoint node1's proxy picked (P2C, by load and latency): {}",
         r["by_endpoint"]
     );
     let out = cluster.work_dir().join("cart-loop.json");
@@ -194,7 +194,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let failed = r["failures"].as_array().map_or(0, Vec::len);
     anyhow::ensure!(failed == 0, "a client connection failed when cart-2 died: {r}");
     println!(
-        "[10/11] cart-2's server killed while mesh/client connects in a loop: {} connections, {failed}          failed (a refused connect is retried on another endpoint before the app's bytes are read);          cart-2 is ejected by the DestinationRule's outlierDetection (SERVICES in nodemesh status below)",
+        "[10/11] cart-2's server killed while mesh/client connects in a loop: {} connections, {failed} failed (a refused connect is retried on another endpoint before the app's bytes are read); cart-2 is ejected by the DestinationRule's outlierDetection (SERVICES in nodemesh status below)",
         r["attempts"]
     );
 

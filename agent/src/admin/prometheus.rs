@@ -343,7 +343,7 @@ fn services(e: &mut Exposition, proxy: &crate::proxy::Proxy) {
         let mut family = e.family(name, Kind::Gauge, help);
         for v in &services {
             for ep in &v.endpoints {
-                let endpoint = ep.pod.as_deref().unwrap_or(&ep.uid);
+                let endpoint = ep.pod.as_str();
                 family.sample(&[("service", v.service.as_str()), ("endpoint", endpoint)], value(ep));
             }
         }

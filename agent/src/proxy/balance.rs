@@ -21,7 +21,7 @@ pub use pick::{Ask, Candidate, NoEndpoint};
 use crate::{
     directory::Directory,
     report::status::{EndpointReport, ServiceReport},
-    services::{Endpoint, ServiceInfo},
+    services::{Endpoint, EndpointKey, ServiceInfo},
 };
 
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ pub struct Balancer {
 /// One service's state on this node.
 #[derive(Debug, Default)]
 pub struct ServiceState {
-    endpoints: Mutex<HashMap<Arc<str>, Arc<EndpointState>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointState>>>,
     /// Connections to it open now (connecting included): what `maxConnections` bounds.
     pub active: AtomicU32,
     /// Connections held while it has no endpoint (scale from zero).
@@ -76,8 +76,8 @@ impl Balancer {
                 return state.active.load(Relaxed) > 0 || state.held.load(Relaxed) > 0;
             };
             let mut endpoints = state.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-            endpoints.retain(|uid, e| {
-                e.outstanding.load(Relaxed) > 0 || service.endpoints.iter().any(|x| &x.uid == uid)
+            endpoints.retain(|key, e| {
+                e.outstanding.load(Relaxed) > 0 || service.endpoints.iter().any(|x| x.is(key))
             });
             true
         });
@@ -105,7 +105,7 @@ impl Balancer {
 impl ServiceState {
     pub fn endpoint(&self, endpoint: &Endpoint) -> Arc<EndpointState> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(endpoints.entry(Arc::clone(&endpoint.uid)).or_default())
+        Arc::clone(endpoints.entry(endpoint.key()).or_default())
     }
 
     pub fn rr(&self) -> &AtomicUsize {
@@ -127,11 +127,10 @@ impl ServiceState {
         let wall = SystemTime::now();
         let mut list: Vec<EndpointReport> = endpoints
             .iter()
-            .map(|(uid, e)| {
-                let described = info.and_then(|i| i.endpoints.iter().find(|x| &x.uid == uid));
+            .map(|(key, e)| {
+                let described = info.and_then(|i| i.endpoints.iter().find(|x| x.is(key)));
                 EndpointReport {
-                    uid: uid.to_string(),
-                    pod: described.map(|d| format!("{}/{}", d.workload.namespace, d.workload.pod)),
+                    pod: format!("{}/{}", key.0, key.1),
                     node: described.map(|d| d.node.to_string()),
                     outstanding: e.outstanding.load(Relaxed),
                     ewma_latency_us: e.latency_us(now).round() as u64,
@@ -146,7 +145,7 @@ impl ServiceState {
                 }
             })
             .collect();
-        list.sort_by(|a, b| a.uid.cmp(&b.uid));
+        list.sort_by(|a, b| a.pod.cmp(&b.pod));
         let c = &self.counters;
         ServiceReport {
             service: name.to_owned(),

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     directory::Directory,
     report::flows::Direction,
-    services::{LocalityMode, ServiceInfo},
+    services::{EndpointKey, LocalityMode, ServiceInfo},
     workload::WorkloadRef,
 };
 
@@ -145,7 +145,7 @@ impl<'p> Attempt<'p> {
         };
         let mut service = Arc::clone(service);
         let mut directory = Arc::clone(directory);
-        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut tried: Vec<EndpointKey> = Vec::new();
         let mut last_failure: Option<String> = None;
         let mut held: Option<Instant> = None;
         // Until when a held connection keeps trying the endpoints that appeared.
@@ -163,7 +163,7 @@ impl<'p> Attempt<'p> {
                 Ok(tier) => {
                     let c = pick::choose(&tier, service.policy.algorithm, state.rr(), now);
                     Picked {
-                        uid: Arc::clone(&c.endpoint.uid),
+                        key: c.endpoint.key(),
                         addr: c.addr,
                         workload: Arc::clone(&c.endpoint.workload),
                         state: Arc::clone(&c.state),
@@ -275,7 +275,7 @@ impl<'p> Attempt<'p> {
                         record.mtls_answered();
                     }
                     record.flow().routing(|r| r.retries.push(entry));
-                    tried.push(picked.uid);
+                    tried.push(picked.key);
                     last_failure = Some(failure.reason);
                     if tried.len() >= MAX_ATTEMPTS && held_until.is_none() {
                         state.counters.no_endpoint.fetch_add(1, Relaxed);
@@ -370,7 +370,7 @@ struct Checked<'d> {
 
 /// The endpoint the balancer picked, detached from the directory it came from.
 struct Picked {
-    uid: Arc<str>,
+    key: EndpointKey,
     addr: SocketAddr,
     workload: Arc<WorkloadRef>,
     state: Arc<super::balance::EndpointState>,

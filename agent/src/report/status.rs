@@ -281,8 +281,8 @@ pub struct ServiceReport {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointReport {
-    pub uid: String,
-    pub pod: Option<String>,
+    /// `namespace/pod`.
+    pub pod: String,
     pub node: Option<String>,
     pub outstanding: u32,
     pub ewma_latency_us: u64,

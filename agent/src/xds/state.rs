@@ -254,7 +254,6 @@ impl State {
                 None => Arc::clone(&nowhere),
             };
             let endpoint = Endpoint {
-                uid: w.uid.as_str().into(),
                 ipv4: w.ips.iter().find_map(|ip| match ip {
                     IpAddr::V4(v4) => Some(*v4),
                     IpAddr::V6(_) => None,

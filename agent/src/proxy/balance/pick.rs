@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::endpoint::EndpointState;
-use crate::services::{Algorithm, Endpoint, Here, LocalityMode, ServiceInfo};
+use crate::services::{Algorithm, Endpoint, EndpointKey, Here, LocalityMode, ServiceInfo};
 
 /// An endpoint that may take the connection.
 #[derive(Clone, Debug)]
@@ -45,8 +45,8 @@ pub struct Ask<'a> {
     pub v4: bool,
     pub here: &'a Here,
     pub now: Instant,
-    /// Endpoints (by uid) this connection already tried.
-    pub tried: &'a [Arc<str>],
+    /// Endpoints this connection already tried.
+    pub tried: &'a [EndpointKey],
 }
 
 /// The nearest tier of endpoints that may take the connection.
@@ -65,7 +65,7 @@ pub fn candidates<'s>(
         .endpoints
         .iter()
         .filter(|e| e.healthy || lb.allow_unhealthy)
-        .filter(|e| !ask.tried.contains(&e.uid))
+        .filter(|e| !ask.tried.iter().any(|t| e.is(t)))
         .filter_map(|e| {
             let addr = SocketAddr::new(e.ip(ask.v4)?, e.target_port(&service.name, ask.port, declared)?);
             let rank = ask.here.rank(&lb.routing_preference, e);
@@ -146,7 +146,6 @@ mod tests {
         let mut workload = WorkloadRef::new(Names { namespace: "shop", pod: uid, ..Default::default() });
         workload.services = vec![(CART.into(), vec![(80, 8080)])];
         Endpoint {
-            uid: uid.into(),
             ipv4: Some(ip.into()),
             ipv6: Some([0xfd00, 0, 0, 0, 0, 0, 0, u16::from(ip[3])].into()),
             workload: Arc::new(workload),
@@ -171,32 +170,38 @@ mod tests {
         }
     }
 
-    struct States(std::sync::Mutex<HashMap<Arc<str>, Arc<EndpointState>>>);
+    struct States(std::sync::Mutex<HashMap<EndpointKey, Arc<EndpointState>>>);
 
     impl States {
         fn new() -> Self {
             Self(std::sync::Mutex::default())
         }
         fn of(&self, e: &Endpoint) -> Arc<EndpointState> {
-            Arc::clone(self.0.lock().expect("lock").entry(Arc::clone(&e.uid)).or_default())
+            Arc::clone(self.0.lock().expect("lock").entry(e.key()).or_default())
         }
     }
 
     fn uids(c: &[Candidate<'_>]) -> Vec<String> {
-        c.iter().map(|c| c.endpoint.uid.to_string()).collect()
+        c.iter().map(|c| c.endpoint.workload.pod.to_string()).collect()
     }
 
     #[test]
     fn the_nearest_tier_wins_and_strict_never_leaves_it() {
         let here = Here { node: "n1".into(), locality: Locality::default() };
         let states = States::new();
-        let ask =
-            |tried: &'static [Arc<str>]| Ask { port: 80, v4: true, here: &here, now: Instant::now(), tried };
+        let ask = |tried: &'static [EndpointKey]| Ask {
+            port: 80,
+            v4: true,
+            here: &here,
+            now: Instant::now(),
+            tried,
+        };
         let near = LoadBalancing { routing_preference: vec![Scope::Node], ..Default::default() };
         let s = service(near.clone());
         assert_eq!(uids(&candidates(&s, &ask(&[]), |e| states.of(e)).expect("tier")), ["a"]);
         // Failover: the local one tried, the next tier.
-        let tried: &'static [Arc<str>] = Box::leak(Box::new([Arc::<str>::from("a")]));
+        let tried: &'static [EndpointKey] =
+            Box::leak(Box::new([(Arc::<str>::from("shop"), Arc::<str>::from("a"))]));
         assert_eq!(uids(&candidates(&s, &ask(tried), |e| states.of(e)).expect("tier")), ["b", "c"]);
         // Strict: nothing else.
         let strict = service(LoadBalancing { mode: LocalityMode::Strict, ..near });
@@ -249,7 +254,9 @@ mod tests {
         tier[0].state.outstanding.store(50, Relaxed);
         let rr = AtomicUsize::new(0);
         let count = |algorithm| {
-            (0..3000).filter(|_| choose(&tier, algorithm, &rr, now).endpoint.uid.as_ref() == "a").count()
+            (0..3000)
+                .filter(|_| choose(&tier, algorithm, &rr, now).endpoint.workload.pod.as_ref() == "a")
+                .count()
         };
         assert_eq!(count(Algorithm::RoundRobin), 1000);
         // P2C picks "a" only when both draws are "a", which they never are.
