@@ -199,6 +199,12 @@ impl<'p> Attempt<'p> {
                         }
                     }
                 }
+                Err(pick::NoEndpoint::NoPort) => {
+                    return Served::Failed {
+                        reason: pick::NoEndpoint::NoPort.reason().into(),
+                        fallback: false,
+                    };
+                }
                 Err(none) => {
                     // A service that just scaled up may refuse for a moment (its app, or its
                     // node's proxy, still starting): a held connection keeps trying until its

@@ -152,7 +152,8 @@ pub fn failed(record: &Record<'_>, failure: &ConnectFailed) {
     record.fail(failure.reason.clone());
 }
 
-/// The source identity `Arc`, for callers that only need to know whether a tunnel exists.
+/// The identity the destination must prove, when the route is an HBONE tunnel: what the flow
+/// names as its mutual-TLS peer.
 pub fn tunnel_peer(route: &Route) -> Option<Arc<str>> {
     route.tunnel.as_ref().map(|t| Arc::clone(&t.destination_identity))
 }

@@ -28,6 +28,8 @@ pub enum NoEndpoint {
     /// It has endpoints, but none may take the connection now (unhealthy, ejected, already
     /// tried, or outside a strict locality).
     NoneHealthy,
+    /// The service has no such port.
+    NoPort,
 }
 
 impl NoEndpoint {
@@ -35,6 +37,7 @@ impl NoEndpoint {
         match self {
             NoEndpoint::None => "no_endpoints",
             NoEndpoint::NoneHealthy => "no_healthy_endpoint",
+            NoEndpoint::NoPort => "no_service_port",
         }
     }
 }
@@ -58,7 +61,7 @@ pub fn candidates<'s>(
     if service.endpoints.is_empty() {
         return Err(NoEndpoint::None);
     }
-    let Some(declared) = service.port(ask.port) else { return Err(NoEndpoint::NoneHealthy) };
+    let Some(declared) = service.port(ask.port) else { return Err(NoEndpoint::NoPort) };
     let lb = &service.load_balancing;
     let full = lb.routing_preference.len();
     let mut ranked: Vec<(usize, Candidate<'s>)> = service
@@ -234,7 +237,7 @@ mod tests {
         // A port the service does not have, and a service with nothing behind it.
         assert_eq!(
             candidates(&s, &Ask { port: 81, ..ask }, |e| states.of(e)).err(),
-            Some(NoEndpoint::NoneHealthy)
+            Some(NoEndpoint::NoPort)
         );
         s.endpoints.clear();
         assert_eq!(
