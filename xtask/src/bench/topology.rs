@@ -100,7 +100,10 @@ impl Topology {
         // Node 2's servers are the endpoints of the service benchmark's Services too.
         let mut endpoint = spliced;
         endpoint.labels.insert("app".into(), "bench".into());
-        let server2 = node2.add_pod("mesh", "server-2", endpoint.clone())?;
+        // server-2 is also the one endpoint of `bench-one` (services.rs).
+        let mut first = endpoint.clone();
+        first.labels.insert("bench-one".into(), "yes".into());
+        let server2 = node2.add_pod("mesh", "server-2", first)?;
         let server3 = node2.add_pod("mesh", "server-3", endpoint.clone())?;
         let server4 = node2.add_pod("mesh", "server-4", endpoint)?;
         for node in [&node1, &node2] {
