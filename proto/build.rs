@@ -6,6 +6,7 @@ const PROTOS: &[&str] = &[
     "istio/workload/workload.proto",
     "istio/security/authorization.proto",
     "istio/ca/ca.proto",
+    "nodemesh/v1/http_route.proto",
     "nodemesh/v1/service_policy.proto",
     "nodemesh/v1/snapshot.proto",
     "nodemesh/v1/workload.proto",

@@ -24,12 +24,13 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target of the agent's (the control plane's own, `controlplane_yaml`, is in
 /// `nodemesh_controlplane::fuzzing` and replayed by its tests).
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("enrollment", enrollment),
     ("agent_config", agent_config),
     ("xds_address", xds_address),
     ("xds_authorization", xds_authorization),
     ("xds_service_policy", xds_service_policy),
+    ("xds_http_routes", xds_http_routes),
     ("xds_response", xds_response),
     ("snapshot", snapshot_file),
     ("flows_query", flows_query),
@@ -92,6 +93,19 @@ pub fn xds_service_policy(data: &[u8]) {
     if let Ok((service, policy)) = translate::service_policy(&resource) {
         assert_eq!(service, name);
         assert!(policy.rate_limits.iter().all(|l| l.connections_per_second > 0 || l.max_concurrent > 0));
+    }
+}
+
+/// One `nodemesh.v1.HttpRoutes` body, under the name it claims: an accepted one has every
+/// regular expression compiled, so a request never meets an invalid one.
+pub fn xds_http_routes(data: &[u8]) {
+    use nodemesh_proto::{nodemesh::v1::HttpRoutes, prost::Message as _};
+    let name =
+        HttpRoutes::decode(data).map(|r| format!("{}/{}", r.namespace, r.hostname)).unwrap_or_default();
+    let resource = Resource { name: name.clone(), ..resource(type_urls::HTTP_ROUTES, data) };
+    if let Ok((service, routes)) = translate::http_routes(&resource) {
+        assert_eq!(service, name);
+        assert!(routes.entries.iter().all(|e| e.action.backends.iter().all(|b| b.weight <= 1_000_000)));
     }
 }
 

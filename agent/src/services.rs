@@ -4,6 +4,7 @@
 //! with the directory from the control plane's state; a leaf beside `workload`: it imports
 //! nothing of the agent's but the workload's names.
 
+pub mod http;
 pub mod policy;
 
 use std::{
@@ -121,17 +122,26 @@ pub struct ServiceInfo {
     /// `namespace/hostname`.
     pub name: Arc<str>,
     pub vips: Vec<IpAddr>,
-    /// (service port, target port); target 0: named, resolved per endpoint.
-    pub ports: Vec<(u16, u16)>,
+    pub ports: Vec<ServicePort>,
     pub load_balancing: LoadBalancing,
     pub policy: Arc<ServicePolicy>,
     pub endpoints: Vec<Endpoint>,
+    /// Its HTTPRoutes, for its HTTP ports; none: every request goes to the service itself.
+    pub http_routes: Option<Arc<http::HttpRoutes>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    /// 0: named, resolved per endpoint.
+    pub target: u16,
+    pub protocol: http::AppProtocol,
 }
 
 impl ServiceInfo {
-    /// The declared target port of `service_port`, when the service has that port.
-    pub fn port(&self, service_port: u16) -> Option<u16> {
-        self.ports.iter().find(|(sp, _)| *sp == service_port).map(|(_, target)| *target)
+    /// The service's port `service_port`, when it has it.
+    pub fn port(&self, service_port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == service_port)
     }
 }
 
@@ -169,10 +179,11 @@ pub(crate) mod tests {
         ServiceInfo {
             name: name.into(),
             vips: vec![vip.parse().expect("ip")],
-            ports: vec![(80, 8080)],
+            ports: vec![ServicePort { port: 80, target: 8080, protocol: http::AppProtocol::Tcp }],
             load_balancing: LoadBalancing::default(),
             policy: Arc::default(),
             endpoints: Vec::new(),
+            http_routes: None,
         }
     }
 

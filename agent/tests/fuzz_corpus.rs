@@ -68,6 +68,7 @@ fn the_committed_seeds_are_the_built_ones() {
         ("xds_address", "service", service().encode_to_vec()),
         ("xds_authorization", "allow", authorization().encode_to_vec()),
         ("xds_service_policy", "full", service_policy().encode_to_vec()),
+        ("xds_http_routes", "canary", http_routes().encode_to_vec()),
         ("xds_response", "sync", response().encode_to_vec()),
         ("snapshot", "state", nodemesh_agent::xds::snapshot::encode(&snapshot())),
         ("snapshot", "payload", [&[0xff][..], &snapshot().encode_to_vec()].concat()),
@@ -245,5 +246,65 @@ fn service_policy() -> nodemesh_proto::nodemesh::v1::ServicePolicy {
             hold_timeout_ms: 30_000,
             max_held: 100,
         }),
+    }
+}
+
+fn http_routes() -> nodemesh_proto::nodemesh::v1::HttpRoutes {
+    use nodemesh_proto::nodemesh::v1 as nm;
+    let backend = |service: &str, weight| nm::WeightedBackend {
+        service: service.into(),
+        port: 9080,
+        weight,
+        filters: Vec::new(),
+    };
+    nm::HttpRoutes {
+        namespace: "shop".into(),
+        hostname: "reviews.shop.svc.cluster.local".into(),
+        entries: vec![
+            nm::HttpRouteEntry {
+                route: "shop/reviews".into(),
+                rule: 0,
+                r#match: 0,
+                port: 9080,
+                hostnames: Vec::new(),
+                matches: Some(nm::HttpMatch {
+                    path: Some(nm::PathMatch {
+                        r#type: nm::path_match::Type::RegularExpression as i32,
+                        value: "/v[0-9]+/.*".into(),
+                    }),
+                    headers: vec![nm::ValueMatch { r#type: 0, name: "x-canary".into(), value: "yes".into() }],
+                    query_params: Vec::new(),
+                    method: "GET".into(),
+                }),
+                action: Some(nm::HttpAction {
+                    backends: vec![backend("shop/reviews-v2.shop.svc.cluster.local", 1)],
+                    filters: vec![nm::HttpFilter {
+                        kind: Some(nm::http_filter::Kind::RequestHeaderModifier(nm::HeaderModifier {
+                            set: vec![nm::Header { name: "x-route".into(), value: "canary".into() }],
+                            add: Vec::new(),
+                            remove: vec!["x-debug".into()],
+                        })),
+                    }],
+                    request_timeout_ms: 5_000,
+                    backend_request_timeout_ms: 1_000,
+                    retry: Some(nm::HttpRetry { codes: vec![503], attempts: 2, backoff_ms: 50 }),
+                }),
+            },
+            nm::HttpRouteEntry {
+                route: "shop/reviews".into(),
+                rule: 1,
+                r#match: 0,
+                port: 9080,
+                hostnames: Vec::new(),
+                matches: None,
+                action: Some(nm::HttpAction {
+                    backends: vec![
+                        backend("shop/reviews-v1.shop.svc.cluster.local", 90),
+                        backend("shop/reviews-v2.shop.svc.cluster.local", 10),
+                    ],
+                    ..Default::default()
+                }),
+            },
+        ],
     }
 }

@@ -52,6 +52,8 @@ pub mod type_urls {
     pub const LABELS: &str = "type.googleapis.com/nodemesh.v1.Labels";
     /// Per-service traffic settings (`nodemesh/v1/service_policy.proto`).
     pub const SERVICE_POLICY: &str = "type.googleapis.com/nodemesh.v1.ServicePolicy";
+    /// A service's HTTP routes (`nodemesh/v1/http_route.proto`).
+    pub const HTTP_ROUTES: &str = "type.googleapis.com/nodemesh.v1.HttpRoutes";
 }
 
 pub use prost;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use nodemesh_conventions::Labels;
 
-use crate::services::{LoadBalancing, Locality};
+use crate::services::{LoadBalancing, Locality, http::AppProtocol};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +13,8 @@ pub struct PortMap {
     pub service_port: u16,
     /// 0: the service names its target port and this workload did not resolve it.
     pub target_port: u16,
+    #[serde(default, skip_serializing_if = "AppProtocol::is_tcp")]
+    pub protocol: AppProtocol,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

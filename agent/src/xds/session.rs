@@ -72,7 +72,9 @@ async fn stream(shared: &Arc<XdsHandle>, received: &mut bool) -> Result<(), Sess
 
     let (tx, rx) = mpsc::channel(16);
     for (i, type_url) in
-        [type_urls::ADDRESS, type_urls::AUTHORIZATION, type_urls::SERVICE_POLICY].into_iter().enumerate()
+        [type_urls::ADDRESS, type_urls::AUTHORIZATION, type_urls::SERVICE_POLICY, type_urls::HTTP_ROUTES]
+            .into_iter()
+            .enumerate()
     {
         let initial_resource_versions = shared.state().versions(type_url);
         let request = DeltaDiscoveryRequest {

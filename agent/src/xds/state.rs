@@ -21,7 +21,7 @@ pub use crate::report::status::Counts;
 
 use super::translate::{self, Address, Invalid};
 use crate::authz::Authorization;
-use crate::services::{Endpoint, Here, Locality, ServiceInfo, ServicePolicy};
+use crate::services::{Endpoint, Here, Locality, ServiceInfo, ServicePolicy, ServicePort, http::HttpRoutes};
 use crate::{
     claims::{Claim, Claims, Clash},
     directory::{Directory, DirectoryBuilder, Names},
@@ -62,6 +62,7 @@ pub struct State {
     authorizations: BTreeMap<String, Held<Authorization>>,
     /// By the service's `namespace/hostname`.
     service_policies: BTreeMap<String, Held<ServicePolicy>>,
+    http_routes: BTreeMap<String, Held<Arc<HttpRoutes>>>,
     system_versions: BTreeMap<String, String>,
     /// The next arrival number.
     arrivals: u64,
@@ -74,6 +75,7 @@ pub struct Checked {
     addresses: Vec<(String, Held<Address>)>,
     authorizations: Vec<(String, Held<Authorization>)>,
     service_policies: Vec<(String, Held<ServicePolicy>)>,
+    http_routes: Vec<(String, Held<Arc<HttpRoutes>>)>,
     removed: Vec<String>,
 }
 
@@ -88,6 +90,7 @@ impl State {
             addresses: Vec::new(),
             authorizations: Vec::new(),
             service_policies: Vec::new(),
+            http_routes: Vec::new(),
             removed: response.removed_resources.clone(),
         };
         for resource in &response.resources {
@@ -102,6 +105,10 @@ impl State {
                     let (_, policy) = translate::service_policy(resource)?;
                     checked.service_policies.push(Held::new(resource, policy));
                 }
+                type_urls::HTTP_ROUTES => {
+                    let (_, routes) = translate::http_routes(resource)?;
+                    checked.http_routes.push(Held::new(resource, Arc::new(routes)));
+                }
                 other => {
                     return Err(Invalid {
                         resource: resource.name.clone(),
@@ -114,8 +121,15 @@ impl State {
     }
 
     pub fn apply(&mut self, checked: Checked) {
-        let Checked { type_url, system_version, addresses, authorizations, service_policies, removed } =
-            checked;
+        let Checked {
+            type_url,
+            system_version,
+            addresses,
+            authorizations,
+            service_policies,
+            http_routes,
+            removed,
+        } = checked;
         for name in &removed {
             match type_url.as_str() {
                 type_urls::ADDRESS => {
@@ -124,8 +138,11 @@ impl State {
                 type_urls::AUTHORIZATION => {
                     self.authorizations.remove(name);
                 }
-                _ => {
+                type_urls::SERVICE_POLICY => {
                     self.service_policies.remove(name);
+                }
+                _ => {
+                    self.http_routes.remove(name);
                 }
             }
         }
@@ -142,6 +159,7 @@ impl State {
         }
         self.authorizations.extend(authorizations);
         self.service_policies.extend(service_policies);
+        self.http_routes.extend(http_routes);
         self.system_versions.insert(type_url, system_version);
     }
 
@@ -156,6 +174,9 @@ impl State {
             }
             type_urls::SERVICE_POLICY => {
                 self.service_policies.iter().map(|(n, h)| (n.clone(), h.version.to_string())).collect()
+            }
+            type_urls::HTTP_ROUTES => {
+                self.http_routes.iter().map(|(n, h)| (n.clone(), h.version.to_string())).collect()
             }
             _ => BTreeMap::new(),
         }
@@ -281,7 +302,16 @@ impl State {
                 endpoints: endpoints.remove(name.as_str()).unwrap_or_default(),
                 name: interned,
                 vips: s.vips.clone(),
-                ports: s.ports.iter().map(|p| (p.service_port, p.target_port)).collect(),
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        port: p.service_port,
+                        target: p.target_port,
+                        protocol: p.protocol,
+                    })
+                    .collect(),
+                http_routes: self.http_routes.get(&name).map(|h| Arc::clone(&h.value)),
                 load_balancing: s.load_balancing.clone(),
                 policy,
             });
@@ -332,6 +362,13 @@ impl State {
             "addresses": addresses,
             "authorizations": authorizations,
             "service_policies": service_policies,
+            // Each service's route entries in the order they are matched, by route, rule and
+            // match (the resource itself is in the snapshot).
+            "http_routes": self.http_routes.iter().map(|(n, h)| {
+                let entries: Vec<String> =
+                    h.value.entries.iter().map(|e| format!("{} rule {} match {}", e.route, e.rule, e.index)).collect();
+                (n.clone(), entries)
+            }).collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -351,6 +388,10 @@ impl State {
                     .iter()
                     .map(|(n, h)| h.to_resource(n, type_urls::SERVICE_POLICY))
                     .collect(),
+            ),
+            (
+                type_urls::HTTP_ROUTES,
+                self.http_routes.iter().map(|(n, h)| h.to_resource(n, type_urls::HTTP_ROUTES)).collect(),
             ),
         ]
         .into_iter()

@@ -6,12 +6,15 @@
 use std::net::IpAddr;
 
 mod extensions;
+mod http_routes;
 mod services;
 
+pub use http_routes::http_routes;
 pub use services::service_policy;
 
 pub use super::resources::{Address, PortMap, Service, Workload};
 use crate::authz::{Action, Authorization, Cidr, MatchSpec, Scope, StrMatch};
+use crate::services::http::AppProtocol;
 use nodemesh_conventions::{FieldError, LABELS_EXTENSION, Labels, POD_UID_EXTENSION};
 use nodemesh_proto::{
     envoy::service::discovery::v3::Resource,
@@ -116,11 +119,22 @@ fn ports(ctx: &Ctx<'_>, field: &str, list: &[wl::Port]) -> Result<Vec<PortMap>, 
     list.iter()
         .enumerate()
         .map(|(i, wl::Port { service_port, target_port, app_protocol })| {
-            // The protocol matters to the HTTP issue's classify stage; L4 needs only ports.
-            let _ = app_protocol;
+            // Istio's reading of the port (appProtocol, else the name's prefix), done by the
+            // control plane: which ports the HTTP stage takes. Anything else is opaque TCP.
+            let protocol = match wl::AppProtocol::try_from(*app_protocol) {
+                Ok(wl::AppProtocol::Http11) => AppProtocol::Http1,
+                Ok(wl::AppProtocol::Http2) => AppProtocol::Http2,
+                Ok(wl::AppProtocol::Grpc) => AppProtocol::Grpc,
+                Ok(_) => AppProtocol::Tcp,
+                Err(_) => {
+                    return Err(ctx
+                        .err(format!("{field}[{i}].app_protocol"), format!("unknown value {app_protocol}")));
+                }
+            };
             Ok(PortMap {
                 service_port: ctx.port(format!("{field}[{i}].service_port"), *service_port, false)?,
                 target_port: ctx.port(format!("{field}[{i}].target_port"), *target_port, true)?,
+                protocol,
             })
         })
         .collect()

@@ -61,7 +61,7 @@ pub fn candidates<'s>(
     if service.endpoints.is_empty() {
         return Err(NoEndpoint::None);
     }
-    let Some(declared) = service.port(ask.port) else { return Err(NoEndpoint::NoPort) };
+    let Some(declared) = service.port(ask.port).map(|p| p.target) else { return Err(NoEndpoint::NoPort) };
     let lb = &service.load_balancing;
     let full = lb.routing_preference.len();
     let mut ranked: Vec<(usize, Candidate<'s>)> = service
@@ -162,7 +162,12 @@ mod tests {
         ServiceInfo {
             name: CART.into(),
             vips: vec![IpAddr::from([10, 96, 0, 1])],
-            ports: vec![(80, 8080)],
+            ports: vec![crate::services::ServicePort {
+                port: 80,
+                target: 8080,
+                protocol: crate::services::http::AppProtocol::Tcp,
+            }],
+            http_routes: None,
             load_balancing: lb,
             policy: Arc::default(),
             endpoints: vec![
