@@ -14,6 +14,7 @@ pub struct Served {
     pub addresses: usize,
     pub authorizations: usize,
     pub service_policies: usize,
+    pub http_routes: usize,
     /// Input problems; the objects those files last held keep serving.
     pub input_errors: Vec<InputError>,
 }

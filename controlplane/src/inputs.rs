@@ -163,6 +163,7 @@ pub fn record(served: &Mutex<Served>, world: &World, errors: Vec<crate::store::I
         addresses: world.addresses.len(),
         authorizations: world.authorizations.len(),
         service_policies: world.service_policies.len(),
+        http_routes: world.http_routes.len(),
         input_errors: errors,
     };
 }

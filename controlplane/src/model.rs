@@ -1,11 +1,12 @@
 //! The control plane's input, in Kubernetes' own vocabulary: Namespaces, Nodes, Pods,
-//! Services, Istio's AuthorizationPolicies, PeerAuthentications and DestinationRules, and
-//! Nodemesh's TrafficPolicies, as YAML documents. Only the fields the control plane uses are
+//! Services, Istio's AuthorizationPolicies, PeerAuthentications and DestinationRules,
+//! Nodemesh's TrafficPolicies, and Gateway API's HTTPRoutes, as YAML documents. Only the fields the control plane uses are
 //! read; others (status details, managed fields) are ignored, as Kubernetes clients do.
 //! Every error names the field at fault.
 
 pub mod destination_rule;
 mod duration;
+pub mod http_route;
 pub mod traffic_policy;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 pub use destination_rule::DestinationRule;
 pub use duration::Duration;
+pub use http_route::HttpRoute;
 pub use nodemesh_conventions::{FieldError, Labels, OwnerReference, rules};
 use serde::{Deserialize, Serialize};
 pub use traffic_policy::TrafficPolicy;
@@ -321,6 +323,7 @@ pub enum Object {
     PeerAuthentication(Arc<PeerAuthentication>),
     DestinationRule(Arc<DestinationRule>),
     TrafficPolicy(Arc<TrafficPolicy>),
+    HttpRoute(Arc<HttpRoute>),
 }
 
 /// Identifies an object (duplicates across files are an error).
@@ -357,6 +360,7 @@ impl Object {
             Object::PeerAuthentication(o) => &mut Arc::make_mut(o).metadata,
             Object::DestinationRule(o) => &mut Arc::make_mut(o).metadata,
             Object::TrafficPolicy(o) => &mut Arc::make_mut(o).metadata,
+            Object::HttpRoute(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -370,6 +374,7 @@ impl Object {
             Object::PeerAuthentication(o) => ("PeerAuthentication", &o.metadata),
             Object::DestinationRule(o) => ("DestinationRule", &o.metadata),
             Object::TrafficPolicy(o) => ("TrafficPolicy", &o.metadata),
+            Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
         };
         let namespace =
             if self.namespaced() { meta.namespace.clone().unwrap_or_default() } else { String::new() };
@@ -409,6 +414,9 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
             "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
         ) => Object::DestinationRule(Arc::new(typed(doc)?)),
         ("TrafficPolicy", "nodemesh.io/v1alpha1") => Object::TrafficPolicy(Arc::new(typed(doc)?)),
+        ("HTTPRoute", "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1") => {
+            Object::HttpRoute(Arc::new(typed(doc)?))
+        }
         (
             "Namespace"
             | "Node"
@@ -417,7 +425,8 @@ pub fn parse_document(doc: serde_yaml::Value) -> Result<Option<Object>, FieldErr
             | "AuthorizationPolicy"
             | "PeerAuthentication"
             | "DestinationRule"
-            | "TrafficPolicy",
+            | "TrafficPolicy"
+            | "HTTPRoute",
             other,
         ) => {
             return Err(err(

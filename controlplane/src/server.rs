@@ -217,7 +217,7 @@ impl DeltaStream {
         }
         let type_url = request.type_url.clone();
         // The types served are those the world holds: Istio's Address and Authorization,
-        // Nodemesh's ServicePolicy.
+        // Nodemesh's ServicePolicy and HttpRoutes.
         if self.world.borrow().resources(&type_url).is_none() {
             return Err(Status::invalid_argument(format!(
                 "type_url {:?} is not served",

@@ -25,8 +25,8 @@ use nodemesh_input_file::{self as input_file, Fingerprint, Limits, Problem};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    AuthorizationPolicy, DestinationRule, FieldError, Namespace, Node, Object, ObjectKey, PeerAuthentication,
-    Pod, Service, TrafficPolicy, parse_document,
+    AuthorizationPolicy, DestinationRule, FieldError, HttpRoute, Namespace, Node, Object, ObjectKey,
+    PeerAuthentication, Pod, Service, TrafficPolicy, parse_document,
 };
 use clashes::Held;
 
@@ -74,6 +74,8 @@ pub struct Inputs {
     /// At most one per service hostname (a second is a clash).
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub traffic_policies: Vec<Arc<TrafficPolicy>>,
+    /// Any number per service: they are merged in Gateway API's precedence.
+    pub http_routes: Vec<Arc<HttpRoute>>,
 }
 
 /// What the caller knows that the files cannot tell: which writers are done, and the time.

@@ -11,11 +11,14 @@
 //!   converted for the workloads they make STRICT ([`peer_auth`]).
 //! - **ServicePolicy** (Nodemesh's): a service's DestinationRule and TrafficPolicy settings,
 //!   for every node, as its services are ([`service_policy`]).
+//! - **HttpRoutes** (Nodemesh's): the Gateway API HTTPRoutes attached to a service, flattened
+//!   and in precedence order, for every node ([`http_routes`]).
 //!
 //! How each object becomes a resource is [`encode`]'s; a service's load balancing and a
 //! pod's locality are [`topology`]'s.
 
 mod encode;
+mod http_routes;
 mod peer_auth;
 mod service_policy;
 mod topology;
@@ -90,6 +93,7 @@ pub struct Delta {
     pub addresses: Vec<Arc<str>>,
     pub authorizations: Vec<Arc<str>>,
     pub service_policies: Vec<Arc<str>>,
+    pub http_routes: Vec<Arc<str>>,
     /// Nodes whose view rules changed (what namespaces or policies they host).
     pub nodes: HashSet<String>,
 }
@@ -100,6 +104,7 @@ impl Delta {
             type_urls::ADDRESS => &self.addresses,
             type_urls::AUTHORIZATION => &self.authorizations,
             type_urls::SERVICE_POLICY => &self.service_policies,
+            type_urls::HTTP_ROUTES => &self.http_routes,
             _ => &[],
         }
     }
@@ -122,6 +127,7 @@ pub struct World {
     pub addresses: BTreeMap<Arc<str>, Arc<Entry>>,
     pub authorizations: BTreeMap<Arc<str>, Arc<Entry>>,
     pub service_policies: BTreeMap<Arc<str>, Arc<Entry>>,
+    pub http_routes: BTreeMap<Arc<str>, Arc<Entry>>,
     nodes: HashMap<String, NodeInfo>,
     /// Against the world this one replaced (None for the first).
     pub delta: Option<Delta>,
@@ -261,6 +267,10 @@ impl World {
                 .service_policies
                 .insert(name.as_str().into(), Arc::new(entry(name, body, Audience::Everyone)));
         }
+        // The same: few, cheap, rebuilt every time, diffed by version.
+        for (name, body) in http_routes::build(inputs, mesh) {
+            world.http_routes.insert(name.as_str().into(), Arc::new(entry(name, body, Audience::Everyone)));
+        }
         if let Some(previous) = previous {
             world.diff_from(previous);
         }
@@ -314,6 +324,7 @@ impl World {
             addresses: names(&self.addresses, &previous.addresses),
             authorizations: names(&self.authorizations, &previous.authorizations),
             service_policies: names(&self.service_policies, &previous.service_policies),
+            http_routes: names(&self.http_routes, &previous.http_routes),
             nodes,
         });
     }
@@ -323,6 +334,7 @@ impl World {
             type_urls::ADDRESS => Some(&self.addresses),
             type_urls::AUTHORIZATION => Some(&self.authorizations),
             type_urls::SERVICE_POLICY => Some(&self.service_policies),
+            type_urls::HTTP_ROUTES => Some(&self.http_routes),
             _ => None,
         }
     }

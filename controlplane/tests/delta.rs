@@ -13,7 +13,7 @@ use nodemesh_controlplane::server::CHUNK;
 use nodemesh_proto::{
     envoy::service::discovery::v3::{DeltaDiscoveryRequest, Status},
     tonic::Code,
-    type_urls::{ADDRESS, AUTHORIZATION, SERVICE_POLICY},
+    type_urls::{ADDRESS, AUTHORIZATION, HTTP_ROUTES, SERVICE_POLICY},
 };
 
 const WEB: &str = "mesh/web.mesh.svc.cluster.local";
@@ -296,6 +296,47 @@ async fn a_destination_rule_change_re_sends_only_that_service_policy() {
 
     // The rule goes: so does the policy, by name.
     cp.remove("web-rule.yaml");
+    let removed = s.next().await;
+    assert_eq!(removed.removed_resources, [WEB]);
+}
+
+fn http_route(service: &str, path: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {service}, namespace: mesh}}\n\
+         spec: {{parentRefs: [{{kind: Service, name: {service}}}], rules: [{{matches: [{{path: {{value: {path}}}}}], \
+         backendRefs: [{{name: {service}, port: 80}}]}}]}}\n"
+    )
+}
+
+#[tokio::test]
+async fn an_http_route_change_re_sends_only_that_services_routes() {
+    let mut files = base();
+    files.push((
+        "api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: mesh}\n\
+         spec: {clusterIP: 10.96.0.2, selector: {app: api}, ports: [{port: 80}]}\n"
+            .into(),
+    ));
+    files.push(("web-route.yaml", http_route("web", "/a")));
+    files.push(("api-route.yaml", http_route("api", "/a")));
+    let cp = Cp::start(&files).await;
+    let mut s =
+        cp.open(DeltaDiscoveryRequest { type_url: HTTP_ROUTES.into(), ..subscribe("node1", &[]) }).await;
+    let first = s.next().await;
+    assert_eq!(first.type_url, HTTP_ROUTES);
+    assert_eq!(names(&first), ["mesh/api.mesh.svc.cluster.local", WEB]);
+    s.ack(&first).await;
+    s.quiet().await;
+
+    cp.write("web-route.yaml", &http_route("web", "/b"));
+    let changed = s.next().await;
+    assert_eq!(names(&changed), [WEB]);
+    assert_ne!(versions(&changed)[WEB], versions(&first)[WEB]);
+    s.ack(&changed).await;
+    s.quiet().await;
+
+    // The route goes: so do the service's routes, by name.
+    cp.remove("web-route.yaml");
     let removed = s.next().await;
     assert_eq!(removed.removed_resources, [WEB]);
 }

@@ -60,6 +60,8 @@ pub struct PodOptions {
     /// The pod's service account as the control plane publishes it (its identity's `sa`);
     /// `default` when unset.
     pub service_account: Option<String>,
+    /// Named container ports (name, port), as a Service's named `targetPort` refers to them.
+    pub named_ports: Vec<(String, u16)>,
 }
 
 pub(crate) struct Inner {

@@ -297,7 +297,13 @@ fn pod_object(node: &str, pod: &crate::cluster::PodRecord) -> Value {
             "name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels,
             "ownerReferences": pod.owner_references(),
         },
-        "spec": {"nodeName": node, "serviceAccountName": pod.service_account},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": pod.service_account,
+            "containers": [{"name": "app", "ports": pod.named_ports.iter()
+                .map(|(name, port)| json!({"name": name, "containerPort": port}))
+                .collect::<Vec<_>>()}],
+        },
         "status": {"phase": "Running", "podIP": pod.ips.first().map(ToString::to_string), "podIPs": ips},
     })
 }

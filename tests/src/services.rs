@@ -26,6 +26,8 @@ pub struct Layout<'a> {
     pub objects: &'a str,
     /// Every pod gets an IPv6 address too.
     pub ipv6: bool,
+    /// Named container ports of endpoint pods: (pod, port name, port).
+    pub named_ports: &'a [(&'a str, &'a str, u16)],
 }
 
 pub struct Services {
@@ -54,7 +56,13 @@ impl Services {
         }
         for (node, pod, app) in layout.endpoints {
             let labels = BTreeMap::from([("app".to_owned(), (*app).to_owned())]);
-            let options = PodOptions { labels, ipv6: layout.ipv6, ..Default::default() };
+            let named_ports = layout
+                .named_ports
+                .iter()
+                .filter(|(p, _, _)| p == pod)
+                .map(|(_, name, port)| ((*name).to_owned(), *port))
+                .collect();
+            let options = PodOptions { labels, ipv6: layout.ipv6, named_ports, ..Default::default() };
             pods.insert((*pod).to_owned(), nodes[*node].add_pod("mesh", pod, options).expect("endpoint pod"));
         }
         cp.write_namespace("mesh", true).expect("namespace");
@@ -108,11 +116,16 @@ impl Services {
     /// Starts `name_server.py` in `pod` (named after it, `delay_ms` slow); returns its pid
     /// once it listens.
     pub fn serve(&self, pod: &str, delay_ms: u32) -> u32 {
+        self.serve_on(pod, TARGET_PORT, delay_ms)
+    }
+
+    /// The same, on `port`.
+    pub fn serve_on(&self, pod: &str, port: u16, delay_ms: u32) -> u32 {
         let pod = self.pod(pod);
-        let mut cmd = tools::name_server(&pod.name, TARGET_PORT, delay_ms);
+        let mut cmd = tools::name_server(&pod.name, port, delay_ms);
         cmd.stdout(std::process::Stdio::null());
         let pid = pod.spawn(cmd).expect("name_server");
-        tools::wait_listening(&pod.netns_path(), TARGET_PORT).expect("endpoint listening");
+        tools::wait_listening(&pod.netns_path(), port).expect("endpoint listening");
         pid
     }
 

@@ -425,3 +425,31 @@ fn bad_routing_resources_are_refused_by_field_and_the_last_good_ones_keep_servin
         .expect("cleared");
     }
 }
+
+#[test]
+fn a_named_target_port_is_resolved_per_endpoint() {
+    require_root();
+    // The Service names its target port; each pod has it on a port of its own.
+    let objects = "---\napiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: mesh}\nspec:\n  \
+                   clusterIP: 10.96.0.90\n  selector: {app: cart}\n  ports: [{name: tcp, port: 80, targetPort: web}]\n";
+    let endpoints: &[(usize, &str, &str)] = &[(0, "cart-1", "cart"), (1, "cart-2", "cart")];
+    let named_ports: &[(&str, &str, u16)] = &[("cart-1", "web", 8081), ("cart-2", "web", 8082)];
+    let layout = Layout { endpoints, clients: WEB, objects, named_ports, ..Default::default() };
+    let s = Services::start("svc-named", &layout);
+    s.serve_on("cart-1", 8081, 0);
+    s.serve_on("cart-2", 8082, 0);
+    s.wait_endpoints("cart", 2);
+    let r = s.client("web", "count", vip(90), &["--count", "40", "--concurrency", "2"]);
+    assert!(failures(&r).is_empty(), "{r}");
+    let by = by_endpoint(&r);
+    assert!(by.get("cart-1").is_some_and(|n| *n > 0) && by.get("cart-2").is_some_and(|n| *n > 0), "{by:?}");
+    // The flows name each endpoint's own port.
+    let flows = s.agent1.flows("state=all").expect("flows");
+    let ports: std::collections::BTreeSet<String> = flows
+        .iter()
+        .filter_map(|f| {
+            f["destination"]["address"].as_str().map(|a| a.rsplit(':').next().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert!(ports.contains("8081") && ports.contains("8082"), "{ports:?}");
+}

@@ -8,7 +8,7 @@ use nodemesh_conventions::{MAX_MESH_LABELS, MESH_LABEL_PREFIX};
 
 use super::{
     AuthorizationPolicy, FieldError, Labels, MutualTls, Object, ObjectMeta, PeerAuthentication, Pod, Service,
-    TargetPort, destination_rule, err, parse_cidr, rules, traffic_policy,
+    TargetPort, destination_rule, err, http_route, parse_cidr, rules, traffic_policy,
 };
 
 /// A principal is `<trust domain>/ns/<namespace>/sa/<service account>`: at most
@@ -91,7 +91,8 @@ pub fn validate(object: &mut Object) -> Result<(), FieldError> {
         | Object::AuthorizationPolicy(_)
         | Object::PeerAuthentication(_)
         | Object::DestinationRule(_)
-        | Object::TrafficPolicy(_) => rules::dns_subdomain,
+        | Object::TrafficPolicy(_)
+        | Object::HttpRoute(_) => rules::dns_subdomain,
     };
     let namespaced = object.namespaced();
     let meta = object.meta_mut();
@@ -109,6 +110,7 @@ pub fn validate(object: &mut Object) -> Result<(), FieldError> {
         Object::PeerAuthentication(pa) => validate_peer_authentication(pa),
         Object::DestinationRule(rule) => destination_rule::validate(rule),
         Object::TrafficPolicy(policy) => traffic_policy::validate(policy),
+        Object::HttpRoute(route) => http_route::validate(route),
     }
 }
 

@@ -117,7 +117,8 @@ fn identities(object: &Object, domain_suffix: &str) -> Vec<(Identity, String)> {
         Object::Namespace(_)
         | Object::Node(_)
         | Object::AuthorizationPolicy(_)
-        | Object::PeerAuthentication(_) => {}
+        | Object::PeerAuthentication(_)
+        | Object::HttpRoute(_) => {}
     }
     out
 }
@@ -215,6 +216,7 @@ pub fn resolve<'a>(files: impl Iterator<Item = (&'a Path, &'a [Held])>) -> (Inpu
             Object::PeerAuthentication(p) => inputs.peer_authentications.push(p),
             Object::DestinationRule(r) => inputs.destination_rules.push(r),
             Object::TrafficPolicy(p) => inputs.traffic_policies.push(p),
+            Object::HttpRoute(r) => inputs.http_routes.push(r),
         }
     }
     (inputs, errors)

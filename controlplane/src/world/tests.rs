@@ -36,6 +36,7 @@ pub(super) fn inputs_from(yaml: &str) -> Inputs {
             Object::PeerAuthentication(o) => inputs.peer_authentications.push(o),
             Object::DestinationRule(o) => inputs.destination_rules.push(o),
             Object::TrafficPolicy(o) => inputs.traffic_policies.push(o),
+            Object::HttpRoute(o) => inputs.http_routes.push(o),
         }
     }
     inputs

@@ -24,6 +24,8 @@ pub(crate) struct PodRecord {
     /// The controller (`kind`, `name`) listed in `ownerReferences`.
     pub owner: Option<(String, String)>,
     pub service_account: String,
+    /// Named container ports: (name, port).
+    pub named_ports: Vec<(String, u16)>,
 }
 
 impl PodRecord {
@@ -104,6 +106,7 @@ impl Node {
             labels: options.labels.clone(),
             owner: None,
             service_account: options.service_account.clone().unwrap_or_else(|| "default".into()),
+            named_ports: options.named_ports.clone(),
         });
         let pod = Pod {
             inner: Arc::clone(inner),
