@@ -3,11 +3,7 @@
 //! translated (for use). A response is checked whole before any of it is applied: one bad
 //! resource rejects the response and leaves the state as it was.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use nodemesh_conventions::FieldError;
 use nodemesh_proto::{
@@ -17,14 +13,15 @@ use nodemesh_proto::{
     type_urls,
 };
 
+mod directory;
+
 pub use crate::report::status::Counts;
 
 use super::translate::{self, Address, Invalid};
 use crate::authz::Authorization;
-use crate::services::{Endpoint, Here, Locality, ServiceInfo, ServicePolicy, ServicePort, http::HttpRoutes};
+use crate::services::{ServicePolicy, http::HttpRoutes};
 use crate::{
     claims::{Claim, Claims, Clash},
-    directory::{Directory, DirectoryBuilder, Names},
     spec::{NodeSpec, PodSpec},
 };
 
@@ -234,93 +231,6 @@ impl State {
             })
             .collect();
         NodeSpec { authoritative: true, pods, directory: Arc::new(self.directory(node)) }
-    }
-
-    /// Every workload and service held (that holds its claims), by address, with each
-    /// service's endpoints and settings, and the policies that guard them.
-    fn directory(&self, node: &str) -> Directory {
-        let mut directory = DirectoryBuilder::default();
-        let admitted = self.admitted().0;
-        let mut endpoints: HashMap<&str, Vec<Endpoint>> = HashMap::new();
-        let mut here = Here { node: directory.intern(node), locality: Locality::default() };
-        // A handful of localities among thousands of workloads: one allocation each.
-        let mut localities: HashMap<&Locality, Arc<Locality>> = HashMap::new();
-        let nowhere = Arc::new(Locality::default());
-        for (_, held) in &admitted {
-            let Address::Workload(w) = &held.value else { continue };
-            let names = Names {
-                namespace: &w.namespace,
-                pod: &w.name,
-                workload: &w.workload_name,
-                trust_domain: &w.trust_domain,
-                service_account: &w.service_account,
-                canonical_service: &w.canonical_name,
-                canonical_revision: &w.canonical_revision,
-                policies: &w.authorization_policies,
-                captured: w.captured,
-            };
-            let ports = |list: &[translate::PortMap]| -> Vec<(u16, u16)> {
-                list.iter().map(|p| (p.service_port, p.target_port)).collect()
-            };
-            let services = w.services.iter().map(|(name, list)| (name.as_str(), ports(list)));
-            let workload = directory.workload(&w.ips, names, services);
-            if let (true, true, Some(locality)) = (w.node == node, here.locality.is_empty(), &w.locality) {
-                here.locality = Locality::clone(locality);
-            }
-            if w.services.is_empty() {
-                continue;
-            }
-            let locality = match &w.locality {
-                Some(l) => Arc::clone(localities.entry(l).or_insert_with(|| Arc::new(Locality::clone(l)))),
-                None => Arc::clone(&nowhere),
-            };
-            let endpoint = Endpoint {
-                ipv4: w.ips.iter().find_map(|ip| match ip {
-                    IpAddr::V4(v4) => Some(*v4),
-                    IpAddr::V6(_) => None,
-                }),
-                ipv6: w.ips.iter().find_map(|ip| match ip {
-                    IpAddr::V6(v6) => Some(*v6),
-                    IpAddr::V4(_) => None,
-                }),
-                workload,
-                node: directory.intern(&w.node),
-                locality,
-                healthy: w.healthy,
-            };
-            for (name, _) in &w.services {
-                endpoints.entry(name.as_str()).or_default().push(endpoint.clone());
-            }
-        }
-        for (_, held) in &admitted {
-            let Address::Service(s) = &held.value else { continue };
-            let name = format!("{}/{}", s.namespace, s.hostname);
-            let policy =
-                self.service_policies.get(&name).map(|h| Arc::new(h.value.clone())).unwrap_or_default();
-            let interned = directory.intern(&name);
-            directory.service(ServiceInfo {
-                endpoints: endpoints.remove(name.as_str()).unwrap_or_default(),
-                name: interned,
-                vips: s.vips.clone(),
-                ports: s
-                    .ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        port: p.service_port,
-                        target: p.target_port,
-                        protocol: p.protocol,
-                    })
-                    .collect(),
-                http_routes: self.http_routes.get(&name).map(|h| Arc::clone(&h.value)),
-                load_balancing: s.load_balancing.clone(),
-                policy,
-            });
-        }
-        directory.here(here);
-        for held in self.authorizations.values() {
-            directory.policy(held.value.clone());
-        }
-        directory.build()
     }
 
     pub fn counts(&self, node: &str) -> Counts {
