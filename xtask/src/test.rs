@@ -5,8 +5,14 @@ use std::process::Command;
 
 use crate::{build, sh};
 
+/// What the root tests write at most at once: payloads of up to 64 MiB, their downloads,
+/// agents' logs, for two tests in parallel. Below this a test fails with a write error that
+/// names nothing (curl's "Failure writing output to destination"); say it up front instead.
+const MIN_FREE_BYTES: u64 = 2 << 30;
+
 pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     build()?;
+    enough_space(&std::env::temp_dir())?;
     // Namespaces, cgroups and pins an interrupted earlier run may have left. (The eBPF crate
     // is not a default member: it only builds for the BPF target, through agent/build.rs.)
     nodemesh_testbed::sweep_stale();
@@ -40,5 +46,26 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
             agent_config: String::new(),
         })?;
     }
+    Ok(())
+}
+
+/// Fails, naming the file system and what it has, when `dir`'s has less than
+/// [`MIN_FREE_BYTES`] free.
+fn enough_space(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a NUL-terminated string and `stat` a zeroed struct statvfs fills.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        anyhow::bail!("statvfs {}: {}", dir.display(), std::io::Error::last_os_error());
+    }
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    anyhow::ensure!(
+        free >= MIN_FREE_BYTES,
+        "{} has {} MiB free; the root tests need {} MiB there (set TMPDIR to another file system, or free space)",
+        dir.display(),
+        free >> 20,
+        MIN_FREE_BYTES >> 20
+    );
     Ok(())
 }
