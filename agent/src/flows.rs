@@ -18,7 +18,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crate::report::flows::{Direction, Endpoint, FlowRecord, Routing, Verdict};
+use crate::report::flows::{Direction, Endpoint, FlowRecord, HttpCounts, Routing, Verdict};
 use kernel::{DropReasons, KernelIds};
 use metrics::{SeriesLabels, SeriesTotals};
 
@@ -70,6 +70,7 @@ struct FlowState {
     /// destination the flow opened with) and what the route stage did.
     retarget: Option<Endpoint>,
     routing: Option<Routing>,
+    http: Option<HttpCounts>,
 }
 
 impl LiveFlow {
@@ -123,7 +124,7 @@ impl LiveFlow {
     }
 
     fn record(&self, kernel: Option<&KernelRecords>, reasons: &DropReasons, active: bool) -> FlowRecord {
-        let (verdict, reason, ids, splice, retarget, routing) = {
+        let (verdict, reason, ids, splice, retarget, routing, http) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             (
                 state.verdict,
@@ -132,6 +133,7 @@ impl LiveFlow {
                 state.splice,
                 state.retarget.clone(),
                 state.routing.clone(),
+                state.http.clone(),
             )
         };
         let (sent, received) = self.bytes(splice, kernel);
@@ -158,6 +160,7 @@ impl LiveFlow {
             active,
             kernel: kernel::read(kernel, &ids, reasons),
             routing,
+            http,
         }
     }
 
@@ -165,6 +168,12 @@ impl LiveFlow {
     pub fn routing(&self, change: impl FnOnce(&mut Routing)) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         change(state.routing.get_or_insert_with(Routing::default));
+    }
+
+    /// The HTTP stage's count of the connection's requests.
+    pub fn http(&self, change: impl FnOnce(&mut HttpCounts)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        change(state.http.get_or_insert_with(HttpCounts::default));
     }
 
     /// Another endpoint of the service is tried: the flow's destination from now on.
@@ -280,6 +289,7 @@ impl FlowTable {
                 splice: None,
                 retarget: None,
                 routing: None,
+                http: None,
             }),
         });
         {
@@ -402,6 +412,12 @@ pub struct FlowGuard<'t> {
 impl FlowGuard<'_> {
     pub fn flow(&self) -> &LiveFlow {
         &self.flow
+    }
+
+    /// The live flow, for tasks that outlive a borrow of the guard (the HTTP stage's
+    /// requests); it still closes when the guard drops.
+    pub fn shared(&self) -> Arc<LiveFlow> {
+        Arc::clone(&self.flow)
     }
 }
 

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// Builds one exposition document, family by family.
@@ -23,6 +24,7 @@ impl Exposition {
         let kind_name = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind_name}");
@@ -53,6 +55,33 @@ impl Family<'_> {
             self.out.push('}');
         }
         let _ = writeln!(self.out, " {}", format_value(value));
+        self
+    }
+}
+
+impl Family<'_> {
+    /// One histogram series: `buckets` are `(upper bound, cumulative count)` ending with
+    /// `+Inf`, then its sum and count.
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: impl Iterator<Item = (f64, u64)>,
+        sum: f64,
+        count: u64,
+    ) -> &mut Self {
+        let name = std::mem::take(&mut self.name);
+        for (bound, n) in buckets {
+            let le = if bound.is_infinite() { "+Inf".to_owned() } else { format_value(bound) };
+            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            self.name = format!("{name}_bucket");
+            self.sample(&with_le, n as f64);
+        }
+        self.name = format!("{name}_sum");
+        self.sample(labels, sum);
+        self.name = format!("{name}_count");
+        self.sample(labels, count as f64);
+        self.name = name;
         self
     }
 }

@@ -18,6 +18,7 @@ mod connection;
 mod context;
 pub mod hbone;
 mod hold;
+pub mod http;
 mod listeners;
 mod rate_limit;
 mod record;
@@ -169,6 +170,8 @@ struct ProxyState {
     autoscaler: Arc<autoscaler::Autoscaler>,
     /// Per source identity, for the services of this node's pods.
     rate_limits: rate_limit::RateLimits,
+    /// Retry budgets and request metrics of the HTTP stage.
+    http: http::HttpState,
 }
 
 /// Cheap to clone; shared between the reconciler and every connection task.
@@ -207,6 +210,7 @@ impl Proxy {
                 directory_changes: tokio::sync::watch::Sender::new(0),
                 autoscaler: Arc::default(),
                 rate_limits: rate_limit::RateLimits::default(),
+                http: http::HttpState::default(),
             }),
         }
     }
@@ -258,6 +262,11 @@ impl Proxy {
     fn ask_autoscaler(&self, service: &Arc<str>, policy: &crate::services::ScaleFromZero, held: u32) {
         let node = Arc::clone(&self.directory().here.node);
         self.state.autoscaler.ask(service, &node, policy, held, policy.hold_timeout);
+    }
+
+    /// The HTTP stage's request metrics and retry counters.
+    pub fn http(&self) -> &http::HttpState {
+        &self.state.http
     }
 
     /// Connections closed because a policy change denied them.

@@ -129,6 +129,17 @@ impl Services {
         pid
     }
 
+    /// Starts `nm-loadgen http-server` in `pod` on the target port, named after the pod, with
+    /// `extra` flags; returns its pid once it listens.
+    pub fn serve_http(&self, pod: &str, extra: &[&str]) -> u32 {
+        let pod = self.pod(pod);
+        let mut cmd = tools::loadgen_http_server(&pod.name, TARGET_PORT, extra);
+        cmd.stdout(std::process::Stdio::null());
+        let pid = pod.spawn(cmd).expect("nm-loadgen http-server");
+        tools::wait_listening(&pod.netns_path(), TARGET_PORT).expect("endpoint listening");
+        pid
+    }
+
     /// Starts `nm-loadgen server` in `pod` on the target port, waiting `delay_us` before each
     /// response (a slow endpoint); returns its pid once it listens.
     pub fn serve_loadgen(&self, pod: &str, delay_us: u32) -> u32 {

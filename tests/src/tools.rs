@@ -185,6 +185,14 @@ fn loadgen() -> Command {
     Command::new(path)
 }
 
+/// `nm-loadgen http-server` named `name` on `port` (HTTP/1.1 and h2c), with `extra` flags
+/// (`--delay-ms`, `--fail-every`).
+pub fn loadgen_http_server(name: &str, port: u16, extra: &[&str]) -> Command {
+    let mut cmd = loadgen();
+    cmd.args(["http-server", "--port", &port.to_string(), "--name", name]).args(extra);
+    cmd
+}
+
 pub fn loadgen_server(port: u16) -> Command {
     let mut cmd = loadgen();
     cmd.args(["server", "--port", &port.to_string()]);

@@ -64,6 +64,8 @@ pub fn render(s: &AdminState) -> String {
         }
     }
 
+    crate::proxy::http::metrics::render(&mut e, s.proxy.http());
+
     let mut failed = e.family(
         "nodemesh_connections_failed_total",
         Kind::Counter,

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use super::{
-    Proxy, admission, authorize, classify, context::Accepted, rate_limit, record::Record, route, to_service,
-    upstream,
+    Proxy, admission, authorize, classify, context::Accepted, http, rate_limit, record::Record, route,
+    to_service, upstream,
 };
 use crate::report::flows::Direction;
 
@@ -50,6 +50,12 @@ async fn run(accepted: &Accepted, client: TcpStream, proxy: &Proxy) -> io::Resul
     tracing::debug!(destination = ?classified.original, protocol = ?classified.protocol, "classified");
     // A service's address: the service stage picks an endpoint, and retries another.
     if let Some(service) = to_service::service_of(accepted, &classified, &directory) {
+        // A port declared HTTP: each request is routed and balanced on its own.
+        let port = classified.original.map_or(0, |o| o.port());
+        if let Some(protocol) = http::protocol_of(&service, port) {
+            drop(directory);
+            return http::serve(accepted, client, classified, service, protocol, proxy).await;
+        }
         return to_service::run(accepted, client, classified, service, directory, proxy).await;
     }
     // Routed up front (a pure decision) so the flow knows from its start whether it is

@@ -7,9 +7,11 @@
 //! - `server`: the HBONE listener in each enrolled pod, terminating mutual TLS with that pod
 //!   identity's certificate and handing each CONNECT to the inbound stages with the peer's
 //!   identity.
-//! - `stream`: the bytes between a stream and a TCP connection.
+//! - `stream`: the bytes between a stream and a TCP connection; `io`: a stream as a byte
+//!   stream, for HTTP carried in HBONE.
 
 pub mod client;
+pub mod io;
 pub mod pool;
 pub mod server;
 pub mod stream;

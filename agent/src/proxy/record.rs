@@ -90,6 +90,17 @@ impl<'t> Record<'t> {
         self.flow.flow().confirm_mtls();
     }
 
+    /// Served by the HTTP stage: each request goes its own way, so there is no one upstream
+    /// socket to join with the kernel's records.
+    pub fn allow_proxied(&self) {
+        self.flow.flow().allow(KernelIds { cookie: None, veth: None });
+    }
+
+    /// The live flow, shared with the HTTP stage's request tasks.
+    pub fn shared_flow(&self) -> std::sync::Arc<crate::flows::LiveFlow> {
+        self.flow.shared()
+    }
+
     /// The HBONE peer answered (a refusal included): the flow was carried in mutual TLS.
     pub fn mtls_answered(&self) {
         self.flow.flow().confirm_mtls();

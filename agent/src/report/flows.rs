@@ -142,6 +142,48 @@ pub struct FlowRecord {
     /// How a connection to a service reached its endpoint (absent for one to a pod address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<Routing>,
+    /// The requests of a connection the HTTP stage served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCounts>,
+}
+
+/// A served HTTP connection's requests, by the class of the status they got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpCounts {
+    pub requests: u64,
+    #[serde(rename = "1xx", default)]
+    pub s1xx: u64,
+    #[serde(rename = "2xx", default)]
+    pub s2xx: u64,
+    #[serde(rename = "3xx", default)]
+    pub s3xx: u64,
+    #[serde(rename = "4xx", default)]
+    pub s4xx: u64,
+    #[serde(rename = "5xx", default)]
+    pub s5xx: u64,
+    /// Attempts sent again after a retryable answer.
+    #[serde(default)]
+    pub retries: u64,
+}
+
+impl HttpCounts {
+    /// One more request, answered with `status` after `retries` retries.
+    pub fn count(&mut self, status: u16, retries: u32) {
+        self.requests += 1;
+        self.retries += u64::from(retries);
+        match status {
+            100..=199 => self.s1xx += 1,
+            200..=299 => self.s2xx += 1,
+            300..=399 => self.s3xx += 1,
+            400..=499 => self.s4xx += 1,
+            _ => self.s5xx += 1,
+        }
+    }
+
+    /// The share of requests answered 5xx.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.s5xx as f64 / self.requests as f64 }
+    }
 }
 
 /// What the route stage did for a connection to a service address.

@@ -91,6 +91,13 @@ impl EndpointState {
         outlier.on_probation = false;
     }
 
+    /// A request got an answer that was not a 5xx: the run of failures is over.
+    pub fn succeeded(&self) {
+        let mut outlier = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
+        outlier.consecutive = 0;
+        outlier.on_probation = false;
+    }
+
     /// The endpoint answered a connection's first bytes after `latency`.
     pub fn responded(&self, latency: Duration, now: Instant) {
         self.response.lock().unwrap_or_else(|p| p.into_inner()).sample(latency, now);
@@ -100,6 +107,12 @@ impl EndpointState {
     /// whether the service's max ejection percent leaves room for one more.
     pub fn failed(&self, policy: Option<&OutlierDetection>, may_eject: bool, now: Instant) -> bool {
         self.connect_failures.fetch_add(1, Relaxed);
+        self.errored(policy, may_eject, now)
+    }
+
+    /// A request got a 5xx (or no answer): it counts toward ejection as a failed connect
+    /// does (Envoy's consecutive 5xx).
+    pub fn errored(&self, policy: Option<&OutlierDetection>, may_eject: bool, now: Instant) -> bool {
         let Some(policy) = policy else { return false };
         let mut o = self.outlier.lock().unwrap_or_else(|p| p.into_inner());
         o.consecutive += 1;

@@ -110,9 +110,14 @@ pub fn choose<'c, 's>(
     }
 }
 
-/// A uniform draw in `0..n` from a per-thread xorshift generator: balancing needs spread,
-/// not secrecy.
+/// A uniform draw in `0..n`.
 fn random_below(n: usize) -> usize {
+    ((random() >> 11) % n as u64) as usize
+}
+
+/// A draw from a per-thread xorshift generator: balancing (and weighted routing) needs
+/// spread, not secrecy.
+pub fn random() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
     }
@@ -122,7 +127,7 @@ fn random_below(n: usize) -> usize {
         x ^= x >> 7;
         x ^= x << 17;
         s.set(x);
-        ((x >> 11) % n as u64) as usize
+        x
     })
 }
 

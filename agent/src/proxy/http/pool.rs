@@ -1,0 +1,217 @@
+//! The HTTP stage's connections to endpoints, kept per client connection (so one source's
+//! requests never ride another source's connection): HTTP/1.1 connections are reused once
+//! their last response ended (keep-alive), an HTTP/2 connection carries every request to its
+//! endpoint at once. A client's one long connection still spreads its requests over every
+//! endpoint: each request is balanced on its own, and the pool only saves the handshakes.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll},
+};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use super::body::Body;
+use crate::proxy::{hbone::io::StreamIo, upstream::Upstream};
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_H1: usize = 32;
+
+/// How requests are framed to an endpoint: what its service port declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+pub enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+/// A send that failed; `unsent` gives the request back when it never left, so it can go
+/// to another connection whatever its body.
+pub struct SendFailed {
+    pub error: hyper::Error,
+    pub unsent: Option<http::Request<Body>>,
+}
+
+impl Sender {
+    pub async fn send(
+        &mut self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendFailed> {
+        let sent = match self {
+            Sender::H1(s) => {
+                if let Err(error) = s.ready().await {
+                    return Err(SendFailed { error, unsent: Some(request) });
+                }
+                s.try_send_request(request).await
+            }
+            Sender::H2(s) => {
+                if let Err(error) = s.ready().await {
+                    return Err(SendFailed { error, unsent: Some(request) });
+                }
+                s.try_send_request(request).await
+            }
+        };
+        sent.map_err(|mut e| {
+            let unsent = e.take_message();
+            SendFailed { error: e.into_error(), unsent }
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct Pool {
+    h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+}
+
+impl Pool {
+    /// A connection to `endpoint` that can take a request now, when the pool has one.
+    pub fn take(&self, endpoint: SocketAddr, proto: Proto) -> Option<Sender> {
+        match proto {
+            Proto::H2 => {
+                let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+                match h2.get(&endpoint) {
+                    Some(s) if !s.is_closed() => Some(Sender::H2(s.clone())),
+                    Some(_) => {
+                        h2.remove(&endpoint);
+                        None
+                    }
+                    None => None,
+                }
+            }
+            Proto::H1 => {
+                let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+                let idle = h1.get_mut(&endpoint)?;
+                while let Some(s) = idle.pop() {
+                    if s.is_ready() {
+                        return Some(Sender::H1(s));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Keeps `sender` for the next request: an HTTP/2 connection at once, an HTTP/1.1 one once
+    /// its response has ended (a task waits for that, and drops it if the pool is gone).
+    pub fn give_back(self: &Arc<Self>, endpoint: SocketAddr, sender: Sender) {
+        match sender {
+            Sender::H2(s) => {
+                self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(endpoint).or_insert(s);
+            }
+            Sender::H1(mut s) => {
+                let pool: Weak<Self> = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    if s.ready().await.is_err() {
+                        return;
+                    }
+                    let Some(pool) = pool.upgrade() else { return };
+                    let mut h1 = pool.h1.lock().unwrap_or_else(|p| p.into_inner());
+                    let idle = h1.entry(endpoint).or_default();
+                    if idle.len() < MAX_IDLE_H1 {
+                        idle.push(s);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Forgets a connection that failed.
+    pub fn discard(&self, endpoint: SocketAddr, sender: &Sender) {
+        if let Sender::H2(s) = sender
+            && s.is_closed()
+        {
+            self.h2.lock().unwrap_or_else(|p| p.into_inner()).remove(&endpoint);
+        }
+    }
+}
+
+/// Runs HTTP over a new transport to an endpoint; `keep` lives as long as the connection
+/// (what it counts against, a rate limit's concurrency for one). HTTP/1.1 connections
+/// allow upgrades (WebSocket, CONNECT).
+pub async fn handshake(
+    upstream: Upstream,
+    proto: Proto,
+    keep: impl Send + 'static,
+) -> Result<Sender, hyper::Error> {
+    let io = TokioIo::new(match upstream {
+        Upstream::Tcp(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            UpstreamIo::Tcp(tcp)
+        }
+        Upstream::Tunnel(opened) => UpstreamIo::Tunnel(Box::new(StreamIo::new(opened))),
+    });
+    match proto {
+        Proto::H1 => {
+            let (sender, conn) = http1::Builder::new().handshake(io).await?;
+            tokio::spawn(async move {
+                let _keep = keep;
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "HTTP/1.1 connection to an endpoint ended");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+        Proto::H2 => {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
+            tokio::spawn(async move {
+                let _keep = keep;
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/2 connection to an endpoint ended");
+                }
+            });
+            Ok(Sender::H2(sender))
+        }
+    }
+}
+
+/// The transport under an endpoint connection: TCP, or an HBONE stream to its node.
+enum UpstreamIo {
+    Tcp(TcpStream),
+    Tunnel(Box<StreamIo>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tunnel(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tunnel(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tunnel(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tunnel(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
