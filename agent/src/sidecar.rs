@@ -18,6 +18,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::proxy::relay::forward;
 
+mod http;
+
 #[derive(Debug, clap::Args)]
 pub struct SidecarArgs {
     /// Port the REDIRECT rule sends outbound connections to (on 127.0.0.1 in this netns).
@@ -29,6 +31,10 @@ pub struct SidecarArgs {
     /// Worker threads (Envoy sidecars default to 2).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Terminate HTTP (HTTP/1.1 or HTTP/2 from the app, pooled HTTP/1.1 to the destination)
+    /// instead of relaying bytes, as a sidecar does on an HTTP port.
+    #[arg(long)]
+    pub http: bool,
     /// Largest copy buffer per direction.
     #[arg(long, default_value_t = 256 * 1024)]
     pub max_buffer_bytes: usize,
@@ -50,9 +56,17 @@ async fn serve(args: SidecarArgs) -> anyhow::Result<()> {
     eprintln!("sidecar listening on 127.0.0.1:{} (upstream mark {})", args.port, args.mark);
     loop {
         let (client, _) = listener.accept().await?;
-        let (mark, max_buffer) = (args.mark, args.max_buffer_bytes);
+        let (mark, max_buffer, terminate_http) = (args.mark, args.max_buffer_bytes, args.http);
         tokio::spawn(async move {
-            if let Err(e) = handle(client, mark, max_buffer).await {
+            let handled = if terminate_http {
+                match original_dst(&client) {
+                    Ok(dst) => http::handle(client, dst, mark).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                handle(client, mark, max_buffer).await
+            };
+            if let Err(e) = handled {
                 eprintln!("sidecar connection: {e}");
             }
         });

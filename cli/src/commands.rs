@@ -58,11 +58,12 @@ pub struct AgentArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct FlowsArgs {
-    /// Only the N flows with the most bytes (or retransmits, with --by).
+    /// Only the N flows with the most bytes (or retransmits, or the highest share of HTTP
+    /// requests answered 5xx, with --by).
     #[arg(long)]
     pub top: Option<usize>,
     /// What --top ranks by.
-    #[arg(long, value_parser = ["bytes", "retransmits"], default_value = "bytes")]
+    #[arg(long, value_parser = ["bytes", "retransmits", "errors"], default_value = "bytes")]
     pub by: String,
     /// Only flows with an end in this namespace.
     #[arg(long, short = 'n')]

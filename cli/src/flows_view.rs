@@ -47,6 +47,22 @@ pub fn render(report: &FlowsReport, now_ms: u64, ranked_by: Option<&str>) -> Str
         if let Some(reason) = &flow.reason {
             notes.push((table.len() - 1, format!("  ↳ {}: {reason}", flow.verdict.as_str())));
         }
+        if let Some(h) = &flow.http {
+            let row = table.len() - 1;
+            let mut note = format!(
+                "  ↳ {} request{}: {} 2xx, {} 3xx, {} 4xx, {} 5xx",
+                h.requests,
+                if h.requests == 1 { "" } else { "s" },
+                h.s2xx,
+                h.s3xx,
+                h.s4xx,
+                h.s5xx
+            );
+            if h.retries > 0 {
+                let _ = write!(note, ", {} retried", h.retries);
+            }
+            notes.push((row, note));
+        }
         if let Some(routing) = &flow.routing {
             let row = table.len() - 1;
             for retry in &routing.retries {

@@ -1,5 +1,9 @@
 //! `http-server`: an HTTP/1.1 and HTTP/2 (prior knowledge, h2c) server for the HTTP tests
-//! and benchmark, on hyper (no code of the proxy's).
+//! and benchmark, and `http`, its load client, both on hyper (no code of the proxy's).
+//!
+//! `http --target A --conns C --seconds D [--path P] [--threads N]`: C keep-alive HTTP/1.1
+//! connections, one GET in flight on each, for D seconds after a warm-up; prints the rate,
+//! latency percentiles and errors (any status but 200, or a failed exchange) as `rr` does.
 //!
 //! `http-server --port P --name N [--delay-ms D] [--fail-every K]` answers every request
 //! 200 with `N <method> <path> <version> <body bytes>` and, one per line, the request's
@@ -26,7 +30,7 @@ use hyper_util::{
     server::conn::auto,
 };
 
-use crate::flag;
+use crate::{WARMUP, flag, report};
 
 #[derive(Default)]
 struct Counts {
@@ -119,4 +123,84 @@ async fn answer(server: &Server, request: Request<Incoming>) -> Response<Full<By
     }
     pending.done = true;
     response
+}
+
+pub fn load(args: &[String]) -> io::Result<()> {
+    let target: std::net::SocketAddr = flag(args, "--target", None)?;
+    let conns: usize = flag(args, "--conns", Some(1))?;
+    let seconds: f64 = flag(args, "--seconds", Some(3.0))?;
+    let path: String = flag(args, "--path", Some("/".to_owned()))?;
+    let threads: usize =
+        flag(args, "--threads", Some(std::thread::available_parallelism().map_or(2, |n| n.get())))?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
+    let (latencies, errors) = runtime.block_on(async move {
+        let begin = std::time::Instant::now();
+        let (warm, end) = (begin + WARMUP, begin + WARMUP + Duration::from_secs_f64(seconds));
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let path = path.clone();
+            tasks.push(tokio::spawn(async move { one_connection(target, &path, warm, end).await }));
+        }
+        let (mut all, mut errors) = (Vec::new(), 0u64);
+        for task in tasks {
+            match task.await {
+                Ok(Ok((latencies, failed))) => {
+                    all.extend(latencies);
+                    errors += failed;
+                }
+                _ => errors += 1,
+            }
+        }
+        (all, errors)
+    });
+    let rate = latencies.len() as f64 / seconds;
+    report(latencies, errors, rate)
+}
+
+/// Requests one after another on one connection until `end`; the latencies (ns) of those
+/// sent after `warm`, and how many failed.
+async fn one_connection(
+    target: std::net::SocketAddr,
+    path: &str,
+    warm: std::time::Instant,
+    end: std::time::Instant,
+) -> io::Result<(Vec<u32>, u64)> {
+    let stream = tokio::net::TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
+    tokio::spawn(conn);
+    let (mut latencies, mut failed) = (Vec::new(), 0u64);
+    let host = target.to_string();
+    loop {
+        let started = std::time::Instant::now();
+        if started >= end {
+            return Ok((latencies, failed));
+        }
+        let request = Request::get(path)
+            .header("host", &host)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(io::Error::other)?;
+        if sender.ready().await.is_err() {
+            return Ok((latencies, failed + 1));
+        }
+        let ok = match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status();
+                response.into_body().collect().await.is_ok() && status == hyper::StatusCode::OK
+            }
+            Err(_) => false,
+        };
+        if started >= warm {
+            if ok {
+                latencies.push(started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+            } else {
+                failed += 1;
+            }
+        }
+        if !ok {
+            return Ok((latencies, failed));
+        }
+    }
 }

@@ -17,7 +17,8 @@
 //! - `crr --target A --size S --conns C --seconds D`: connect, one request, close, again.
 //!   `--count N` instead stops after N connections in all (however long they take).
 //! - `stream --target A --seconds D`: one connection sending as fast as it can.
-//! - `http-server --port P --name N ...`: HTTP/1.1 and h2c, for the HTTP tests (`http.rs`).
+//! - `http-server --port P --name N ...`: HTTP/1.1 and h2c, for the HTTP tests; `http --target
+//!   A --conns C --seconds D`: keep-alive HTTP/1.1 load against it (`http.rs`).
 //! - `verify --target A --conns C --bytes B`: C connections each carrying B bytes both ways at
 //!   once, every byte checked (the splice stress test; see `verify.rs`).
 
@@ -48,9 +49,10 @@ fn main() {
         Some("stream") => stream(&args[1..]),
         Some("verify") => verify::run(&args[1..]),
         Some("http-server") => http::server(&args[1..]),
+        Some("http") => http::load(&args[1..]),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: nm-loadgen server|rr|crr|stream|verify|http-server ...",
+            "usage: nm-loadgen server|rr|crr|stream|verify|http-server|http ...",
         )),
     };
     if let Err(e) = result {

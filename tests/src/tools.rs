@@ -24,7 +24,7 @@ fn python(script: &str) -> Command {
 }
 
 /// The virtualenv `cargo xtask setup` creates with the packages of `TEST_PYTHON`
-/// (xtask/src/setup.rs): grpcio, grpcio-tools, h2 and cryptography.
+/// (xtask/src/setup.rs): grpcio, grpcio-tools, h2, cryptography and websockets.
 pub fn grpc_python_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python3")
 }
@@ -401,4 +401,14 @@ pub fn autoscaler(port: u16, log: &Path) -> Command {
     let mut cmd = python("autoscaler.py");
     cmd.args(["--port", &port.to_string()]).arg("--log").arg(log);
     cmd
+}
+
+/// The sum of the samples of `family` in a Prometheus exposition `text` whose labels include
+/// every one of `labels`.
+pub fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use nodemesh_testbed::{
     require_root,
     services::{Layout, Services, TARGET_PORT},
-    wait_for,
+    tools, wait_for,
 };
 
 const VIP: &str = "10.96.0.20";
@@ -90,15 +90,6 @@ fn tally(results: &[(u16, String, u32)]) -> BTreeMap<String, u64> {
     by
 }
 
-/// The sum of `family`'s samples whose labels include every one of `labels`.
-fn metric_sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 fn start(name: &str, objects: &str) -> Services {
     let layout = Layout { endpoints: ENDPOINTS, clients: &[("web", "web")], objects, ..Default::default() };
     Services::start(name, &layout)
@@ -157,7 +148,11 @@ fn routes_split_a_canary_by_weight_and_requests_show_in_istio_metrics() {
     let text = s.agent1.http_get("http://127.0.0.1:15020/metrics").expect("/metrics");
     let count = |service: &str, code: &str| {
         let host = format!("{service}.mesh.svc.cluster.local");
-        metric_sum(&text, "istio_requests_total", &[("destination_service", &host), ("response_code", code)])
+        tools::metric_sum(
+            &text,
+            "istio_requests_total",
+            &[("destination_service", &host), ("response_code", code)],
+        )
     };
     let v1_total =
         (by.get("200 v1-a").copied().unwrap_or(0) + by.get("200 v1-b").copied().unwrap_or(0)) as f64;
@@ -166,8 +161,8 @@ fn routes_split_a_canary_by_weight_and_requests_show_in_istio_metrics() {
     assert!(count("reviews-v1", "200") >= v1_total && count("reviews-v2", "200") >= v2 + 20.0, "{by:?}");
     assert_eq!(count("ratings", "200"), 21.0);
     let labels = [("reporter", "source"), ("source_workload", "web"), ("request_protocol", "http")];
-    assert!(metric_sum(&text, "istio_requests_total", &labels) >= 2000.0);
-    assert!(metric_sum(&text, "istio_request_duration_milliseconds_count", &labels) >= 2000.0);
+    assert!(tools::metric_sum(&text, "istio_requests_total", &labels) >= 2000.0);
+    assert!(tools::metric_sum(&text, "istio_request_duration_milliseconds_count", &labels) >= 2000.0);
     let metrics_file = s.cluster.work_dir().join("metrics.txt");
     std::fs::write(&metrics_file, &text).expect("metrics file");
     let check = Command::new("promtool")
@@ -266,6 +261,10 @@ fn retries_hide_a_flaky_endpoint_within_the_budget_and_a_slow_one_times_out() {
     let spent = retried() - after_flaky;
     assert!(spent <= 100 + n / 5, "retries {spent} for {n} failing requests");
     assert!(exhausted() > 0, "the budget refused some");
+    // Ranked by error rate, the connection to the broken service comes first.
+    let worst = s.agent1.flows("top=1&by=errors").expect("flows");
+    assert_eq!(worst[0]["service"], "mesh/broken.mesh.svc.cluster.local", "{worst:?}");
+    assert_eq!(worst[0]["http"]["5xx"], n, "{worst:?}");
 
     // A request slower than the route's timeout: 504 at the deadline, and the endpoint sees it
     // cancelled.
@@ -283,7 +282,10 @@ fn retries_hide_a_flaky_endpoint_within_the_budget_and_a_slow_one_times_out() {
     wait_for("the slow request cancelled upstream", Duration::from_secs(5), || stats()["cancelled"] == 1)
         .unwrap_or_else(|e| panic!("{e}: {}", stats()));
     let text = s.agent1.http_get("http://127.0.0.1:15020/metrics").expect("/metrics");
-    let timed_out =
-        metric_sum(&text, "istio_requests_total", &[("response_code", "504"), ("response_flags", "UT")]);
+    let timed_out = tools::metric_sum(
+        &text,
+        "istio_requests_total",
+        &[("response_code", "504"), ("response_flags", "UT")],
+    );
     assert_eq!(timed_out, 1.0);
 }

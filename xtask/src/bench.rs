@@ -2,6 +2,7 @@
 //! ratios against the direct path measured alongside (docs/bench.md).
 
 mod controlplane;
+mod http;
 mod measure;
 mod mtls;
 mod report;
@@ -86,14 +87,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let wants = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut raw = report::Raw::new();
     let mut order: Vec<&str> = Vec::new();
-    let special =
-        |o: &String| o == CONTROL_PLANE || o == SPLICE_STRESS || services::SCENARIOS.contains(&o.as_str());
+    let special = |o: &String| {
+        o == CONTROL_PLANE
+            || o == SPLICE_STRESS
+            || o == http::SCENARIO
+            || services::SCENARIOS.contains(&o.as_str())
+    };
     let data_path_wanted = args.only.is_empty() || args.only.iter().any(|o| !special(o));
     let mut splice_stress = None;
     let mut mtls = None;
     let mut routing = None;
+    let mut http_results = None;
     let services_wanted = services::SCENARIOS.iter().any(|s| wants(s));
-    if data_path_wanted || wants(SPLICE_STRESS) || services_wanted {
+    let http_wanted = wants(http::SCENARIO);
+    if data_path_wanted || wants(SPLICE_STRESS) || services_wanted || http_wanted {
         let mut topo = topology::Topology::start(&bin_dir, &args.agent_config)
             .context("building the benchmark cluster")?;
         if data_path_wanted {
@@ -107,7 +114,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!("splice_stress: {result} ({:.0}s)", started.elapsed().as_secs_f64());
             splice_stress = Some(result);
         }
-        if wants(mtls::SCENARIO) || services_wanted {
+        if wants(mtls::SCENARIO) || services_wanted || http_wanted {
             // Last: the agents restart against a control plane with a CA.
             topo.enable_identities(&bin_dir).context("turning identities on")?;
         }
@@ -133,6 +140,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!("services ({:.0}s): {result}", started.elapsed().as_secs_f64());
             routing = Some(result);
         }
+        if http_wanted {
+            let started = Instant::now();
+            let result = http::run(&topo, &settings, rounds, &bin_dir).context("the HTTP benchmark")?;
+            println!("http ({:.0}s): {result}", started.elapsed().as_secs_f64());
+            http_results = Some(result);
+        }
     }
     let control_plane = if wants(CONTROL_PLANE) {
         let scale = if args.quick { &controlplane::Scale::QUICK } else { &controlplane::Scale::FULL };
@@ -157,6 +170,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(routing) = routing {
         results["services"] = routing;
     }
+    if let Some(http) = http_results {
+        results["http"] = http;
+    }
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let partial = !args.only.is_empty();
@@ -167,6 +183,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     });
     std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
     check_schema(&results, &order, wants(CONTROL_PLANE), wants(SPLICE_STRESS), services_wanted)?;
+    if http_wanted {
+        for name in ["http_direct", "http_mesh", "http_sidecar", "http_xnode_direct", "http_xnode_mesh"] {
+            for metric in http::METRICS {
+                results["http"][name][metric]
+                    .as_f64()
+                    .with_context(|| format!("results.json lacks http.{name}.{metric}"))?;
+            }
+        }
+    }
     println!("wrote {}", file.display());
     if !args.quick && !partial {
         report::write_docs(&results, &order, &root.join("docs"), &today())?;

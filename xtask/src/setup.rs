@@ -82,10 +82,11 @@ fn ensure_python() -> anyhow::Result<()> {
 
 /// Python packages for the tests' independent peers, pinned, in a virtualenv of our own
 /// (Debian's python refuses system-wide pip installs): grpcio and grpcio-tools for the gRPC
-/// peers (`tests/tools/grpc/`), h2 and cryptography for the HBONE peer
-/// (`tests/tools/hbone_peer.py`). Changing this list makes the next setup re-install.
+/// peers (`tests/tools/grpc/`, `tests/tools/grpc_echo.py`), h2 and cryptography for the HBONE
+/// peer (`tests/tools/hbone_peer.py`), websockets for the WebSocket peers
+/// (`tests/tools/ws_echo.py`). Changing this list makes the next setup re-install.
 pub const TEST_PYTHON: &[&str] =
-    &["grpcio==1.85.1", "grpcio-tools==1.85.1", "h2==4.4.1", "cryptography==50.0.2"];
+    &["grpcio==1.85.1", "grpcio-tools==1.85.1", "h2==4.4.1", "cryptography==50.0.2", "websockets==15.0.1"];
 
 /// Written into the virtualenv after a successful install, holding `TEST_PYTHON` one per
 /// line: the venv is up to date only when it exists and this file matches the pins.

@@ -18,7 +18,8 @@ pub struct FlowQuery {
     pub state: Option<String>,
     /// Keep the N highest by `by`.
     pub top: Option<usize>,
-    /// `bytes` (default) or `retransmits`.
+    /// `bytes` (default), `retransmits`, or `errors` (the share of an HTTP connection's
+    /// requests answered 5xx).
     pub by: Option<String>,
     /// At most this many flows (default 1000).
     pub limit: Option<usize>,
@@ -30,6 +31,7 @@ pub const DEFAULT_LIMIT: usize = 1_000;
 enum Rank {
     Bytes,
     Retransmits,
+    Errors,
 }
 
 impl FlowQuery {
@@ -51,7 +53,8 @@ impl FlowQuery {
         let rank = match self.by.as_deref() {
             None | Some("bytes") => Rank::Bytes,
             Some("retransmits" | "retrans") => Rank::Retransmits,
-            Some(other) => return Err(format!("by: {other:?} is not one of bytes, retransmits")),
+            Some("errors") => Rank::Errors,
+            Some(other) => return Err(format!("by: {other:?} is not one of bytes, retransmits, errors")),
         };
         let mut out: Vec<FlowRecord> = flows
             .into_iter()
@@ -65,6 +68,15 @@ impl FlowQuery {
                 Rank::Bytes => out.sort_by(|a, b| b.bytes().cmp(&a.bytes()).then(b.id.cmp(&a.id))),
                 Rank::Retransmits => {
                     out.sort_by(|a, b| b.retransmits().cmp(&a.retransmits()).then(b.id.cmp(&a.id)))
+                }
+                Rank::Errors => {
+                    // The worst share first; among equal shares, more failed requests first.
+                    let key = |f: &FlowRecord| f.http.as_ref().map_or((0.0, 0), |h| (h.error_rate(), h.s5xx));
+                    out.retain(|f| f.http.is_some());
+                    out.sort_by(|a, b| {
+                        let (ka, kb) = (key(a), key(b));
+                        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1)).then(b.id.cmp(&a.id))
+                    });
                 }
             }
             out.truncate(top);

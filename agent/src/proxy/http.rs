@@ -12,14 +12,14 @@
 //! - `budget`: retries per service; `metrics`: Istio's request metrics; `body`: bodies.
 //! - `upgrade`: WebSocket and CONNECT, passed through as a tunnel.
 
-mod body;
+pub(crate) mod body;
 mod budget;
 mod decide;
 mod endpoint;
 mod forward;
-mod headers;
+pub(crate) mod headers;
 pub mod metrics;
-mod pool;
+pub(crate) mod pool;
 mod upgrade;
 
 use std::{

@@ -9,6 +9,43 @@ use super::measure::METRICS;
 /// Scenario → per-round samples.
 pub type Raw = BTreeMap<String, Vec<Value>>;
 
+/// Measures each of `scenarios` (name, target) `rounds` times, the order rotated each round
+/// so that none always runs first, printing a line per round with `summary` of each sample;
+/// the median of each of `metrics` per scenario, by name.
+pub fn interleaved<T: Copy>(
+    phase: &str,
+    rounds: usize,
+    scenarios: &[(&'static str, T)],
+    metrics: &[&str],
+    mut measure: impl FnMut(T) -> anyhow::Result<Value>,
+    summary: impl Fn(&Value) -> String,
+) -> anyhow::Result<Value> {
+    use anyhow::Context as _;
+    let mut samples: Vec<(&str, Vec<Value>)> = scenarios.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for round in 0..rounds {
+        let mut line = format!("{phase} round {}/{rounds}:", round + 1);
+        for i in 0..scenarios.len() {
+            let (name, target) = scenarios[(i + round) % scenarios.len()];
+            let sample = measure(target).with_context(|| format!("scenario {name}"))?;
+            let _ = write!(line, " {name} {};", summary(&sample));
+            if let Some((_, list)) = samples.iter_mut().find(|(n, _)| *n == name) {
+                list.push(sample);
+            }
+        }
+        println!("{line}");
+    }
+    let mut out = serde_json::json!({});
+    for (name, list) in &samples {
+        let mut scenario = serde_json::json!({});
+        for metric in metrics {
+            let mut values: Vec<f64> = list.iter().filter_map(|s| s[*metric].as_f64()).collect();
+            scenario[*metric] = serde_json::json!((median(&mut values) * 10.0).round() / 10.0);
+        }
+        out[*name] = scenario;
+    }
+    Ok(out)
+}
+
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
@@ -110,6 +147,9 @@ pub fn write_docs(results: &Value, order: &[&str], docs: &Path, date: &str) -> a
     }
     if !results["services"].is_null() {
         md.push_str(&super::services::markdown(&results["services"]));
+    }
+    if !results["http"].is_null() {
+        md.push_str(&super::http::markdown(&results["http"]));
     }
     md.push_str(&absolute_table(results, order));
     if !results["controlplane"].is_null() {

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{
     measure::Settings,
-    report::median,
+    report::interleaved,
     topology::{DIRECT_PORT, MESH_PORT, Topology},
 };
 
@@ -95,36 +95,22 @@ pub fn run(topo: &Topology, settings: &Settings, rounds: usize, bin_dir: &Path) 
             .all(|s| dump.contains(&format!("mesh/{s}.mesh.svc.cluster.local")))
             && dump.matches("\"Kubernetes//Pod/mesh/server-").count() >= 3
     })?;
-    let mut samples: Vec<(&str, Vec<Value>)> =
-        targets(topo).iter().map(|(n, _, _)| (*n, Vec::new())).collect();
-    for round in 0..rounds {
-        let mut line = format!("services round {}/{rounds}:", round + 1);
-        let list = targets(topo);
-        for i in 0..list.len() {
-            let (name, host, port) = list[(i + round) % list.len()];
-            let sample =
-                crr(topo, bin_dir, settings, host, port).with_context(|| format!("scenario {name}"))?;
-            let _ = write!(
-                line,
-                " {name} {:.0}/{:.0}µs;",
-                sample["crr_p50_us"].as_f64().unwrap_or(0.0),
-                sample["crr_p99_us"].as_f64().unwrap_or(0.0)
-            );
-            if let Some((_, list)) = samples.iter_mut().find(|(n, _)| *n == name) {
-                list.push(sample);
-            }
-        }
-        println!("{line}");
-    }
-    let mut out = json!({});
-    for (name, list) in &samples {
-        let mut scenario = json!({});
-        for metric in METRICS {
-            let mut values: Vec<f64> = list.iter().filter_map(|s| s[metric].as_f64()).collect();
-            scenario[metric] = json!((median(&mut values) * 10.0).round() / 10.0);
-        }
-        out[*name] = scenario;
-    }
+    let scenarios: Vec<(&'static str, (IpAddr, u16))> =
+        targets(topo).iter().map(|(n, host, port)| (*n, (*host, *port))).collect();
+    let mut out = interleaved(
+        "services",
+        rounds,
+        &scenarios,
+        &METRICS,
+        |(host, port)| crr(topo, bin_dir, settings, host, port),
+        |s| {
+            format!(
+                "{:.0}/{:.0}µs",
+                s["crr_p50_us"].as_f64().unwrap_or(0.0),
+                s["crr_p99_us"].as_f64().unwrap_or(0.0)
+            )
+        },
+    )?;
     // Where the slow service's connections went, by the balancer's own counts.
     let status = topo.agent1.status()?;
     for service in ["bench-slow", "bench-slow-rr"] {

@@ -38,6 +38,11 @@ pub const SLOW_PORT: u16 = 9106;
 /// How late `server-4` answers on [`SLOW_PORT`].
 const SLOW_DELAY_US: &str = "5000";
 const SIDECAR_PORT: u16 = 9102;
+/// The HTTP benchmark's ports (`http.rs`): `nm-loadgen http-server` through the mesh, direct
+/// (excluded both ways), and through an HTTP sidecar (excluded).
+pub const HTTP_PORT: u16 = 9110;
+pub const HTTP_DIRECT_PORT: u16 = 9111;
+pub const HTTP_SIDECAR_PORT: u16 = 9112;
 /// `nm-loadgen server --async` listens on each of the ports above plus this.
 pub const ASYNC_OFFSET: u16 = 3;
 /// The sidecar's listener (15001 is the agent's, in the same pod) and the SO_MARK its own
@@ -96,13 +101,18 @@ impl Topology {
             ..Default::default()
         };
         let client = node1.add_pod("mesh", "client", spliced.clone())?;
-        let server = node1.add_pod("mesh", "server", spliced.clone())?;
+        // `bench-http` labels: the endpoint of the HTTP benchmark's same-node (`local`) and
+        // cross-node (`remote`) Services.
+        let mut local_http = spliced.clone();
+        local_http.labels.insert("bench-http".into(), "local".into());
+        let server = node1.add_pod("mesh", "server", local_http)?;
         // Node 2's servers are the endpoints of the service benchmark's Services too.
         let mut endpoint = spliced;
         endpoint.labels.insert("app".into(), "bench".into());
         // server-2 is also the one endpoint of `bench-one` (services.rs).
         let mut first = endpoint.clone();
         first.labels.insert("bench-one".into(), "yes".into());
+        first.labels.insert("bench-http".into(), "remote".into());
         let server2 = node2.add_pod("mesh", "server-2", first)?;
         let server3 = node2.add_pod("mesh", "server-3", endpoint.clone())?;
         let server4 = node2.add_pod("mesh", "server-4", endpoint)?;
@@ -159,12 +169,14 @@ impl Topology {
             splice_network_legs: Some(false),
             binary: Some(nodemesh),
             extra_config: format!(
-                "excluded_outbound_ports: [{d}, {s}, {da}, {sa}]\n\
-                 excluded_inbound_ports: [{d}, {s}, {da}, {sa}]\n{agent_config}\n",
+                "excluded_outbound_ports: [{d}, {s}, {da}, {sa}, {hd}, {hs}]\n\
+                 excluded_inbound_ports: [{d}, {s}, {da}, {sa}, {hd}, {hs}]\n{agent_config}\n",
                 d = DIRECT_PORT,
                 s = SIDECAR_PORT,
                 da = DIRECT_PORT + ASYNC_OFFSET,
                 sa = SIDECAR_PORT + ASYNC_OFFSET,
+                hd = HTTP_DIRECT_PORT,
+                hs = HTTP_SIDECAR_PORT,
             ),
             ..Default::default()
         };
@@ -247,6 +259,11 @@ impl Topology {
         ]
     }
 
+    /// The same-node and the cross-node server pods.
+    pub fn server_pods(&self) -> [&Pod; 2] {
+        [&self.server, &self.server2]
+    }
+
     /// The cross-node server pod's address.
     pub fn remote_server(&self) -> IpAddr {
         IpAddr::from(self.server2.ipv4)
@@ -318,25 +335,45 @@ impl Topology {
 
 /// The classic sidecar: an nftables REDIRECT in the client pod sends its traffic to the
 /// sidecar port to a proxy process in the same pod, which skips its own marked connections.
-fn start_sidecar(pod: &Pod, nodemesh: &PathBuf) -> anyhow::Result<u32> {
+fn start_sidecar(pod: &Pod, nodemesh: &Path) -> anyhow::Result<u32> {
+    start_redirected_sidecar(
+        pod,
+        nodemesh,
+        "nmsidecar",
+        &[SIDECAR_PORT, SIDECAR_PORT + ASYNC_OFFSET],
+        SIDECAR_LISTEN,
+        &[],
+    )
+}
+
+/// `nodemesh sidecar <extra>` in `pod`, listening on `listen`, with an nftables table `table`
+/// redirecting the pod's connections to `ports` there, except the sidecar's own (marked).
+pub fn start_redirected_sidecar(
+    pod: &Pod,
+    nodemesh: &Path,
+    table: &str,
+    ports: &[u16],
+    listen: u16,
+    extra: &[&str],
+) -> anyhow::Result<u32> {
+    let ports = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
     let rules = format!(
-        "table ip nmsidecar {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    \
-         meta mark {SIDECAR_MARK} return\n    tcp dport {{ {SIDECAR_PORT}, {sidecar_async} }} redirect to :{SIDECAR_LISTEN}\n  }}\n}}\n",
-        sidecar_async = SIDECAR_PORT + ASYNC_OFFSET,
+        "table ip {table} {{\n  chain output {{\n    type nat hook output priority -100; policy accept;\n    \
+         meta mark {SIDECAR_MARK} return\n    tcp dport {{ {ports} }} redirect to :{listen}\n  }}\n}}\n",
     );
-    let rules_file = std::env::temp_dir().join(format!("nodemesh-sidecar-{}.nft", std::process::id()));
+    let rules_file = std::env::temp_dir().join(format!("nodemesh-{table}-{}.nft", std::process::id()));
     std::fs::write(&rules_file, rules)?;
     let mut nft = Command::new("nft");
     nft.arg("-f").arg(&rules_file);
     let out = pod.output(nft).context("nft")?;
     let _ = std::fs::remove_file(&rules_file);
     if !out.status.success() {
-        bail!("installing the sidecar's REDIRECT rule: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("installing the REDIRECT rule of {table}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let mut sidecar = Command::new(nodemesh);
-    sidecar.args(["sidecar", "--port", &SIDECAR_LISTEN.to_string(), "--mark", &SIDECAR_MARK.to_string()]);
+    sidecar.args(["sidecar", "--port", &listen.to_string(), "--mark", &SIDECAR_MARK.to_string()]).args(extra);
     sidecar.stderr(std::process::Stdio::null());
     let pid = pod.spawn_in_netns(sidecar)?;
-    tools::wait_listening(&pod.netns_path(), SIDECAR_LISTEN)?;
+    tools::wait_listening(&pod.netns_path(), listen)?;
     Ok(pid)
 }
