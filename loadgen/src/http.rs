@@ -171,19 +171,19 @@ async fn one_connection(
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
     tokio::spawn(conn);
-    let (mut latencies, mut failed) = (Vec::new(), 0u64);
+    let mut latencies = Vec::new();
     let host = target.to_string();
     loop {
         let started = std::time::Instant::now();
         if started >= end {
-            return Ok((latencies, failed));
+            return Ok((latencies, 0));
         }
         let request = Request::get(path)
             .header("host", &host)
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(io::Error::other)?;
         if sender.ready().await.is_err() {
-            return Ok((latencies, failed + 1));
+            return Ok((latencies, 1));
         }
         let ok = match sender.send_request(request).await {
             Ok(response) => {
@@ -192,15 +192,12 @@ async fn one_connection(
             }
             Err(_) => false,
         };
-        if started >= warm {
-            if ok {
-                latencies.push(started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
-            } else {
-                failed += 1;
-            }
-        }
         if !ok {
-            return Ok((latencies, failed));
+            // A failure counts whenever it happens: one in the warm-up is no less a failure.
+            return Ok((latencies, 1));
+        }
+        if started >= warm {
+            latencies.push(started.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
         }
     }
 }

@@ -123,6 +123,13 @@ fn routes_split_a_canary_by_weight_and_requests_show_in_istio_metrics() {
         "{by:?}"
     );
 
+    // The proxy's connections to the endpoints are reused (keep-alive): a handful, not one
+    // per request.
+    for service in ["reviews-v1", "reviews-v2"] {
+        let opened = s.service_state(service).expect("service state")["connections"].as_u64().expect("n");
+        assert!((1..=8).contains(&opened), "{service}: {opened} upstream connections for {by:?}");
+    }
+
     // A header match goes to v2; a path prefix to ratings, with the prefix rewritten away; the
     // rule's response header is set.
     assert!(

@@ -2,8 +2,11 @@
 //! embedded default (Kubernetes YAML the demo writes), with its CA: real traffic through the
 //! mesh, mutual TLS between the nodes with both identities in the flows, a label flipped live,
 //! an authorization policy enforced, a Service balanced over three endpoints and one of them
-//! killed without a client noticing, the control plane killed, `nodemesh status` and
+//! killed without a client noticing, an HTTP canary's weight shifted live with the request
+//! metrics following, the control plane killed, `nodemesh status` and
 //! `nodemesh flows`.
+
+mod canary;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -36,14 +39,16 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         node2.add_pod("mesh", "cart-2", cart("cart"))?,
         node2.add_pod("mesh", "cart-3", cart("cart"))?,
     ];
+    let reviews = canary::add_pods(&node1, &node2)?;
     cp.write("cart.yaml", CART)?;
+    cp.write("reviews.yaml", &canary::objects(90, 10))?;
     cp.write_namespace("mesh", true)?;
     cp.write_namespace("plain", false)?;
     cp.write_pods(&[&node1, &node2])?;
     cp.enable_ca(86_400)?;
     cp.start()?;
     println!(
-        "[1/11] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
+        "[1/12] a fake cluster: node1 (mesh/client, plain/plain), node2 (mesh/server), a host outside \
          the mesh, and `nodemesh controlplane` serving delta xDS and its CA over TLS from {} \
          (Kubernetes YAML: namespace mesh labelled nodemesh.io/intercept=enabled, plain not)",
         cp.config_dir.display()
@@ -81,8 +86,11 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         node.start_agent(&options)
     };
     let (agent1, agent2) = (agent(&node1)?, agent(&node2)?);
-    agent1.wait_enrolled(&["mesh/client", "mesh/cart-1"], Duration::from_secs(10))?;
-    agent2.wait_enrolled(&["mesh/server", "mesh/cart-2", "mesh/cart-3"], Duration::from_secs(10))?;
+    agent1.wait_enrolled(&["mesh/client", "mesh/cart-1", "mesh/reviews-1"], Duration::from_secs(10))?;
+    agent2.wait_enrolled(
+        &["mesh/server", "mesh/cart-2", "mesh/cart-3", "mesh/reviews-2"],
+        Duration::from_secs(10),
+    )?;
     for a in [&agent1, &agent2] {
         nodemesh_testbed::wait_for("workload certificates", Duration::from_secs(10), || {
             a.status().is_ok_and(|s| {
@@ -93,7 +101,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         })?;
     }
     println!(
-        "[2/11] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS (TLS, \
+        "[2/12] an agent on each node (kernel splice {} for same-node legs) synced over delta xDS (TLS, \
          checked against the mesh root), enrolled its mesh pods and got a certificate for their \
          identity from the CA (key generated in memory, never written)",
         if splice { "on" } else { "off" }
@@ -103,7 +111,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let got = curl_sha(&client, &url, &cluster.work_dir().join("download"))?;
     anyhow::ensure!(got == sha, "the download through the mesh was corrupted");
     println!(
-        "[3/11] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
+        "[3/12] mesh/client (node1) curl {url}: 1 MiB, sha256 matches; out through node1's agent, \
          in through node2's (sk_lookup)"
     );
     let outbound = agent1.flows("state=all")?;
@@ -120,20 +128,20 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
         "the cross-node connection was not mutual TLS"
     );
     println!(
-        "[4/11] that connection crossed the nodes in HBONE (HTTP/2 CONNECT over mutual TLS 1.3): node1's \
+        "[4/12] that connection crossed the nodes in HBONE (HTTP/2 CONNECT over mutual TLS 1.3): node1's \
          agent verified the server as {}, node2's the client as {}",
         server_id.unwrap_or_default(),
         client_id.unwrap_or_default()
     );
     let r = bulk(&client, IpAddr::from(ext.ipv4))?;
     println!(
-        "[5/11] mesh/client to the external host: through the proxy (the app's local address {}), \
+        "[5/12] mesh/client to the external host: through the proxy (the app's local address {}), \
          the host saw {} (the pod's own address)",
         r["local"][0], r["greeting"]
     );
     let r = bulk(&plain, IpAddr::from(ext.ipv4))?;
     println!(
-        "[6/11] plain/plain (namespace not labelled) to the external host: direct, local address {}",
+        "[6/12] plain/plain (namespace not labelled) to the external host: direct, local address {}",
         r["local"][0]
     );
 
@@ -149,7 +157,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     anyhow::ensure!(plain.wait(pid, Duration::from_secs(15))?.success(), "plain/plain was never intercepted");
     let r: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&probe_out)?.trim())?;
     println!(
-        "[7/11] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
+        "[7/12] label namespace plain in the YAML: plain/plain's connections are intercepted {:.2} s later",
         r["seconds"].as_f64().unwrap_or(f64::NAN)
     );
 
@@ -164,7 +172,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     })?;
     bulk(&client, server_ip).context("mesh/client is still allowed")?;
     println!(
-        "[8/11] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
+        "[8/12] an AuthorizationPolicy (DENY from plain/plain's address) in the YAML: node2's agent \
          resets plain/plain's connections to mesh/server; mesh/client still gets through"
     );
 
@@ -180,7 +188,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     let vip = IpAddr::from([10, 96, 0, 10]);
     let r = service_client(&client, "count", vip, &["--count", "60", "--concurrency", "3"])?;
     println!(
-        "[9/11] Service mesh/cart ({vip}:80, its three endpoints on both nodes): 60 connections from mesh/client, each to the endpoint node1's proxy picked (P2C, by load and latency): {}",
+        "[9/12] Service mesh/cart ({vip}:80, its three endpoints on both nodes): 60 connections from mesh/client, each to the endpoint node1's proxy picked (P2C, by load and latency): {}",
         r["by_endpoint"]
     );
     let out = cluster.work_dir().join("cart-loop.json");
@@ -195,9 +203,11 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     // SIGKILL may cut the one connection cart-2 was serving at that instant; no other may fail.
     anyhow::ensure!(failed <= 1, "client connections failed when cart-2 died: {r}");
     println!(
-        "[10/11] cart-2's server killed while mesh/client connects in a loop: {} connections, none refused (a refused connect is retried on another endpoint before the app's bytes are read; {failed} in flight on cart-2 was cut by the kill); cart-2 is ejected by the DestinationRule's outlierDetection (SERVICES in nodemesh status below)",
+        "[10/12] cart-2's server killed while mesh/client connects in a loop: {} connections, none refused (a refused connect is retried on another endpoint before the app's bytes are read; {failed} in flight on cart-2 was cut by the kill); cart-2 is ejected by the DestinationRule's outlierDetection (SERVICES in nodemesh status below)",
         r["attempts"]
     );
+
+    canary::run(&cp, &client, &reviews, &agent1)?;
 
     cp.kill();
     std::thread::sleep(Duration::from_millis(500));
@@ -205,7 +215,7 @@ pub fn run(splice: bool) -> anyhow::Result<()> {
     anyhow::ensure!(r["local"][0] == "127.0.0.1", "no longer intercepted after the control plane died: {r}");
     bulk(&client, server_ip).context("mutual TLS with the control plane away")?;
     println!(
-        "[11/11] control plane (and CA) killed: traffic still flows through the mesh from the last good \
+        "[12/12] control plane (and CA) killed: traffic still flows through the mesh from the last good \
          state, in mutual TLS with the certificates the agents hold"
     );
 

@@ -67,6 +67,9 @@ async fn forward(
             Err(e) => return failure(503, &format!("upstream connect error: {e}")),
         },
     };
+    if let Err(e) = sender.ready().await {
+        return failure(503, &format!("upstream connection closed: {e}"));
+    }
     match sender.send_request(request).await {
         Ok(response) => {
             tokio::spawn(async move {
@@ -104,6 +107,7 @@ async fn connect(dst: SocketAddr, mark: u32) -> io::Result<SendRequest<Body>> {
 }
 
 fn failure(status: u16, message: &str) -> Response<Body> {
+    eprintln!("sidecar request to the destination failed: {message}");
     let mut response = Response::new(body::full(bytes::Bytes::from(message.to_owned())));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
     response

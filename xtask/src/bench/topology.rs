@@ -46,9 +46,11 @@ pub const HTTP_SIDECAR_PORT: u16 = 9112;
 /// `nm-loadgen server --async` listens on each of the ports above plus this.
 pub const ASYNC_OFFSET: u16 = 3;
 /// The sidecar's listener (15001 is the agent's, in the same pod) and the SO_MARK its own
-/// connections carry so the REDIRECT rule skips them (Istio's 1337).
+/// connections carry so the REDIRECT rule skips them. Not Istio's 1337: with identities on,
+/// the agent routes packets marked 1337 back into the pod (`pods::transparent`), which would
+/// leave the sidecar's connections with no route.
 const SIDECAR_LISTEN: u16 = 15101;
-const SIDECAR_MARK: u32 = 1337;
+const SIDECAR_MARK: u32 = 1338;
 const SPLICE_LABEL: &str = "nodemesh.io/splice";
 /// The pods on node 2.
 const NODE2_PODS: [&str; 3] = ["mesh/server-2", "mesh/server-3", "mesh/server-4"];

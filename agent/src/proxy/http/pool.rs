@@ -9,7 +9,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::Mutex,
     task::{Context, Poll},
 };
 
@@ -23,8 +23,8 @@ use tokio::{
 use super::body::Body;
 use crate::proxy::{hbone::io::StreamIo, upstream::Upstream};
 
-/// Idle HTTP/1.1 connections kept per endpoint.
-const MAX_IDLE_H1: usize = 32;
+/// HTTP/1.1 connections kept per endpoint (in use or idle).
+const MAX_KEPT_H1: usize = 32;
 
 /// How requests are framed to an endpoint: what its service port declares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,37 +94,30 @@ impl Pool {
             }
             Proto::H1 => {
                 let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
-                let idle = h1.get_mut(&endpoint)?;
-                while let Some(s) = idle.pop() {
-                    if s.is_ready() {
-                        return Some(Sender::H1(s));
-                    }
-                }
-                None
+                let kept = h1.get_mut(&endpoint)?;
+                kept.retain(|s| !s.is_closed());
+                // Ready: its last response has ended (one still streaming is not).
+                let ready = kept.iter().rposition(http1::SendRequest::is_ready)?;
+                Some(Sender::H1(kept.swap_remove(ready)))
             }
         }
     }
 
-    /// Keeps `sender` for the next request: an HTTP/2 connection at once, an HTTP/1.1 one once
-    /// its response has ended (a task waits for that, and drops it if the pool is gone).
-    pub fn give_back(self: &Arc<Self>, endpoint: SocketAddr, sender: Sender) {
+    /// Keeps `sender` for the next request, as soon as its response's head has arrived: an
+    /// HTTP/2 connection takes more requests at once; an HTTP/1.1 one is taken again once it
+    /// is ready (`take`), which its connection task says as soon as the response has ended,
+    /// before the client could have read it and asked again.
+    pub fn give_back(&self, endpoint: SocketAddr, sender: Sender) {
         match sender {
             Sender::H2(s) => {
                 self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(endpoint).or_insert(s);
             }
-            Sender::H1(mut s) => {
-                let pool: Weak<Self> = Arc::downgrade(self);
-                tokio::spawn(async move {
-                    if s.ready().await.is_err() {
-                        return;
-                    }
-                    let Some(pool) = pool.upgrade() else { return };
-                    let mut h1 = pool.h1.lock().unwrap_or_else(|p| p.into_inner());
-                    let idle = h1.entry(endpoint).or_default();
-                    if idle.len() < MAX_IDLE_H1 {
-                        idle.push(s);
-                    }
-                });
+            Sender::H1(s) => {
+                let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+                let kept = h1.entry(endpoint).or_default();
+                if kept.len() < MAX_KEPT_H1 {
+                    kept.push(s);
+                }
             }
         }
     }
