@@ -255,9 +255,25 @@ fn retries_hide_a_flaky_endpoint_within_the_budget_and_a_slow_one_times_out() {
     let url = "http://10.96.0.30/?i=[1-100]";
     let out = curl(&s, &["-o", "/dev/null", "-w", "%{http_code}\\n", url]);
     assert_eq!(out.lines().filter(|l| *l == "200").count(), 100, "{out}");
-    let after_flaky = retried();
-    assert!(after_flaky >= 30, "the 503s were retried: {after_flaky}");
+    let flaky_retries = retried();
+    assert!(flaky_retries >= 30, "the 503s were retried: {flaky_retries}");
     assert_eq!(exhausted(), 0);
+
+    // A bad route is refused with its field named, and the last good one keeps serving:
+    // retries still hide the flaky endpoint.
+    let bad = objects.replace("retry: {codes: [503], attempts: 2", "retry: {codes: [200], attempts: 2");
+    s.write_objects(&bad);
+    let mut errors = String::new();
+    wait_for("the bad route refused", Duration::from_secs(10), || {
+        errors = s.cp.status().map(|st| st["served"]["input_errors"].to_string()).unwrap_or_default();
+        errors.contains("objects.yaml")
+    })
+    .expect("refused");
+    assert!(errors.contains("spec.rules[0].retry.codes[0]"), "the error names the field: {errors}");
+    let out = curl(&s, &["-o", "/dev/null", "-w", "%{http_code}\\n", "http://10.96.0.30/?i=[1-20]"]);
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 20, "the last good route serves: {out}");
+    s.write_objects(&objects);
+    let after_flaky = retried();
 
     // Every answer a 503: retries stay within the budget (10/s over 10 s, plus a fifth of
     // the requests), not the 3 per request the route allows.

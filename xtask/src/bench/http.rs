@@ -22,14 +22,12 @@ use serde_json::{Value, json};
 use super::{
     measure::Settings,
     report::interleaved,
-    topology::{HTTP_DIRECT_PORT, HTTP_PORT, HTTP_SIDECAR_PORT, Topology, start_redirected_sidecar},
+    topology::{HTTP_DIRECT_PORT, HTTP_PORT, HTTP_SIDECAR_PORT, Topology},
 };
 
 /// `--only` name of this phase.
 pub const SCENARIO: &str = "http";
 pub const METRICS: [&str; 6] = ["c1_p50_us", "c1_p99_us", "c1_rps", "c64_p50_us", "c64_p99_us", "c64_rps"];
-/// The HTTP sidecar's listener.
-const SIDECAR_LISTEN: u16 = 15102;
 
 const OBJECTS: &str = "\
 ---
@@ -77,7 +75,7 @@ fn targets(topo: &Topology) -> [(&'static str, IpAddr, u16); 5] {
     ]
 }
 
-/// Starts the servers, the HTTP sidecar and the Services, then measures every scenario
+/// Starts the servers and the Services, then measures every scenario
 /// `rounds` times; their medians.
 pub fn run(topo: &Topology, settings: &Settings, rounds: usize, bin_dir: &Path) -> anyhow::Result<Value> {
     let loadgen = bin_dir.join("nm-loadgen");
@@ -91,17 +89,6 @@ pub fn run(topo: &Topology, settings: &Settings, rounds: usize, bin_dir: &Path) 
             tools::wait_listening(&pod.netns_path(), port)?;
         }
     }
-    // The HTTP sidecar: the client pod's connections to the sidecar port go to
-    // `nodemesh sidecar --http` in that pod.
-    let nodemesh = bin_dir.join("nodemesh");
-    start_redirected_sidecar(
-        &topo.client,
-        &nodemesh,
-        "nmsidecarhttp",
-        &[HTTP_SIDECAR_PORT],
-        SIDECAR_LISTEN,
-        &["--http"],
-    )?;
     let cp = topo.control_plane.as_ref().context("identities are not on")?;
     cp.write("bench-http.yaml", OBJECTS)?;
     wait_for("the HTTP routes and endpoints on node 1", Duration::from_secs(15), || {

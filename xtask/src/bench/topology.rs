@@ -43,6 +43,8 @@ const SIDECAR_PORT: u16 = 9102;
 pub const HTTP_PORT: u16 = 9110;
 pub const HTTP_DIRECT_PORT: u16 = 9111;
 pub const HTTP_SIDECAR_PORT: u16 = 9112;
+/// The HTTP sidecar's listener (`nodemesh sidecar --http`).
+const HTTP_SIDECAR_LISTEN: u16 = 15102;
 /// `nm-loadgen server --async` listens on each of the ports above plus this.
 pub const ASYNC_OFFSET: u16 = 3;
 /// The sidecar's listener (15001 is the agent's, in the same pod) and the SO_MARK its own
@@ -162,6 +164,16 @@ impl Topology {
 
         let nodemesh = bin_dir.join("nodemesh");
         let sidecar_pid = start_sidecar(&client, &nodemesh)?;
+        // The HTTP benchmark's sidecar (`http.rs`), started now like the other: once the load
+        // has run, the client pod's ephemeral ports (widened above) may hold its port.
+        start_redirected_sidecar(
+            &client,
+            &nodemesh,
+            "nmsidecarhttp",
+            &[HTTP_SIDECAR_PORT],
+            HTTP_SIDECAR_LISTEN,
+            &["--http"],
+        )?;
         let options = AgentOptions {
             // The node default does not matter: the pods' label decides.
             splice: true,

@@ -214,6 +214,25 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_5xx_answers_eject_and_a_good_answer_ends_the_run() {
+        let (e, t0) = (EndpointState::default(), Instant::now());
+        let p = policy();
+        // Two 5xx, then a 200: the run is over, two more do not eject.
+        assert!(!e.errored(Some(&p), true, t0));
+        assert!(!e.errored(Some(&p), true, t0));
+        e.succeeded();
+        assert!(!e.errored(Some(&p), true, t0));
+        assert!(!e.errored(Some(&p), true, t0));
+        // The third in a row does; an answer is not a failed connect.
+        assert!(e.errored(Some(&p), true, t0));
+        assert!(e.ejected_until(t0).is_some());
+        assert_eq!(e.connect_failures.load(Relaxed), 0);
+        // Without outlier detection, answers eject nothing.
+        let plain = EndpointState::default();
+        assert!((0..10).all(|_| !plain.errored(None, true, t0)));
+    }
+
+    #[test]
     fn consecutive_failures_eject_for_growing_times_and_probation_is_one_failure() {
         let (e, t0) = (EndpointState::default(), Instant::now());
         let p = policy();
