@@ -63,7 +63,7 @@ pub fn run(cp: &ControlPlane, client: &Pod, pods: &[Pod; 2], agent1: &Agent) -> 
     let before = by_service(agent1)?;
     let second = requests(client, 400)?;
     println!(
-        "        the route shifted live to 50/50 (the file rewritten; no connection dropped): 400 more requests: \
+        "        the route shifted live to 50/50 (the file rewritten; the next requests follow it): 400 more requests: \
          {second:?}; istio_requests_total grew by {:?}",
         delta(&before, &by_service(agent1)?)
     );

@@ -38,6 +38,8 @@ use crate::{
 /// Request bodies up to this size are kept for a retry (a longer or unsized one is
 /// streamed, and its request is not retried).
 pub const REPLAY_LIMIT: u64 = 64 << 10;
+/// Sends one request may make again because its connection closed before it left.
+const MAX_UNSENT: u32 = 4;
 
 /// What answered the request, for its metrics.
 #[derive(Default)]
@@ -201,6 +203,9 @@ async fn attempts(
     let head = Head::of(&parts);
     let mut tried = Vec::new();
     let mut pending: Option<Request<Body>> = None;
+    // Sends that failed before the request left: free, but bounded (an endpoint that closes
+    // every connection at once must not keep the request going round).
+    let mut unsent_sends = 0;
     loop {
         let request = match (pending.take(), &replay, once.take()) {
             (Some(request), _, _) => request,
@@ -237,10 +242,11 @@ async fn attempts(
             }
             Ok(Err(failed)) => {
                 conn.pool.discard(addr, &sender);
-                if let Some(unsent) = failed.unsent {
+                if let Some(unsent) = failed.unsent.filter(|_| unsent_sends < MAX_UNSENT) {
                     // The connection closed before the request left (a stale keep-alive):
                     // any endpoint may take it, nothing was lost.
                     tracing::debug!(error = %failed.error, "pooled connection closed before the request left");
+                    unsent_sends += 1;
                     pending = Some(unsent);
                     continue;
                 }
