@@ -236,6 +236,7 @@ impl Proxy {
     pub fn publish_directory(&self, directory: Arc<Directory>) {
         *self.state.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&directory);
         self.state.balancer.prune(&directory);
+        self.state.http.prune(&directory);
         self.state.directory_changes.send_modify(|generation| *generation += 1);
         let revoked = self.state.revocations.recheck(&directory);
         if revoked > 0 {

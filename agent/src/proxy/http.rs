@@ -69,6 +69,13 @@ pub struct HttpCounters {
 }
 
 impl HttpState {
+    /// Forgets the retry budgets of services the directory no longer has (a request under way
+    /// keeps its own).
+    pub fn prune(&self, directory: &crate::directory::Directory) {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets.retain(|name, _| directory.service_named(name).is_some());
+    }
+
     fn budget(&self, service: &Arc<str>) -> Arc<budget::RetryBudget> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(budgets.entry(Arc::clone(service)).or_default())

@@ -63,8 +63,6 @@ pub struct Connected {
     pub key: EndpointKey,
     pub workload: Arc<WorkloadRef>,
     pub state: Arc<EndpointState>,
-    /// Carried in HBONE (mutual TLS) to its node.
-    pub mtls: bool,
 }
 
 /// Picks an endpoint of `service` not in `tried` and gets a connection to it; `fresh` asks
@@ -102,12 +100,11 @@ pub async fn connect(
             };
         let destination = for_endpoint(conn, service, addr, &workload);
         let subject = authorize::authorize(&destination, &directory.policies).map_err(|_| Failure::DENIED)?;
+        if !fresh && let Some(sender) = conn.pool.take(addr, proto) {
+            return Ok(Connected { sender, addr, key, workload, state: endpoint_state });
+        }
         let route = route::route(&conn.accepted, &destination, conn.proxy.route_settings())
             .map_err(|_| Failure::CONNECT)?;
-        let mtls = route.tunnel.is_some();
-        if !fresh && let Some(sender) = conn.pool.take(addr, proto) {
-            return Ok(Connected { sender, addr, key, workload, state: endpoint_state, mtls });
-        }
         let limited =
             rate_limit::check(&conn.proxy.state.rate_limits, subject.as_ref(), &destination, directory)
                 .map_err(|_| Failure::RATE_LIMITED)?;
@@ -120,7 +117,7 @@ pub async fn connect(
                     Ok(sender) => {
                         endpoint_state.connected(latency, Instant::now());
                         state.counters.connections.fetch_add(1, Relaxed);
-                        return Ok(Connected { sender, addr, key, workload, state: endpoint_state, mtls });
+                        return Ok(Connected { sender, addr, key, workload, state: endpoint_state });
                     }
                     Err(e) => format!("http_handshake: {e}"),
                 }

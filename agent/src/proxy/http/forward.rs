@@ -216,7 +216,7 @@ async fn attempts(
         };
         let connected =
             endpoint::connect(conn, directory, service, &state, plan.port, proto, &mut tried, false).await;
-        let Connected { mut sender, addr, key, workload, state: endpoint_state, mtls } = match connected {
+        let Connected { mut sender, addr, key, workload, state: endpoint_state } = match connected {
             Ok(c) => c,
             Err(failure) => {
                 if answered.retries > 0 && failure.flags == "UH" {
@@ -226,7 +226,7 @@ async fn attempts(
             }
         };
         answered.workload = Some(Arc::clone(&workload));
-        answered.mtls = mtls;
+        answered.mtls = sender.tunnelled;
         let outstanding = Outstanding::new(Arc::clone(&endpoint_state));
         let sent_at = Instant::now();
         let send = sender.send(request);

@@ -33,7 +33,13 @@ pub enum Proto {
     H2,
 }
 
-pub enum Sender {
+/// A connection to an endpoint, and whether an HBONE stream carries it (mutual TLS).
+pub struct Sender {
+    conn: Conn,
+    pub tunnelled: bool,
+}
+
+enum Conn {
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
 }
@@ -50,14 +56,14 @@ impl Sender {
         &mut self,
         request: http::Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendFailed> {
-        let sent = match self {
-            Sender::H1(s) => {
+        let sent = match &mut self.conn {
+            Conn::H1(s) => {
                 if let Err(error) = s.ready().await {
                     return Err(SendFailed { error, unsent: Some(request) });
                 }
                 s.try_send_request(request).await
             }
-            Sender::H2(s) => {
+            Conn::H2(s) => {
                 if let Err(error) = s.ready().await {
                     return Err(SendFailed { error, unsent: Some(request) });
                 }
@@ -73,8 +79,9 @@ impl Sender {
 
 #[derive(Default)]
 pub struct Pool {
-    h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    /// HTTP/1.1 connections (in use or idle), and the one HTTP/2 connection, per endpoint.
+    h1: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+    h2: Mutex<HashMap<SocketAddr, Sender>>,
 }
 
 impl Pool {
@@ -84,7 +91,9 @@ impl Pool {
             Proto::H2 => {
                 let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
                 match h2.get(&endpoint) {
-                    Some(s) if !s.is_closed() => Some(Sender::H2(s.clone())),
+                    Some(Sender { conn: Conn::H2(s), tunnelled }) if !s.is_closed() => {
+                        Some(Sender { conn: Conn::H2(s.clone()), tunnelled: *tunnelled })
+                    }
                     Some(_) => {
                         h2.remove(&endpoint);
                         None
@@ -95,10 +104,10 @@ impl Pool {
             Proto::H1 => {
                 let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
                 let kept = h1.get_mut(&endpoint)?;
-                kept.retain(|s| !s.is_closed());
+                kept.retain(|s| matches!(&s.conn, Conn::H1(c) if !c.is_closed()));
                 // Ready: its last response has ended (one still streaming is not).
-                let ready = kept.iter().rposition(http1::SendRequest::is_ready)?;
-                Some(Sender::H1(kept.swap_remove(ready)))
+                let ready = kept.iter().rposition(|s| matches!(&s.conn, Conn::H1(c) if c.is_ready()))?;
+                Some(kept.swap_remove(ready))
             }
         }
     }
@@ -108,15 +117,15 @@ impl Pool {
     /// is ready (`take`), which its connection task says as soon as the response has ended,
     /// before the client could have read it and asked again.
     pub fn give_back(&self, endpoint: SocketAddr, sender: Sender) {
-        match sender {
-            Sender::H2(s) => {
-                self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(endpoint).or_insert(s);
+        match sender.conn {
+            Conn::H2(_) => {
+                self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(endpoint).or_insert(sender);
             }
-            Sender::H1(s) => {
+            Conn::H1(_) => {
                 let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
                 let kept = h1.entry(endpoint).or_default();
                 if kept.len() < MAX_KEPT_H1 {
-                    kept.push(s);
+                    kept.push(sender);
                 }
             }
         }
@@ -124,7 +133,7 @@ impl Pool {
 
     /// Forgets a connection that failed.
     pub fn discard(&self, endpoint: SocketAddr, sender: &Sender) {
-        if let Sender::H2(s) = sender
+        if let Conn::H2(s) = &sender.conn
             && s.is_closed()
         {
             self.h2.lock().unwrap_or_else(|p| p.into_inner()).remove(&endpoint);
@@ -140,6 +149,7 @@ pub async fn handshake(
     proto: Proto,
     keep: impl Send + 'static,
 ) -> Result<Sender, hyper::Error> {
+    let tunnelled = matches!(upstream, Upstream::Tunnel(_));
     let io = TokioIo::new(match upstream {
         Upstream::Tcp(tcp) => {
             let _ = tcp.set_nodelay(true);
@@ -156,7 +166,7 @@ pub async fn handshake(
                     tracing::debug!(error = %e, "HTTP/1.1 connection to an endpoint ended");
                 }
             });
-            Ok(Sender::H1(sender))
+            Ok(Sender { conn: Conn::H1(sender), tunnelled })
         }
         Proto::H2 => {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new()).handshake(io).await?;
@@ -166,7 +176,7 @@ pub async fn handshake(
                     tracing::debug!(error = %e, "HTTP/2 connection to an endpoint ended");
                 }
             });
-            Ok(Sender::H2(sender))
+            Ok(Sender { conn: Conn::H2(sender), tunnelled })
         }
     }
 }

@@ -36,7 +36,7 @@ pub(super) async fn forward(
     let connected =
         endpoint::connect(conn, directory, service, &state, plan.port, Proto::H1, &mut tried, true).await?;
     answered.workload = Some(Arc::clone(&connected.workload));
-    answered.mtls = connected.mtls;
+    answered.mtls = connected.sender.tunnelled;
     let outstanding = Outstanding::new(Arc::clone(&connected.state));
     let connect = parts.method == Method::CONNECT;
     headers::for_upstream(&mut parts, Proto::H1, true);
