@@ -167,6 +167,12 @@ fn routes_split_a_canary_by_weight_and_requests_show_in_istio_metrics() {
     assert_eq!(count("reviews-v1", "200") + count("reviews-v2", "200"), 2000.0 + 20.0 + 1.0, "{by:?}");
     assert!(count("reviews-v1", "200") >= v1_total && count("reviews-v2", "200") >= v2 + 20.0, "{by:?}");
     assert_eq!(count("ratings", "200"), 21.0);
+    // v2's one endpoint is on node 2: its requests rode HBONE, and say so.
+    let v2_host = "reviews-v2.mesh.svc.cluster.local";
+    let tls = [("destination_service", v2_host), ("connection_security_policy", "mutual_tls")];
+    assert_eq!(tools::metric_sum(&text, "istio_requests_total", &tls), count("reviews-v2", "200"));
+    let plain = [("destination_workload", "v1-a"), ("connection_security_policy", "none")];
+    assert!(tools::metric_sum(&text, "istio_requests_total", &plain) > 0.0, "v1-a is on this node");
     let labels = [("reporter", "source"), ("source_workload", "web"), ("request_protocol", "http")];
     assert!(tools::metric_sum(&text, "istio_requests_total", &labels) >= 2000.0);
     assert!(tools::metric_sum(&text, "istio_request_duration_milliseconds_count", &labels) >= 2000.0);
