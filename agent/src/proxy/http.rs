@@ -98,6 +98,8 @@ struct Conn {
     protocol: AppProtocol,
     pool: Arc<pool::Pool>,
     flow: Arc<LiveFlow>,
+    /// The request series its requests last went to.
+    series: metrics::SeriesCache,
     /// Ends when an upgraded connection's tunnel does (the sender drops).
     tunnel: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
@@ -131,6 +133,7 @@ pub(super) async fn serve(
         protocol,
         pool: Arc::default(),
         flow: record.shared_flow(),
+        series: metrics::SeriesCache::default(),
         tunnel: Mutex::default(),
     });
     let shared = Arc::clone(&conn);

@@ -23,7 +23,7 @@ use super::{
     decide::{self, DEFAULT_BACKOFF, DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_CODES, Decision, Plan},
     endpoint::{self, Connected, Failure},
     headers,
-    metrics::{Observation, RequestLabels},
+    metrics::{RequestLabels, SeriesKey},
     pool::Proto,
     upgrade,
 };
@@ -141,28 +141,30 @@ pub(super) async fn handle(conn: Arc<Conn>, mut request: Request<Incoming>) -> R
     let status = response.status().as_u16();
     tracing::debug!(status, flags = answered.flags, retries = answered.retries, "answered");
     conn.flow.http(|h| h.count(status, answered.retries));
-    let labels = labels(&conn, &answered, grpc, status, body::grpc_status(response.headers()));
-    let metrics = conn.proxy.clone();
-    let flow = Arc::clone(&conn.flow);
+    let metered_conn = Arc::clone(&conn);
     let (parts, inner) = response.into_parts();
     let grpc_in_headers = body::grpc_status(&parts.headers);
     let inner = body::metered(inner, grpc_in_headers, move |ended| {
         let _outstanding: Option<Outstanding> = outstanding;
-        flow.received.fetch_add(ended.bytes, Relaxed);
-        let mut labels = labels;
-        if let Some(status) = ended.grpc_status {
-            labels.grpc_status = status.to_string();
-        }
-        if !ended.complete && labels.flags == "-" {
+        let conn = metered_conn;
+        conn.flow.received.fetch_add(ended.bytes, Relaxed);
+        let flags = if !ended.complete && answered.flags == "-" {
             // The response did not reach its end: the client left, or the endpoint did.
-            labels.flags = "DC";
-        }
-        metrics.state.http.metrics.observe(Observation {
-            labels,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes: request_bytes.load(Relaxed),
-            response_bytes: ended.bytes,
-        });
+            "DC"
+        } else {
+            answered.flags
+        };
+        let key = SeriesKey {
+            service: answered.service,
+            workload: answered.workload,
+            mtls: answered.mtls,
+            grpc,
+            status,
+            grpc_status: ended.grpc_status,
+            flags,
+        };
+        let measured = (started.elapsed().as_secs_f64() * 1000.0, request_bytes.load(Relaxed), ended.bytes);
+        conn.series.observe(&conn.proxy.state.http.metrics, key, |key| labels(&conn, key), measured);
     });
     response = Response::from_parts(parts, inner);
     response
@@ -200,7 +202,9 @@ async fn attempts(
     } else {
         (None, Some(body))
     };
-    let head = Head::of(&parts);
+    // The head is kept only when a retry may send the request again.
+    let head = replay.as_ref().map(|_| Head::of(&parts));
+    let mut parts = Some(parts);
     let mut tried = Vec::new();
     let mut pending: Option<Request<Body>> = None;
     // Sends that failed before the request left: free, but bounded (an endpoint that closes
@@ -209,8 +213,18 @@ async fn attempts(
     loop {
         let request = match (pending.take(), &replay, once.take()) {
             (Some(request), _, _) => request,
-            (None, Some(bytes), _) => head.request(body::full(bytes.clone())),
-            (None, None, Some(body)) => head.request(body),
+            (None, Some(bytes), _) => match &head {
+                Some(head) => head.request(body::full(bytes.clone())),
+                None => return Err(Failure::RESET),
+            },
+            (None, None, Some(body)) => match parts.take() {
+                Some(mut parts) => {
+                    // What the server side put there is not the next hop's.
+                    parts.extensions = http::Extensions::new();
+                    Request::from_parts(parts, body)
+                }
+                None => return Err(Failure::RESET),
+            },
             // A streamed body already went to an endpoint that failed.
             (None, None, None) => return Err(Failure::RESET),
         };
@@ -374,19 +388,18 @@ pub(super) fn synthetic(failure: &Failure, grpc: bool) -> Response<Body> {
     response
 }
 
-fn labels(conn: &Conn, a: &Answered, grpc: bool, status: u16, grpc_status: Option<u32>) -> RequestLabels {
-    let service = a.service.as_deref();
+fn labels(conn: &Conn, key: &SeriesKey) -> RequestLabels {
     RequestLabels {
         series: SeriesLabels::new(
             Direction::Outbound,
             conn.classified.source.workload.as_deref(),
-            a.workload.as_deref(),
-            service,
-            a.mtls,
+            key.workload.as_deref(),
+            key.service.as_deref(),
+            key.mtls,
         ),
-        protocol: if grpc { "grpc" } else { "http" },
-        response_code: status,
-        grpc_status: grpc_status.map(|s| s.to_string()).unwrap_or_default(),
-        flags: a.flags,
+        protocol: if key.grpc { "grpc" } else { "http" },
+        response_code: key.status,
+        grpc_status: key.grpc_status.map(|s| s.to_string()).unwrap_or_default(),
+        flags: key.flags,
     }
 }

@@ -3,13 +3,21 @@
 //! (origin form with `Host` for HTTP/1.1, scheme and `:authority` for HTTP/2), and an
 //! upgrade keeps the headers that ask for it.
 
-use http::{HeaderMap, HeaderValue, Method, Uri, Version, header, request::Parts};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header, request::Parts};
 
 use super::pool::Proto;
 
-/// Headers that only ever concern one hop.
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"];
+/// Headers that only ever concern one hop (as names, not strings: a string is parsed into a
+/// name on every lookup, and this runs twice per request).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+];
 
 /// Whether the request asks to switch protocols (WebSocket) or to open a tunnel (CONNECT):
 /// its bytes then pass through once the endpoint agrees. `Upgrade: h2c` is not one: the
@@ -49,7 +57,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {

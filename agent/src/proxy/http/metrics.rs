@@ -16,6 +16,7 @@ use super::HttpState;
 use crate::{
     flows::metrics::SeriesLabels,
     metrics::{Exposition, Kind},
+    workload::WorkloadRef,
 };
 
 /// Istio's default duration buckets, in milliseconds.
@@ -121,30 +122,115 @@ pub struct Observation {
     pub response_bytes: u64,
 }
 
+/// One label set's totals, under a lock of its own.
+#[derive(Debug, Default)]
+pub struct Series(Mutex<RequestTotals>);
+
+impl Series {
+    pub fn observe(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        let mut totals = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        totals.requests += 1;
+        totals.duration_ms.observe(&DURATION_BUCKETS_MS, duration_ms);
+        totals.request_bytes.observe(&SIZE_BUCKETS, request_bytes as f64);
+        totals.response_bytes.observe(&SIZE_BUCKETS, response_bytes as f64);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
-    series: Mutex<HashMap<Arc<RequestLabels>, RequestTotals>>,
+    series: Mutex<HashMap<Arc<RequestLabels>, Arc<Series>>>,
     pub overflow: AtomicU64,
 }
 
 impl RequestMetrics {
-    pub fn observe(&self, o: Observation) {
+    /// The series of `labels`, new or not; `None` once the cap is reached.
+    pub fn series(&self, labels: RequestLabels) -> Option<Arc<Series>> {
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        if !series.contains_key(&o.labels) && series.len() >= MAX_SERIES {
-            self.overflow.fetch_add(1, Relaxed);
-            return;
+        if let Some(known) = series.get(&labels) {
+            return Some(Arc::clone(known));
         }
-        let totals = series.entry(Arc::new(o.labels)).or_default();
-        totals.requests += 1;
-        totals.duration_ms.observe(&DURATION_BUCKETS_MS, o.duration_ms);
-        totals.request_bytes.observe(&SIZE_BUCKETS, o.request_bytes as f64);
-        totals.response_bytes.observe(&SIZE_BUCKETS, o.response_bytes as f64);
+        if series.len() >= MAX_SERIES {
+            return None;
+        }
+        Some(Arc::clone(series.entry(Arc::new(labels)).or_default()))
+    }
+
+    pub fn observe(&self, o: Observation) {
+        match self.series(o.labels) {
+            Some(series) => series.observe(o.duration_ms, o.request_bytes, o.response_bytes),
+            None => {
+                self.overflow.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// Every series, for the exposition.
     pub fn snapshot(&self) -> Vec<(Arc<RequestLabels>, RequestTotals)> {
         let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        series.iter().map(|(l, t)| (Arc::clone(l), t.clone())).collect()
+        series
+            .iter()
+            .map(|(l, t)| (Arc::clone(l), t.0.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+            .collect()
+    }
+}
+
+/// What picks a request's series, compared by identity where it can be: the service's name
+/// and the endpoint's workload are the directory's own `Arc`s.
+pub struct SeriesKey {
+    pub service: Option<Arc<str>>,
+    pub workload: Option<Arc<WorkloadRef>>,
+    pub mtls: bool,
+    pub grpc: bool,
+    pub status: u16,
+    pub grpc_status: Option<u32>,
+    pub flags: &'static str,
+}
+
+impl SeriesKey {
+    fn same(&self, other: &Self) -> bool {
+        fn same_arc<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        same_arc(&self.service, &other.service)
+            && same_arc(&self.workload, &other.workload)
+            && (self.mtls, self.grpc, self.status, self.grpc_status, self.flags)
+                == (other.mtls, other.grpc, other.status, other.grpc_status, other.flags)
+    }
+}
+
+/// The series a connection's requests last went to: the next request like it is counted
+/// without building its label set or looking it up (a client's requests mostly share one).
+#[derive(Default)]
+pub struct SeriesCache(Mutex<Option<(SeriesKey, Arc<Series>)>>);
+
+impl SeriesCache {
+    pub fn observe(
+        &self,
+        metrics: &RequestMetrics,
+        key: SeriesKey,
+        labels: impl FnOnce(&SeriesKey) -> RequestLabels,
+        o: (f64, u64, u64),
+    ) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let series = match &*last {
+            Some((known, series)) if known.same(&key) => Arc::clone(series),
+            _ => match metrics.series(labels(&key)) {
+                Some(series) => {
+                    *last = Some((key, Arc::clone(&series)));
+                    series
+                }
+                None => {
+                    metrics.overflow.fetch_add(1, Relaxed);
+                    return;
+                }
+            },
+        };
+        drop(last);
+        series.observe(o.0, o.1, o.2);
     }
 }
 
@@ -240,5 +326,47 @@ mod tests {
         assert!(pairs.contains(&("response_code", "503".to_owned())));
         assert!(pairs.contains(&("request_protocol", "http".to_owned())));
         assert_eq!(pairs.iter().filter(|(k, _)| *k == "request_protocol").count(), 1);
+    }
+
+    #[test]
+    fn a_connection_counts_into_its_cached_series_and_a_new_key_makes_a_new_one() {
+        let m = RequestMetrics::default();
+        let cache = SeriesCache::default();
+        let service: Arc<str> = Arc::from("shop/cart.shop.svc.cluster.local");
+        let key = |status| SeriesKey {
+            service: Some(Arc::clone(&service)),
+            workload: None,
+            mtls: false,
+            grpc: false,
+            status,
+            grpc_status: None,
+            flags: "-",
+        };
+        let mut built = 0;
+        for status in [200, 200, 200, 503, 200] {
+            cache.observe(
+                &m,
+                key(status),
+                |k| {
+                    built += 1;
+                    labels(k.status)
+                },
+                (1.0, 0, 10),
+            );
+        }
+        // Labels are built on a change of key only: 200, 503, 200 again.
+        assert_eq!(built, 3);
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), 2);
+        let count = |code| snap.iter().find(|(l, _)| l.response_code == code).map(|(_, t)| t.requests);
+        assert_eq!((count(200), count(503)), (Some(4), Some(1)));
+        // The same name in another allocation is another key (identity), but the same series.
+        cache.observe(
+            &m,
+            SeriesKey { service: Some(Arc::from(&*service)), ..key(200) },
+            |k| labels(k.status),
+            (1.0, 0, 10),
+        );
+        assert_eq!(m.snapshot().len(), 2);
     }
 }
