@@ -43,10 +43,33 @@ pub fn locate(cgroup_root: &Path, uid: &str) -> Result<PodPlace, PodError> {
     let pids = cgroup::processes(&cgroup)
         .map_err(|source| PodError::Io { what: format!("reading {}", cgroup.display()), source })?;
     // Processes can exit between listing and opening; any one of the pod's will do.
-    let netns = pids
-        .iter()
-        .find_map(|&pid| Netns::of_process(pid).ok())
-        .ok_or_else(|| PodError::NoProcess(cgroup.clone()))?;
+    let mut refused = None;
+    let mut found = None;
+    for &pid in &pids {
+        match Netns::of_process(pid) {
+            Ok(netns) => {
+                found = Some(netns);
+                break;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => refused = Some((pid, e)),
+            Err(_) => {}
+        }
+    }
+    let netns = match (found, refused) {
+        (Some(netns), _) => netns,
+        // Not a race: the agent may not look into this process (another user's process
+        // needs CAP_SYS_PTRACE), and saying "no process" would send the reader elsewhere.
+        (None, Some((pid, source))) => {
+            return Err(PodError::Io {
+                what: format!(
+                    "opening the network namespace of process {pid} in {} (another user's process needs CAP_SYS_PTRACE)",
+                    cgroup.display()
+                ),
+                source,
+            });
+        }
+        (None, None) => return Err(PodError::NoProcess(cgroup.clone())),
+    };
     if netns.inode() == netns::home().inode() {
         return Err(PodError::HostNetwork);
     }

@@ -173,6 +173,7 @@ fn routes_split_a_canary_by_weight_and_requests_show_in_istio_metrics() {
     assert_eq!(tools::metric_sum(&text, "istio_requests_total", &tls), count("reviews-v2", "200"));
     let plain = [("destination_workload", "v1-a"), ("connection_security_policy", "none")];
     assert!(tools::metric_sum(&text, "istio_requests_total", &plain) > 0.0, "v1-a is on this node");
+    dashboard_queries_exist(&text);
     let labels = [("reporter", "source"), ("source_workload", "web"), ("request_protocol", "http")];
     assert!(tools::metric_sum(&text, "istio_requests_total", &labels) >= 2000.0);
     assert!(tools::metric_sum(&text, "istio_request_duration_milliseconds_count", &labels) >= 2000.0);
@@ -317,4 +318,44 @@ fn retries_hide_a_flaky_endpoint_within_the_budget_and_a_slow_one_times_out() {
         &[("response_code", "504"), ("response_flags", "UT")],
     );
     assert_eq!(timed_out, 1.0);
+}
+
+/// Every metric the chart's Grafana dashboard queries is one this agent exports (identities
+/// on, HTTP and TCP traffic through it): a dashboard panel never stays empty for a typo.
+fn dashboard_queries_exist(metrics: &str) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/nodemesh/dashboards/nodemesh.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard"))
+            .expect("dashboard JSON");
+    let families: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut queried = Vec::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("expr").to_owned())
+        .chain(std::iter::once(
+            dashboard["templating"]["list"][1]["query"].as_str().expect("query").to_owned(),
+        ));
+    for expr in exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("istio_") || word.starts_with("nodemesh_") {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s).filter(|f| families.contains(f)))
+                    .unwrap_or(word);
+                assert!(
+                    families.contains(family),
+                    "the dashboard queries {word}, which the agent does not export"
+                );
+                queried.push(family.to_owned());
+            }
+        }
+    }
+    assert!(queried.len() >= 20, "the dashboard's queries were not found: {queried:?}");
 }

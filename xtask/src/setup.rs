@@ -84,9 +84,18 @@ fn ensure_python() -> anyhow::Result<()> {
 /// (Debian's python refuses system-wide pip installs): grpcio and grpcio-tools for the gRPC
 /// peers (`tests/tools/grpc/`, `tests/tools/grpc_echo.py`), h2 and cryptography for the HBONE
 /// peer (`tests/tools/hbone_peer.py`), websockets for the WebSocket peers
-/// (`tests/tools/ws_echo.py`). Changing this list makes the next setup re-install.
-pub const TEST_PYTHON: &[&str] =
-    &["grpcio==1.85.1", "grpcio-tools==1.85.1", "h2==4.4.1", "cryptography==50.0.2", "websockets==15.0.1"];
+/// (`tests/tools/ws_echo.py`), helm-python-sdk (Helm v4's library: there is no helm binary to
+/// install here) and kubernetes-validate (Kubernetes' schemas, offline) for the chart's test
+/// (`tests/tools/chart_check.py`). Changing this list makes the next setup re-install.
+pub const TEST_PYTHON: &[&str] = &[
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "h2==4.4.1",
+    "cryptography==50.0.2",
+    "websockets==15.0.1",
+    "helm-python-sdk==0.2.2",
+    "kubernetes-validate==1.37.0",
+];
 
 /// Written into the virtualenv after a successful install, holding `TEST_PYTHON` one per
 /// line: the venv is up to date only when it exists and this file matches the pins.
