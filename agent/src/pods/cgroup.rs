@@ -24,15 +24,27 @@ pub fn own_cgroup() -> io::Result<PathBuf> {
     Ok(mount.join(path.trim_start_matches('/')))
 }
 
+/// The cgroup2 mount of this process's cgroup namespace root (mount root `/`). In a
+/// container with its own cgroup namespace, the host's hierarchy may be mounted too (the
+/// chart mounts it for the pods' cgroups); it shows a root outside the namespace (`/..`),
+/// and `/proc/self/cgroup`'s path is relative to the namespace's root, so only a mount of
+/// that root can resolve it. Falls back to the first cgroup2 mount.
 fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."
-        let (fields, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        fields.split_whitespace().nth(4).map(|p| PathBuf::from(unescape_octal(p)))
-    })
+    let mounts: Vec<(&str, PathBuf)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."
+            let (fields, fs) = line.split_once(" - ")?;
+            if fs.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut fields = fields.split_whitespace();
+            let root = fields.nth(3)?;
+            Some((root, PathBuf::from(unescape_octal(fields.next()?))))
+        })
+        .collect();
+    let root = mounts.iter().find(|(root, _)| *root == "/").or(mounts.first());
+    root.map(|(_, point)| point.clone())
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -113,6 +125,17 @@ mod tests {
 ";
         assert_eq!(parse_cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+    }
+
+    #[test]
+    fn in_a_container_the_namespace_root_wins_over_the_hosts_hierarchy() {
+        // The chart's agent: the host's hierarchy bind-mounted first, then the runtime's
+        // mount of the container's own cgroup namespace.
+        let mountinfo = "\
+812 790 0:30 /.. /host/cgroup ro,nosuid - cgroup2 cgroup2 rw,nsdelegate
+820 790 0:30 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw,nsdelegate
+";
+        assert_eq!(parse_cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup")));
     }
 
     #[test]
