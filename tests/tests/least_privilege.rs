@@ -120,3 +120,93 @@ fn the_charts_capabilities_are_enough_and_each_is_needed() {
     }
     assert_eq!(needed, caps, "the chart grants capabilities nothing needs");
 }
+
+/// The host's cgroup v2 mount point (the mount of the hierarchy's root).
+fn host_cgroup2() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (fields, fs) = l.split_once(" - ")?;
+            let f: Vec<&str> = fields.split_whitespace().collect();
+            (fs.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| PathBuf::from(f[4]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A script that runs the agent as the chart's DaemonSet does, as far as a test can: only the
+/// chart's capabilities, its own cgroup namespace (the default for a container on cgroup v2,
+/// so `/proc/self/cgroup` says `/`), its own mount namespace where the runtime's cgroup2
+/// mount shows only that namespace, and the host's hierarchy mounted read-only elsewhere (the
+/// chart's `/host/cgroup`), which the agent's config names as its cgroup root.
+fn sandboxed_binary(dir: &Path, caps: &[String]) -> PathBuf {
+    let set: String = caps.iter().map(|c| format!(",+{}", c.to_ascii_lowercase())).collect();
+    let host = host_cgroup2().display().to_string();
+    let view = dir.join("host-cgroup");
+    std::fs::create_dir_all(&view).expect("mkdir");
+    let view = view.display().to_string();
+    let bin = nodemesh_testbed::nodemesh_bin().display().to_string();
+    let steps_dir = dir.display().to_string();
+    // One step per namespace, each exec'ing the next, so the agent keeps the PID the test
+    // started. $1 is always the sandbox's config.
+    let steps = [
+        // The runtime's view: the host's hierarchy read-only at the chart's path, then a
+        // cgroup namespace of its own.
+        (
+            "stage-mounts",
+            format!(
+                "mount --bind -o ro {host} {view} && exec unshare --cgroup sh {steps_dir}/stage-cgroup \"$1\""
+            ),
+        ),
+        // The container's /sys/fs/cgroup: a cgroup2 mount made inside its namespace.
+        (
+            "stage-cgroup",
+            format!(
+                "umount -l {host} && mount -t cgroup2 cgroup2 {host} && exec setpriv --bounding-set -all{set} --inh-caps -all {bin} agent --config \"$1\""
+            ),
+        ),
+    ];
+    for (name, body) in steps {
+        std::fs::write(dir.join(name), format!("set -e\n{body}\n")).expect("write a step");
+    }
+    // $1 = agent, $2 = --config, $3 = the testbed's config: the same, with the cgroup root
+    // seen through the host view. The CLI (`nodemesh status`, which the testbed runs with
+    // the same binary) runs as it is.
+    let script = format!(
+        "#!/bin/sh\nset -e\n[ \"$1\" = agent ] || exec {bin} \"$@\"\nconfig=\"$3.sandbox\"\n\
+         sed 's|^cgroup_root: {host}|cgroup_root: {view}|' \"$3\" > \"$config\"\n\
+         exec unshare --mount --propagation private sh {steps_dir}/stage-mounts \"$config\"\n",
+    );
+    let path = dir.join("nodemesh-sandboxed");
+    std::fs::write(&path, script).expect("write the wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn the_agent_works_from_a_pods_sandbox_and_hooks_only_its_own_cgroup() {
+    nodemesh_testbed::require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = sandboxed_binary(dir.path(), &chart_capabilities());
+    let s = start("sandbox", binary).expect("an agent in a sandbox");
+    let pid = s.agent.pid();
+    let seen = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let own = std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("cgroupns");
+    let host_ns = std::fs::read_link("/proc/self/ns/cgroup").expect("cgroupns");
+    assert_ne!(own, host_ns, "the agent is not in a cgroup namespace of its own");
+    works(&s).expect("from the sandbox");
+    // The agent's own sockets' TCP health comes from sock_ops on its own cgroup: that cgroup,
+    // as the host sees it, and not the hierarchy's root (which would hook every process).
+    let relative = seen.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 line");
+    let agent_cgroup = host_cgroup2().join(relative.trim_start_matches('/'));
+    let on = |dir: &Path| nodemesh_testbed::kernel::cgroup_programs(dir).expect("bpftool");
+
+    assert!(
+        on(&agent_cgroup).iter().any(|(t, p)| t == "cgroup_sock_ops" && p == "nm_sock_ops_proxy"),
+        "no sock_ops on the agent's cgroup {}: {:?}",
+        agent_cgroup.display(),
+        on(&agent_cgroup)
+    );
+    let root = on(&host_cgroup2());
+    assert!(!root.iter().any(|(_, p)| p.starts_with("nm_")), "programs on the host's root cgroup: {root:?}");
+}
