@@ -81,6 +81,29 @@ fn works(s: &SingleNode) -> Result<(), String> {
     Ok(())
 }
 
+/// A directory for the wrapper scripts, removed when the test ends.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Self {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("nodemesh-leastpriv-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("scratch dir");
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn start(name: &str, binary: PathBuf) -> anyhow::Result<SingleNode> {
     SingleNode::start(name, &AgentOptions { splice: true, binary: Some(binary), ..Default::default() })
 }
@@ -89,7 +112,7 @@ fn start(name: &str, binary: PathBuf) -> anyhow::Result<SingleNode> {
 fn the_charts_capabilities_are_enough_and_each_is_needed() {
     nodemesh_testbed::require_root();
     let caps = chart_capabilities();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = ScratchDir::new();
     let s = start("leastpriv", capped_binary(dir.path(), "chart", &caps))
         .expect("an agent with the chart's capabilities");
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.agent.pid())).expect("status");
@@ -186,7 +209,7 @@ fn sandboxed_binary(dir: &Path, caps: &[String]) -> PathBuf {
 #[test]
 fn the_agent_works_from_a_pods_sandbox_and_hooks_only_its_own_cgroup() {
     nodemesh_testbed::require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = ScratchDir::new();
     let binary = sandboxed_binary(dir.path(), &chart_capabilities());
     let s = start("sandbox", binary).expect("an agent in a sandbox");
     let pid = s.agent.pid();
