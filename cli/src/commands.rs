@@ -93,8 +93,16 @@ pub struct FlowsArgs {
 #[derive(Debug, clap::Args)]
 pub struct ControlplaneArgs {
     /// Directory of YAML files (Namespaces, Pods, Services, AuthorizationPolicies).
+    #[arg(long, required_unless_present = "kubernetes")]
+    pub config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes API server instead of a directory: in-cluster config, or a
+    /// kubeconfig (`KUBECONFIG`, `~/.kube/config`), as kubectl finds it.
+    #[arg(long, conflicts_with = "config_dir")]
+    pub kubernetes: bool,
+    /// With --kubernetes: also honour Istio's `istio.io/dataplane-mode` label (`ambient` on a
+    /// namespace enrols it, `none` on a pod opts it out; `nodemesh.io/intercept` wins).
     #[arg(long)]
-    pub config_dir: PathBuf,
+    pub istio_dataplane_mode: bool,
     /// Delta xDS (gRPC, plaintext).
     #[arg(long, default_value = "0.0.0.0:15010")]
     pub listen: SocketAddr,

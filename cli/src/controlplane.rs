@@ -31,14 +31,30 @@ fn ca_settings(args: &ControlplaneArgs) -> anyhow::Result<Option<nodemesh_contro
 }
 
 pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
+    // kube-rs logs every failed request at ERROR (each retry of a kind whose CRD is absent);
+    // the Kubernetes source reports those once, itself. Asked for by name, they show.
+    let filter = if args.log.contains("kube_client") {
+        args.log.clone()
+    } else {
+        format!("{},kube_client::client::builder=off", args.log)
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log")?)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    if args.istio_dataplane_mode && !args.kubernetes {
+        anyhow::bail!("--istio-dataplane-mode is a setting of the Kubernetes source: it needs --kubernetes");
+    }
     let ca = ca_settings(&args)?;
     let settings = nodemesh_controlplane::Settings {
-        config_dir: args.config_dir,
+        source: match args.config_dir {
+            Some(dir) if !args.kubernetes => nodemesh_controlplane::Source::Directory(dir),
+            _ => nodemesh_controlplane::Source::Kubernetes(nodemesh_controlplane::KubernetesSettings {
+                config: None,
+                istio_dataplane_mode: args.istio_dataplane_mode,
+            }),
+        },
         listen: args.listen,
         admin: args.admin,
         mesh: nodemesh_controlplane::MeshSettings {

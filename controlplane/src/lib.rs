@@ -1,4 +1,5 @@
-//! Nodemesh's reference control plane: reads Kubernetes-style YAML from a directory, serves
+//! Nodemesh's reference control plane: reads Kubernetes-style YAML from a directory, or
+//! watches the Kubernetes API server (`kubernetes.rs`), and serves
 //! delta ADS with Istio's workload API (`istio.workload.Address`) and L4 policy
 //! (`istio.security.Authorization`), so the same agents could be driven by istiod.
 //! Run as `nodemesh controlplane`.
@@ -7,6 +8,7 @@ pub mod admin;
 pub mod ca;
 pub mod fuzzing;
 mod inputs;
+pub mod kubernetes;
 pub mod model;
 pub mod server;
 pub mod store;
@@ -26,6 +28,7 @@ use nodemesh_proto::{
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+pub use kubernetes::KubernetesSettings;
 pub use world::MeshSettings;
 
 /// How long the start waits for files that are still being written.
@@ -35,8 +38,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The directory of YAML inputs.
-    pub config_dir: PathBuf,
+    /// Where the inputs come from.
+    pub source: Source,
     /// xDS (gRPC, plaintext: istiod's 15010).
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -45,6 +48,27 @@ pub struct Settings {
     pub poll: Duration,
     /// The certificate authority, served beside xDS when set.
     pub ca: Option<CaSettings>,
+}
+
+/// Where the control plane's inputs come from (one or the other).
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory of YAML files (`store.rs`, `inputs.rs`).
+    Directory(PathBuf),
+    /// The Kubernetes API server (`kubernetes.rs`).
+    Kubernetes(KubernetesSettings),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Directory(dir) => write!(f, "{}", dir.display()),
+            Source::Kubernetes(k) => match &k.config {
+                Some(config) => write!(f, "kubernetes {}", config.cluster_url),
+                None => write!(f, "kubernetes"),
+            },
+        }
+    }
 }
 
 /// The certificate authority's settings (`ca.rs`).
@@ -75,6 +99,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the Kubernetes API server: {0}")]
+    Kubernetes(#[from] kube::Error),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -116,39 +142,23 @@ pub async fn serve(
         Some(ca) => Some(Arc::new(ca::Authority::load(&ca.source, &settings.mesh.trust_domain)?)),
         None => None,
     };
-    let input_error = |source| Error::Input { dir: settings.config_dir.clone(), source };
-    // Watching before the first scan: no change made after that scan goes unnoticed.
-    let directory = inputs::Watch::start(&settings.config_dir, settings.poll);
-    let mut store = store::Store::new(&settings.config_dir).with_domain_suffix(&settings.mesh.domain_suffix);
-    // Files written just before the start are given a moment to settle (there is no inotify
-    // word yet that their writers are done), so the first state is whole; a file still
-    // changing after that is picked up by the input loop once it settles.
-    let started = tokio::time::Instant::now();
-    let again_in = loop {
-        let scanned = store.scan(&store::Hints::none()).map_err(input_error)?;
-        match scanned.again_in {
-            Some(wait) if started.elapsed() < STARTUP_SETTLE => tokio::time::sleep(wait).await,
-            again_in => break again_in,
+    let mut shutdown = std::pin::pin!(shutdown);
+    let served = Arc::new(Mutex::new(admin::Served::default()));
+    let world_rx = match &settings.source {
+        Source::Directory(dir) => start_directory(dir, &settings, &served).await?,
+        Source::Kubernetes(kubernetes) => {
+            // The start waits for the API server's first lists; a signal meanwhile stops it.
+            let mut started = tokio::select! {
+                started = kubernetes::start(kubernetes, &settings.mesh) => started?,
+                () = &mut shutdown => return Ok(()),
+            };
+            inputs::record(&served, &started.first, std::mem::take(&mut started.errors));
+            let (world_tx, world_rx) = watch::channel(Arc::new(std::mem::take(&mut started.first)));
+            started.spawn(settings.mesh.clone(), Arc::clone(&served), world_tx);
+            world_rx
         }
     };
-    let first = world::World::build(&store.inputs(), &settings.mesh, 1, None);
-    let served = Arc::new(Mutex::new(admin::Served::default()));
-    inputs::record(&served, &first, store.errors());
-    let (world_tx, world_rx) = watch::channel(Arc::new(first));
     let world_watch = world_rx.clone();
-    inputs::InputLoop {
-        watch: directory,
-        store,
-        dir: settings.config_dir.clone(),
-        mesh: settings.mesh.clone(),
-        poll: settings.poll,
-        served: Arc::clone(&served),
-        world: world_tx,
-        generation: 1,
-        again_in,
-    }
-    .spawn()
-    .map_err(input_error)?;
 
     let registry = server::Registry::default();
     let (stop, stopping) = watch::channel(false);
@@ -191,7 +201,7 @@ pub async fn serve(
         _ => None,
     };
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: settings.listen, source })?;
-    tracing::info!(%addr, dir = %settings.config_dir.display(), ca = certificates.is_some(), "serving delta xDS");
+    tracing::info!(%addr, source = %settings.source, ca = certificates.is_some(), "serving delta xDS");
     if let Some((asked, tls_listener, config)) = tls {
         let tls_addr = tls_listener.local_addr().map_err(|source| Error::Bind { addr: asked, source })?;
         let server = nodemesh_proto::tonic::transport::Server::builder()
@@ -212,7 +222,7 @@ pub async fn serve(
         .add_service(ads)
         .add_optional_service(certificates)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stopping));
-    tokio::pin!(serving, shutdown);
+    tokio::pin!(serving);
     let served = |result: Result<(), nodemesh_proto::tonic::transport::Error>| {
         result.map_err(|source| Error::Serve { addr, source })
     };
@@ -232,6 +242,46 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Reads the directory, starts its input loop, and returns the world it publishes.
+async fn start_directory(
+    dir: &std::path::Path,
+    settings: &Settings,
+    served: &Arc<Mutex<admin::Served>>,
+) -> Result<watch::Receiver<Arc<world::World>>, Error> {
+    let input_error = |source| Error::Input { dir: dir.to_owned(), source };
+    // Watching before the first scan: no change made after that scan goes unnoticed.
+    let directory = inputs::Watch::start(dir, settings.poll);
+    let mut store = store::Store::new(dir).with_domain_suffix(&settings.mesh.domain_suffix);
+    // Files written just before the start are given a moment to settle (there is no inotify
+    // word yet that their writers are done), so the first state is whole; a file still
+    // changing after that is picked up by the input loop once it settles.
+    let started = tokio::time::Instant::now();
+    let again_in = loop {
+        let scanned = store.scan(&store::Hints::none()).map_err(input_error)?;
+        match scanned.again_in {
+            Some(wait) if started.elapsed() < STARTUP_SETTLE => tokio::time::sleep(wait).await,
+            again_in => break again_in,
+        }
+    };
+    let first = world::World::build(&store.inputs(), &settings.mesh, 1, None);
+    inputs::record(served, &first, store.errors());
+    let (world_tx, world_rx) = watch::channel(Arc::new(first));
+    inputs::InputLoop {
+        watch: directory,
+        store,
+        dir: dir.to_owned(),
+        mesh: settings.mesh.clone(),
+        poll: settings.poll,
+        served: Arc::clone(served),
+        world: world_tx,
+        generation: 1,
+        again_in,
+    }
+    .spawn()
+    .map_err(input_error)?;
+    Ok(world_rx)
 }
 
 /// Resolves once `stopping` turns true (or its sender is gone).

@@ -11,7 +11,7 @@
 //! or renamed into place, which is how controllers write), or when it has not changed for
 //! [`SETTLE`]. Until then the scan leaves it alone and asks to be run again.
 
-mod clashes;
+pub(crate) mod clashes;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},

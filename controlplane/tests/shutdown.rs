@@ -37,7 +37,7 @@ async fn serve_returns_within_a_second_while_streams_are_open() {
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let addr = xds.local_addr().expect("addr");
     let settings = Settings {
-        config_dir: dir.path().to_owned(),
+        source: nodemesh_controlplane::Source::Directory(dir.path().to_owned()),
         listen: addr,
         admin: admin.local_addr().expect("addr"),
         mesh: MeshSettings::default(),

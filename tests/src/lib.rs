@@ -12,6 +12,7 @@
 //! `cgroup.procs` before exec, never `ip netns exec` (which remounts /sys).
 
 pub mod agent;
+pub mod apiserver;
 pub mod cluster;
 mod cmd;
 pub mod controlplane;

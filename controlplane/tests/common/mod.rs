@@ -50,7 +50,7 @@ impl Cp {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let (xds_addr, admin_addr) = (xds.local_addr().expect("addr"), admin.local_addr().expect("addr"));
         let settings = Settings {
-            config_dir: dir.path().to_owned(),
+            source: nodemesh_controlplane::Source::Directory(dir.path().to_owned()),
             listen: xds_addr,
             admin: admin_addr,
             mesh: MeshSettings::default(),

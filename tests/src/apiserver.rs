@@ -1,0 +1,442 @@
+//! A Kubernetes API-server double, speaking the real protocol over plain HTTP/1.1: LIST
+//! (`{"kind":"PodList","metadata":{"resourceVersion":"N"},"items":[...]}`), chunked WATCH
+//! streams (`?watch=true&resourceVersion=N&allowWatchBookmarks=true`) of
+//! `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK","object":{...}}` lines, 410 Gone (an `ERROR`
+//! event with a `Status` of code 410) when a watch asks for a version that is compacted away,
+//! 404 for a resource whose CRD is not installed, and dropped connections on demand.
+//!
+//! Objects are stored as given (the JSON `kubectl get -o json` prints), with
+//! `metadata.resourceVersion` set from one counter for the whole server, as etcd does.
+//! Threads, no async runtime: one thread per connection, one request per connection.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+/// A resource the double serves: its collection path and its kind.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Resource {
+    /// `/api/v1/pods`, `/apis/security.istio.io/v1/authorizationpolicies`.
+    path: String,
+    api_version: String,
+    kind: String,
+}
+
+/// The kinds the double knows (and their collection paths).
+const KNOWN: &[(&str, &str, &str)] = &[
+    ("v1", "Namespace", "namespaces"),
+    ("v1", "Node", "nodes"),
+    ("v1", "Pod", "pods"),
+    ("v1", "Service", "services"),
+    ("security.istio.io/v1", "AuthorizationPolicy", "authorizationpolicies"),
+    ("security.istio.io/v1", "PeerAuthentication", "peerauthentications"),
+    ("networking.istio.io/v1", "DestinationRule", "destinationrules"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+    ("nodemesh.io/v1alpha1", "TrafficPolicy", "trafficpolicies"),
+];
+
+fn resource_of(api_version: &str, kind: &str) -> Resource {
+    let (_, _, plural) = KNOWN
+        .iter()
+        .find(|(v, k, _)| *v == api_version && *k == kind)
+        .unwrap_or_else(|| panic!("the API-server double does not know {api_version} {kind}"));
+    let path = if api_version == "v1" {
+        format!("/api/v1/{plural}")
+    } else {
+        format!("/apis/{api_version}/{plural}")
+    };
+    Resource { path, api_version: api_version.into(), kind: kind.into() }
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    rv: u64,
+    path: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// Collection path → `namespace/name` → object.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Collection paths answered with 404 (a CRD not installed).
+    absent: BTreeSet<String>,
+    events: Vec<Event>,
+    /// Watches from a version below this get 410 Gone.
+    compacted: u64,
+    /// Bumped to end every open watch: with an `ERROR` 410 event (`gone`) or abruptly.
+    epoch: u64,
+    gone_epoch: u64,
+    /// Every request line (method, path and query), in order.
+    requests: Vec<String>,
+    /// Watches currently open.
+    watching: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running double; it stops accepting when dropped (open streams end on their own).
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ApiServer {
+    /// Listens on 127.0.0.1 (a free port).
+    pub fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { rv: 100, ..State::default() }),
+            wake: Condvar::new(),
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (accept_shared, accept_stop) = (Arc::clone(&shared), Arc::clone(&stop));
+        std::thread::Builder::new().name("apiserver".into()).spawn(move || {
+            for stream in listener.incoming() {
+                if accept_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let shared = Arc::clone(&accept_shared);
+                let stop = Arc::clone(&accept_stop);
+                let _ = std::thread::Builder::new().name("apiserver-conn".into()).spawn(move || {
+                    let _ = handle(&shared, &stop, stream);
+                });
+            }
+        })?;
+        Ok(Self { addr, shared, stop })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig pointing at the double (plain HTTP, no credentials), written to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\n\
+             contexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\n\
+             current-context: double\nusers:\n- name: nobody\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(path, text)
+    }
+
+    /// Answers 404 for this kind (its CRD is not installed), until [`ApiServer::install`].
+    pub fn uninstall(&self, api_version: &str, kind: &str) {
+        self.shared.lock().absent.insert(resource_of(api_version, kind).path);
+    }
+
+    pub fn install(&self, api_version: &str, kind: &str) {
+        self.shared.lock().absent.remove(&resource_of(api_version, kind).path);
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED), as `kubectl apply` would.
+    pub fn apply(&self, object: Value) -> u64 {
+        self.put(object, true)
+    }
+
+    /// The same, but the change reaches no watch: only a (re-)list sees it (as after a
+    /// compaction the client missed).
+    pub fn apply_unseen(&self, object: Value) -> u64 {
+        self.put(object, false)
+    }
+
+    fn put(&self, mut object: Value, announce: bool) -> u64 {
+        let resource = resource_of(
+            object["apiVersion"].as_str().expect("apiVersion"),
+            object["kind"].as_str().expect("kind"),
+        );
+        let key = object_key(&object);
+        let mut state = self.shared.lock();
+        state.rv += 1;
+        let rv = state.rv;
+        object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let collection = state.objects.entry(resource.path.clone()).or_default();
+        let kind = if collection.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        if announce {
+            state.events.push(Event { rv, path: resource.path, kind, object });
+        }
+        drop(state);
+        self.shared.wake.notify_all();
+        rv
+    }
+
+    /// Deletes an object (DELETED, carrying its last state).
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        self.remove(api_version, kind, namespace, name, true)
+    }
+
+    /// The same, but no watch sees it: only a (re-)list does.
+    pub fn delete_unseen(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        self.remove(api_version, kind, namespace, name, false)
+    }
+
+    fn remove(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        announce: bool,
+    ) -> bool {
+        let resource = resource_of(api_version, kind);
+        let key = match namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_owned(),
+        };
+        let mut state = self.shared.lock();
+        let Some(mut object) = state.objects.get_mut(&resource.path).and_then(|c| c.remove(&key)) else {
+            return false;
+        };
+        state.rv += 1;
+        let rv = state.rv;
+        object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        if announce {
+            state.events.push(Event { rv, path: resource.path, kind: "DELETED", object });
+        }
+        drop(state);
+        self.shared.wake.notify_all();
+        true
+    }
+
+    /// Compacts history up to now: every open watch gets `ERROR` 410 Gone and ends, and a
+    /// watch from any version seen so far is answered 410, so clients must re-list.
+    pub fn expire(&self) {
+        let mut state = self.shared.lock();
+        state.compacted = state.rv + 1;
+        state.events.clear();
+        state.epoch += 1;
+        state.gone_epoch = state.epoch;
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// Cuts every open watch connection mid-stream (no final chunk).
+    pub fn drop_connections(&self) {
+        let mut state = self.shared.lock();
+        state.epoch += 1;
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// The request lines served so far (`GET /api/v1/pods?watch=true&...`).
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Watches currently open.
+    pub fn watching(&self) -> usize {
+        self.shared.lock().watching
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.drop_connections();
+        // Wakes the accept loop so it sees the stop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+    }
+}
+
+fn object_key(object: &Value) -> String {
+    let meta = &object["metadata"];
+    let name = meta["name"].as_str().expect("metadata.name");
+    match meta["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
+}
+
+fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let body = serde_json::to_vec(body)?;
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        410 => "Gone",
+        _ => "Error",
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body)?;
+    stream.flush()
+}
+
+fn chunk(stream: &mut TcpStream, line: &Value) -> std::io::Result<()> {
+    let mut data = serde_json::to_vec(line)?;
+    data.push(b'\n');
+    write!(stream, "{:x}\r\n", data.len())?;
+    stream.write_all(&data)?;
+    stream.write_all(b"\r\n")?;
+    stream.flush()
+}
+
+fn handle(
+    shared: &Shared,
+    stop: &std::sync::atomic::AtomicBool,
+    mut stream: TcpStream,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+            break;
+        }
+    }
+    let request = request.trim_end().to_owned();
+    let mut parts = request.split(' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    let mut state = shared.lock();
+    state.requests.push(request.clone());
+    if method != "GET" {
+        drop(state);
+        return respond(&mut stream, 405, &status(405, "MethodNotAllowed", "read-only double"));
+    }
+    let resource = KNOWN.iter().map(|(v, k, _)| resource_of(v, k)).find(|r| r.path == path);
+    let Some(resource) = resource.filter(|r| !state.absent.contains(&r.path)) else {
+        drop(state);
+        return respond(
+            &mut stream,
+            404,
+            &status(404, "NotFound", "the server could not find the requested resource"),
+        );
+    };
+    if query.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
+        let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| *b == "true");
+        state.watching += 1;
+        drop(state);
+        let result = watch(shared, stop, &mut stream, &resource, from, bookmarks);
+        shared.lock().watching -= 1;
+        return result;
+    }
+    // As the real API server encodes built-in kinds' lists: items without kind and apiVersion
+    // (custom resources' items keep theirs).
+    let items: Vec<Value> = state
+        .objects
+        .get(&resource.path)
+        .map(|c| {
+            c.values()
+                .cloned()
+                .map(|mut item| {
+                    if resource.api_version == "v1"
+                        && let Value::Object(map) = &mut item
+                    {
+                        map.remove("kind");
+                        map.remove("apiVersion");
+                    }
+                    item
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rv = state.rv;
+    drop(state);
+    let list = json!({
+        "kind": format!("{}List", resource.kind),
+        "apiVersion": resource.api_version,
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items,
+    });
+    respond(&mut stream, 200, &list)
+}
+
+fn watch(
+    shared: &Shared,
+    stop: &std::sync::atomic::AtomicBool,
+    stream: &mut TcpStream,
+    resource: &Resource,
+    from: u64,
+    bookmarks: bool,
+) -> std::io::Result<()> {
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )?;
+    let gone = || {
+        json!({"type": "ERROR", "object": status(410, "Expired",
+            &format!("too old resource version: {from}"))})
+    };
+    let mut state = shared.lock();
+    if from < state.compacted {
+        drop(state);
+        chunk(stream, &gone())?;
+        return stream.write_all(b"0\r\n\r\n");
+    }
+    let epoch = state.epoch;
+    let mut seen = from;
+    let mut bookmarked = false;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return stream.shutdown(Shutdown::Both);
+        }
+        if state.epoch != epoch {
+            if state.gone_epoch == state.epoch {
+                drop(state);
+                chunk(stream, &gone())?;
+                return stream.write_all(b"0\r\n\r\n");
+            }
+            drop(state);
+            // Dropped mid-stream: no terminating chunk.
+            return stream.shutdown(Shutdown::Both);
+        }
+        let pending: Vec<Event> =
+            state.events.iter().filter(|e| e.rv > seen && e.path == resource.path).cloned().collect();
+        let rv = state.rv;
+        drop(state);
+        for event in pending {
+            seen = event.rv;
+            chunk(stream, &json!({"type": event.kind, "object": event.object}))?;
+        }
+        if bookmarks && !bookmarked {
+            bookmarked = true;
+            let api_version = &resource.api_version;
+            chunk(
+                stream,
+                &json!({"type": "BOOKMARK", "object": {"kind": resource.kind, "apiVersion": api_version,
+                "metadata": {"resourceVersion": rv.max(seen).to_string()}}}),
+            )?;
+        }
+        state = shared.lock();
+        if state.epoch == epoch && !state.events.iter().any(|e| e.rv > seen && e.path == resource.path) {
+            state = shared
+                .wake
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
