@@ -122,11 +122,24 @@ pub struct ControlplaneArgs {
     pub ca_state_dir: Option<PathBuf>,
     /// Serve the certificate authority as an intermediate from Istio's `cacerts` files
     /// (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ca_secret")]
     pub cacerts: Option<PathBuf>,
+    /// With --kubernetes: serve the certificate authority with its root kept in this Secret
+    /// (`<namespace>/<name>`, keys `root-cert.pem` and `root-key.pem`), generated and created
+    /// when absent and shared by every replica.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "ca_state_dir")]
+    pub ca_secret: Option<String>,
     /// The nodes' bootstrap tokens: one file per node, named after it (docs/controlplane.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_audience")]
     pub node_token_dir: Option<PathBuf>,
+    /// With --kubernetes: agents authenticate to the CA with their projected service-account
+    /// token made for this audience, checked by TokenReview (instead of --node-token-dir).
+    #[arg(long, requires = "agent_service_account")]
+    pub token_audience: Option<String>,
+    /// With --token-audience: the agents' service account (`<namespace>/<name>`); only its
+    /// tokens are accepted, and each for the node its pod is bound to.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "token_audience")]
+    pub agent_service_account: Option<String>,
     /// A workload certificate's lifetime in seconds, when the request does not ask.
     #[arg(long, default_value_t = 86_400)]
     pub cert_lifetime_s: u64,

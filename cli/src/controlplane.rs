@@ -8,26 +8,47 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::commands::ControlplaneArgs;
 
-/// The CA's settings, when a root source is given (it then needs the node tokens).
+/// The CA's settings, when a root source is given (it then needs a way to authenticate
+/// nodes: their token files, or TokenReview).
 fn ca_settings(args: &ControlplaneArgs) -> anyhow::Result<Option<nodemesh_controlplane::CaSettings>> {
-    use nodemesh_controlplane::ca::CaSource;
-    let source = match (&args.ca_state_dir, &args.cacerts) {
-        (Some(dir), _) => CaSource::StateDir(dir.clone()),
-        (None, Some(dir)) => CaSource::CaCerts(dir.clone()),
-        (None, None) => return Ok(None),
+    use nodemesh_controlplane::ca::{CaSource, NodeAuth, TokenReviewSettings};
+    let source = match (&args.ca_state_dir, &args.cacerts, &args.ca_secret) {
+        (Some(dir), _, _) => CaSource::StateDir(dir.clone()),
+        (None, Some(dir), _) => CaSource::CaCerts(dir.clone()),
+        (None, None, Some(secret)) => {
+            let (namespace, name) = namespaced_name(secret).context("--ca-secret")?;
+            CaSource::Secret { namespace, name }
+        }
+        (None, None, None) => return Ok(None),
     };
-    let Some(node_tokens) = args.node_token_dir.clone() else {
-        anyhow::bail!(
-            "--node-token-dir is required with a certificate authority: nodes authenticate with its tokens"
-        );
+    let node_auth = match (&args.node_token_dir, &args.token_audience, &args.agent_service_account) {
+        (Some(dir), _, _) => NodeAuth::Tokens(dir.clone()),
+        (None, Some(audience), Some(agent)) => NodeAuth::TokenReview(TokenReviewSettings {
+            audience: audience.clone(),
+            agent: agent.parse().map_err(anyhow::Error::msg).context("--agent-service-account")?,
+        }),
+        _ => anyhow::bail!(
+            "a certificate authority needs --node-token-dir, or with --kubernetes --token-audience and \
+             --agent-service-account: nodes authenticate with one or the other"
+        ),
     };
     Ok(Some(nodemesh_controlplane::CaSettings {
         source,
-        node_tokens,
+        node_auth,
         default_lifetime: Duration::from_secs(args.cert_lifetime_s.max(1)),
         tls_listen: Some(args.tls_listen),
         tls_names: args.tls_names.clone(),
     }))
+}
+
+/// `<namespace>/<name>`, both non-empty.
+fn namespaced_name(text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        _ => anyhow::bail!("{text:?}: expected <namespace>/<name>"),
+    }
 }
 
 pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
@@ -45,6 +66,14 @@ pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
         .init();
     if args.istio_dataplane_mode && !args.kubernetes {
         anyhow::bail!("--istio-dataplane-mode is a setting of the Kubernetes source: it needs --kubernetes");
+    }
+    // The CA's Kubernetes settings use the source's client: without it they could not work.
+    for (flag, given) in
+        [("--ca-secret", args.ca_secret.is_some()), ("--token-audience", args.token_audience.is_some())]
+    {
+        if given && !args.kubernetes {
+            anyhow::bail!("{flag} is a setting of the Kubernetes source: it needs --kubernetes");
+        }
     }
     let ca = ca_settings(&args)?;
     let settings = nodemesh_controlplane::Settings {
@@ -78,4 +107,52 @@ pub fn main(args: ControlplaneArgs) -> anyhow::Result<()> {
         };
         nodemesh_controlplane::run(settings, shutdown).await.map_err(anyhow::Error::from)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use nodemesh_controlplane::ca::{CaSource, NodeAuth};
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControlplaneArgs,
+    }
+
+    fn settings(argv: &str) -> anyhow::Result<Option<nodemesh_controlplane::CaSettings>> {
+        let cli = Cli::try_parse_from(std::iter::once("controlplane").chain(argv.split_whitespace()))?;
+        ca_settings(&cli.args)
+    }
+
+    #[test]
+    fn the_ca_on_kubernetes_keeps_its_root_in_a_secret_and_reviews_agents_tokens() {
+        let ca = settings(
+            "--kubernetes --ca-secret nodemesh/nodemesh-ca --token-audience nodemesh-ca \
+             --agent-service-account nodemesh/nodemesh-agent",
+        )
+        .expect("valid")
+        .expect("a CA");
+        assert_eq!(ca.source, CaSource::Secret { namespace: "nodemesh".into(), name: "nodemesh-ca".into() });
+        let NodeAuth::TokenReview(review) = ca.node_auth else { panic!("TokenReview: {:?}", ca.node_auth) };
+        assert_eq!(review.audience, "nodemesh-ca");
+        assert_eq!(review.agent.username(), "system:serviceaccount:nodemesh:nodemesh-agent");
+    }
+
+    #[test]
+    fn conflicting_or_incomplete_ca_flags_are_refused() {
+        for argv in [
+            "--kubernetes --ca-secret a/b --ca-state-dir /x --node-token-dir /t",
+            "--kubernetes --ca-secret a/b --token-audience aud",
+            "--kubernetes --ca-secret a/b --token-audience aud --agent-service-account sa --node-token-dir /t",
+            "--kubernetes --ca-secret ab --node-token-dir /t",
+            "--kubernetes --ca-secret a/b --token-audience aud --agent-service-account sa",
+            "--kubernetes --ca-secret a/b",
+        ] {
+            assert!(settings(argv).is_err(), "{argv}");
+        }
+        assert!(settings("--config-dir /c").expect("no CA").is_none());
+    }
 }

@@ -3,18 +3,21 @@
 //! and our agent accept each other's.
 //!
 //! - The root is generated on first start and kept in the state directory (`files.rs`; the key
-//!   file is mode 0600), or plugged in from Istio's `cacerts` layout to run as an
-//!   intermediate under an existing root.
+//!   file is mode 0600) or in a Kubernetes Secret shared by the replicas (`secret.rs`), or
+//!   plugged in from Istio's `cacerts` layout to run as an intermediate under an existing root.
 //! - A workload certificate carries exactly one URI SAN, the SPIFFE ID the caller was allowed
 //!   (the CSR's own names are ignored, as istiod ignores them), is valid from two minutes ago
 //!   for the lifetime asked (24 h when not, at most 90 days), and comes back with the chain in
 //!   Istio's order: leaf, intermediates, root.
 //!
 //! Who may ask for which identity is decided by the caller of [`Authority::issue`] (node
-//! authorization, in the gRPC service).
+//! authorization, in the gRPC service; nodes authenticate as `node_auth.rs` says).
 
 mod files;
+pub mod node_auth;
+mod secret;
 pub mod service;
+pub mod token_review;
 
 use std::{path::Path, time::Duration};
 
@@ -27,7 +30,9 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use time::OffsetDateTime;
 
 pub use files::CaSource;
+pub use node_auth::{NodeAuth, NodeAuthenticator};
 pub use service::{CaCounters, CertificateService, NodeTokens};
+pub use token_review::{ServiceAccount, TokenReviewSettings, TokenReviewer};
 
 /// A workload certificate's lifetime when the request does not say.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -53,6 +58,12 @@ pub enum CaError {
     Csr(#[source] rcgen::Error),
     #[error("signing: {0}")]
     Sign(#[source] rcgen::Error),
+    #[error("{what}: {source}")]
+    Kubernetes {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// The signing key and certificate, and the chain from it up to the root.
@@ -79,6 +90,22 @@ impl Authority {
     /// use), or Istio's `cacerts` files.
     pub fn load(source: &CaSource, trust_domain: &str) -> Result<Self, CaError> {
         let (signing_key, chain) = files::load(source, trust_domain)?;
+        Ok(Self { trust_domain: trust_domain.to_owned(), signing_key, chain, random: SystemRandom::new() })
+    }
+
+    /// The authority `source` describes, with `kube` for a root kept in a Secret (made and
+    /// created on first use).
+    pub async fn open(
+        source: &CaSource,
+        trust_domain: &str,
+        kube: Option<&kube::Client>,
+    ) -> Result<Self, CaError> {
+        let (signing_key, chain) = match (source, kube) {
+            (CaSource::Secret { namespace, name }, Some(client)) => {
+                secret::load_or_create(client.clone(), namespace, name, trust_domain).await?
+            }
+            _ => return Self::load(source, trust_domain),
+        };
         Ok(Self { trust_domain: trust_domain.to_owned(), signing_key, chain, random: SystemRandom::new() })
     }
 

@@ -437,16 +437,25 @@ pub struct Started {
     logged: BTreeSet<String>,
 }
 
-/// Connects, starts a watcher per kind, and waits for each kind's first list (a custom
-/// resource's kind: its first list or its first failure), so the first world served is whole
-/// and no agent is ever told its pods are gone because the API server was not answering yet.
-pub async fn start(settings: &KubernetesSettings, mesh: &MeshSettings) -> Result<Started, kube::Error> {
+/// A client for the API server `settings` name (the source's watchers and the CA share it).
+pub async fn client(settings: &KubernetesSettings) -> Result<Client, kube::Error> {
     let config = match &settings.config {
         Some(config) => (**config).clone(),
         None => kube::Config::infer().await.map_err(kube::Error::InferConfig)?,
     };
-    tracing::info!(server = %config.cluster_url, "watching the Kubernetes API server");
-    let client = Client::try_from(config)?;
+    tracing::info!(server = %config.cluster_url, "connecting to the Kubernetes API server");
+    Client::try_from(config)
+}
+
+/// Starts a watcher per kind, and waits for each kind's first list (a custom
+/// resource's kind: its first list or its first failure), so the first world served is whole
+/// and no agent is ever told its pods are gone because the API server was not answering yet.
+pub async fn start(
+    client: Client,
+    settings: &KubernetesSettings,
+    mesh: &MeshSettings,
+) -> Result<Started, kube::Error> {
+    tracing::info!("watching the Kubernetes API server");
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             kinds: KINDS.iter().map(|_| KindState::default()).collect(),

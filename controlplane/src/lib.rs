@@ -76,8 +76,9 @@ impl std::fmt::Display for Source {
 pub struct CaSettings {
     /// Where the signing key and certificates come from.
     pub source: ca::CaSource,
-    /// One file per node holding its bootstrap token (`ca::NodeTokens`).
-    pub node_tokens: PathBuf,
+    /// How nodes authenticate: bootstrap token files (`ca::NodeTokens`), or service-account
+    /// tokens checked by TokenReview (`ca::TokenReviewer`, with the Kubernetes source).
+    pub node_auth: ca::NodeAuth,
     /// A workload certificate's lifetime when the request does not ask for one.
     pub default_lifetime: Duration,
     /// The TLS port (istiod's 15012): xDS and the CA, with a serving certificate from this
@@ -137,19 +138,33 @@ pub async fn serve(
     admin: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    // One client for the source's watchers and the CA (its Secret, its TokenReviews).
+    let kube_client = match &settings.source {
+        Source::Kubernetes(kubernetes) => Some(kubernetes::client(kubernetes).await?),
+        Source::Directory(_) => None,
+    };
     // A CA that cannot start is a start-up error, before anything is served.
-    let authority = match &settings.ca {
-        Some(ca) => Some(Arc::new(ca::Authority::load(&ca.source, &settings.mesh.trust_domain)?)),
-        None => None,
+    let (authority, node_authenticator) = match &settings.ca {
+        Some(ca) => {
+            let nodes = node_authenticator(&ca.node_auth, kube_client.as_ref())?;
+            let authority =
+                ca::Authority::open(&ca.source, &settings.mesh.trust_domain, kube_client.as_ref()).await?;
+            (Some(Arc::new(authority)), Some(nodes))
+        }
+        None => (None, None),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let served = Arc::new(Mutex::new(admin::Served::default()));
-    let world_rx = match &settings.source {
-        Source::Directory(dir) => start_directory(dir, &settings, &served).await?,
-        Source::Kubernetes(kubernetes) => {
+    let world_rx = match (&settings.source, kube_client) {
+        (Source::Directory(dir), _) => start_directory(dir, &settings, &served).await?,
+        (Source::Kubernetes(kubernetes), client) => {
+            let client = match client {
+                Some(client) => client,
+                None => kubernetes::client(kubernetes).await?,
+            };
             // The start waits for the API server's first lists; a signal meanwhile stops it.
             let mut started = tokio::select! {
-                started = kubernetes::start(kubernetes, &settings.mesh) => started?,
+                started = kubernetes::start(client, kubernetes, &settings.mesh) => started?,
                 () = &mut shutdown => return Ok(()),
             };
             inputs::record(&served, &started.first, std::mem::take(&mut started.errors));
@@ -189,12 +204,11 @@ pub async fn serve(
         }
         _ => None,
     };
-    let certificates = match (&settings.ca, authority) {
-        (Some(ca), Some(authority)) => {
+    let certificates = match (&settings.ca, authority, node_authenticator) {
+        (Some(ca), Some(authority), Some(nodes)) => {
             tracing::info!(source = ?ca.source, trust_domain = authority.trust_domain(), "certificate authority ready");
-            let tokens = ca::NodeTokens::new(ca.node_tokens.clone());
             let service =
-                ca::CertificateService::new(authority, world_watch.clone(), tokens, ca.default_lifetime)
+                ca::CertificateService::new(authority, world_watch.clone(), nodes, ca.default_lifetime)
                     .with_counters(ca_counters.clone().unwrap_or_default());
             Some(IstioCertificateServiceServer::new(service))
         }
@@ -241,6 +255,22 @@ pub async fn serve(
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
             Ok(())
         }
+    }
+}
+
+/// How the CA will authenticate nodes; TokenReview needs the Kubernetes source's client.
+fn node_authenticator(
+    auth: &ca::NodeAuth,
+    kube_client: Option<&kube::Client>,
+) -> Result<ca::NodeAuthenticator, ca::CaError> {
+    match (auth, kube_client) {
+        (ca::NodeAuth::Tokens(dir), _) => Ok(ca::NodeTokens::new(dir.clone()).into()),
+        (ca::NodeAuth::TokenReview(review), Some(client)) => {
+            Ok(ca::TokenReviewer::new(client.clone(), review.clone()).into())
+        }
+        (ca::NodeAuth::TokenReview(_), None) => Err(ca::CaError::Invalid(
+            "authenticating nodes by TokenReview needs the Kubernetes source".into(),
+        )),
     }
 }
 

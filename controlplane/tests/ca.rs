@@ -46,7 +46,7 @@ async fn a_node_gets_certificates_for_the_identities_it_hosts_only() {
     ];
     let ca = CaSettings {
         source: CaSource::StateDir(state.path().to_owned()),
-        node_tokens: tokens,
+        node_auth: nodemesh_controlplane::ca::NodeAuth::Tokens(tokens),
         default_lifetime: Duration::from_secs(3600),
         tls_listen: Some(tls_addr),
         tls_names: vec!["localhost".into(), "127.0.0.1".into()],

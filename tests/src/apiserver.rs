@@ -5,6 +5,13 @@
 //! event with a `Status` of code 410) when a watch asks for a version that is compacted away,
 //! 404 for a resource whose CRD is not installed, and dropped connections on demand.
 //!
+//! Beyond reading, what the control plane's CA writes and asks: `POST
+//! /apis/authentication.k8s.io/v1/tokenreviews` answered from a table of known tokens (as the
+//! real server does: a token is authenticated only for the audiences it was made for, and the
+//! answer echoes those), and Secrets read by name and created (`GET
+//! /api/v1/namespaces/<ns>/secrets/<name>`: 404 when absent; `POST
+//! /api/v1/namespaces/<ns>/secrets`: 409 AlreadyExists when present).
+//!
 //! Objects are stored as given (the JSON `kubectl get -o json` prints), with
 //! `metadata.resourceVersion` set from one counter for the whole server, as etcd does.
 //! Threads, no async runtime: one thread per connection, one request per connection.
@@ -35,6 +42,7 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ("v1", "Node", "nodes"),
     ("v1", "Pod", "pods"),
     ("v1", "Service", "services"),
+    ("v1", "Secret", "secrets"),
     ("security.istio.io/v1", "AuthorizationPolicy", "authorizationpolicies"),
     ("security.istio.io/v1", "PeerAuthentication", "peerauthentications"),
     ("networking.istio.io/v1", "DestinationRule", "destinationrules"),
@@ -80,7 +88,28 @@ struct State {
     requests: Vec<String>,
     /// Watches currently open.
     watching: usize,
+    /// The tokens a TokenReview authenticates.
+    tokens: BTreeMap<String, KnownToken>,
+    /// TokenReviews answered 500 (the API server failing).
+    failing_reviews: bool,
+    /// Secret creates wait until this many have arrived (to make replicas race).
+    secret_create_barrier: usize,
+    secret_creates_arrived: usize,
 }
+
+/// A service-account token the double authenticates.
+#[derive(Clone, Debug)]
+pub struct KnownToken {
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub username: String,
+    /// The audiences it was made for.
+    pub audiences: Vec<String>,
+    /// The node of the pod it is bound to (`authentication.kubernetes.io/node-name`).
+    pub node: Option<String>,
+}
+
+/// The audience a token review without audiences is checked against (the API server's own).
+const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 struct Shared {
     state: Mutex<State>,
@@ -249,6 +278,34 @@ impl ApiServer {
     pub fn watching(&self) -> usize {
         self.shared.lock().watching
     }
+
+    /// A token TokenReviews authenticate from now on.
+    pub fn add_token(&self, token: &str, known: KnownToken) {
+        self.shared.lock().tokens.insert(token.to_owned(), known);
+    }
+
+    /// TokenReviews fail with 500 (true) or are answered again (false).
+    pub fn fail_token_reviews(&self, failing: bool) {
+        self.shared.lock().failing_reviews = failing;
+    }
+
+    /// Secret creates are held until `count` of them have arrived (or ten seconds pass), so
+    /// replicas that all found the Secret absent race to create it.
+    pub fn hold_secret_creates(&self, count: usize) {
+        let mut state = self.shared.lock();
+        state.secret_create_barrier = count;
+        state.secret_creates_arrived = 0;
+    }
+
+    /// An object as stored, if present.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let resource = resource_of(api_version, kind);
+        let key = match namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_owned(),
+        };
+        self.shared.lock().objects.get(&resource.path).and_then(|c| c.get(&key)).cloned()
+    }
 }
 
 impl Drop for ApiServer {
@@ -259,6 +316,8 @@ impl Drop for ApiServer {
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
     }
 }
+
+mod ca_requests;
 
 fn object_key(object: &Value) -> String {
     let meta = &object["metadata"];
@@ -278,7 +337,9 @@ fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<(
     let body = serde_json::to_vec(body)?;
     let reason = match code {
         200 => "OK",
+        201 => "Created",
         404 => "Not Found",
+        409 => "Conflict",
         410 => "Gone",
         _ => "Error",
     };
@@ -308,12 +369,20 @@ fn handle(
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;
+    let mut length = 0;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
             break;
         }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
     }
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(&mut reader, &mut body)?;
     let request = request.trim_end().to_owned();
     let mut parts = request.split(' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
@@ -321,6 +390,12 @@ fn handle(
     let query: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
     let mut state = shared.lock();
     state.requests.push(request.clone());
+    if let Some(answer) = ca_requests::route(method, path) {
+        drop(state);
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (code, reply) = ca_requests::answer(shared, answer, &body);
+        return respond(&mut stream, code, &reply);
+    }
     if method != "GET" {
         drop(state);
         return respond(&mut stream, 405, &status(405, "MethodNotAllowed", "read-only double"));

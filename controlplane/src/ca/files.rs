@@ -22,16 +22,26 @@ pub enum CaSource {
     /// Istio's `cacerts` layout: `ca-cert.pem` and `ca-key.pem` sign; `cert-chain.pem` leads
     /// from `ca-cert.pem` to `root-cert.pem`.
     CaCerts(PathBuf),
+    /// A root of our own kept in a Kubernetes Secret, generated and created when absent and
+    /// shared by every replica (`secret.rs`; needs the Kubernetes source).
+    Secret { namespace: String, name: String },
 }
 
-const ROOT_CERT: &str = "root-cert.pem";
-const ROOT_KEY: &str = "root-key.pem";
+pub(super) const ROOT_CERT: &str = "root-cert.pem";
+pub(super) const ROOT_KEY: &str = "root-key.pem";
+/// Istio's `cacerts` names (beside `root-cert.pem`).
+pub(super) const CA_CERT: &str = "ca-cert.pem";
+pub(super) const CA_KEY: &str = "ca-key.pem";
+const CERT_CHAIN: &str = "cert-chain.pem";
 
 /// The signing key, and the chain from the signing certificate up to the root.
 pub(super) fn load(source: &CaSource, trust_domain: &str) -> Result<(KeyPair, Vec<String>), CaError> {
     match source {
         CaSource::StateDir(state) => own_root(&root_dir(state), trust_domain),
         CaSource::CaCerts(dir) => cacerts(dir),
+        CaSource::Secret { namespace, name } => Err(CaError::Invalid(format!(
+            "the Secret {namespace}/{name} holds the root: the CA needs the Kubernetes source"
+        ))),
     }
 }
 
@@ -46,27 +56,49 @@ fn own_root(dir: &Path, trust_domain: &str) -> Result<(KeyPair, Vec<String>), Ca
     }
     let key = read_key(&key_path)?;
     let cert = read(&cert_path)?;
-    let chain = split_pem(&cert, &cert_path)?;
-    let [root] = chain.as_slice() else {
-        return Err(CaError::Invalid(format!(
-            "{}: one certificate expected, found {}",
-            cert_path.display(),
-            chain.len()
-        )));
-    };
-    check_signer(root, &key, &cert_path)?;
+    let chain = root_chain(&cert, &key, &cert_path.display())?;
     Ok((key, chain))
 }
 
+/// The chain of a root of our own: `cert` is one CA certificate, and `key` is its key.
+/// `origin` says where they came from, in errors.
+pub(super) fn root_chain(
+    cert: &str,
+    key: &KeyPair,
+    origin: &dyn std::fmt::Display,
+) -> Result<Vec<String>, CaError> {
+    let chain = split_pem(cert, origin)?;
+    let [root] = chain.as_slice() else {
+        return Err(CaError::Invalid(format!("{origin}: one certificate expected, found {}", chain.len())));
+    };
+    check_signer(root, key, origin)?;
+    Ok(chain)
+}
+
 fn cacerts(dir: &Path) -> Result<(KeyPair, Vec<String>), CaError> {
-    let ca_cert_path = dir.join("ca-cert.pem");
-    let ca_cert = one_cert(&ca_cert_path)?;
-    let key = read_key(&dir.join("ca-key.pem"))?;
-    check_signer(&ca_cert, &key, &ca_cert_path)?;
-    let root = one_cert(&dir.join(ROOT_CERT))?;
-    let chain_path = dir.join("cert-chain.pem");
-    let mut chain =
-        if chain_path.exists() { split_pem(&read(&chain_path)?, &chain_path)? } else { Vec::new() };
+    let read_file = |name: &str| {
+        let path = dir.join(name);
+        if path.exists() { read(&path).map(Some) } else { Ok(None) }
+    };
+    istio_cacerts(&read_file, &|name: &str| dir.join(name).display().to_string())
+}
+
+/// Istio's `cacerts` layout, wherever it is kept: `read` gives a file's text (None when
+/// absent), `origin` names it in errors.
+pub(super) fn istio_cacerts(
+    read: &dyn Fn(&str) -> Result<Option<String>, CaError>,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<(KeyPair, Vec<String>), CaError> {
+    let required =
+        |name: &str| read(name)?.ok_or_else(|| CaError::Invalid(format!("{}: not found", origin(name))));
+    let ca_cert = one_cert(&required(CA_CERT)?, &origin(CA_CERT))?;
+    let key = parse_key(&required(CA_KEY)?, &origin(CA_KEY))?;
+    check_signer(&ca_cert, &key, &origin(CA_CERT))?;
+    let root = one_cert(&required(ROOT_CERT)?, &origin(ROOT_CERT))?;
+    let mut chain = match read(CERT_CHAIN)? {
+        Some(text) => split_pem(&text, &origin(CERT_CHAIN))?,
+        None => Vec::new(),
+    };
     // Istio's file starts with ca-cert.pem and ends with the root; accept one without either.
     if chain.first() != Some(&ca_cert) {
         chain.insert(0, ca_cert);
@@ -77,35 +109,29 @@ fn cacerts(dir: &Path) -> Result<(KeyPair, Vec<String>), CaError> {
     Ok((key, chain))
 }
 
-fn one_cert(path: &Path) -> Result<String, CaError> {
-    let certs = split_pem(&read(path)?, path)?;
+fn one_cert(text: &str, origin: &str) -> Result<String, CaError> {
+    let certs = split_pem(text, &origin)?;
     match <[String; 1]>::try_from(certs) {
         Ok([cert]) => Ok(cert),
-        Err(certs) => Err(CaError::Invalid(format!(
-            "{}: one certificate expected, found {}",
-            path.display(),
-            certs.len()
-        ))),
+        Err(certs) => {
+            Err(CaError::Invalid(format!("{origin}: one certificate expected, found {}", certs.len())))
+        }
     }
 }
 
 /// Each certificate in a PEM file, re-encoded one per string.
-fn split_pem(text: &str, path: &Path) -> Result<Vec<String>, CaError> {
+fn split_pem(text: &str, origin: &dyn std::fmt::Display) -> Result<Vec<String>, CaError> {
     let mut out = Vec::new();
     for pem in Pem::iter_from_buffer(text.as_bytes()) {
-        let pem = pem.map_err(|e| CaError::Invalid(format!("{}: {e}", path.display())))?;
+        let pem = pem.map_err(|e| CaError::Invalid(format!("{origin}: {e}")))?;
         if pem.label != "CERTIFICATE" {
-            return Err(CaError::Invalid(format!(
-                "{}: a {} where certificates belong",
-                path.display(),
-                pem.label
-            )));
+            return Err(CaError::Invalid(format!("{origin}: a {} where certificates belong", pem.label)));
         }
-        pem.parse_x509().map_err(|e| CaError::Invalid(format!("{}: {e}", path.display())))?;
+        pem.parse_x509().map_err(|e| CaError::Invalid(format!("{origin}: {e}")))?;
         out.push(rcgen_pem("CERTIFICATE", &pem.contents));
     }
     if out.is_empty() {
-        return Err(CaError::Invalid(format!("{}: no certificate", path.display())));
+        return Err(CaError::Invalid(format!("{origin}: no certificate")));
     }
     Ok(out)
 }
@@ -117,8 +143,8 @@ fn rcgen_pem(label: &str, der: &[u8]) -> String {
 }
 
 /// The certificate is a CA's and `key` is its key.
-fn check_signer(cert_pem: &str, key: &KeyPair, path: &Path) -> Result<(), CaError> {
-    let invalid = |why: String| CaError::Invalid(format!("{}: {why}", path.display()));
+fn check_signer(cert_pem: &str, key: &KeyPair, origin: &dyn std::fmt::Display) -> Result<(), CaError> {
+    let invalid = |why: String| CaError::Invalid(format!("{origin}: {why}"));
     let der = pem::parse(cert_pem).map_err(|e| invalid(e.to_string()))?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.contents())
         .map_err(|e| invalid(e.to_string()))?;
@@ -133,6 +159,11 @@ fn check_signer(cert_pem: &str, key: &KeyPair, path: &Path) -> Result<(), CaErro
 
 fn read(path: &Path) -> Result<String, CaError> {
     fs::read_to_string(path).map_err(io("reading", path))
+}
+
+/// A key from PEM; `origin` says where it came from, in errors.
+pub(super) fn parse_key(text: &str, origin: &dyn std::fmt::Display) -> Result<KeyPair, CaError> {
+    KeyPair::from_pem(text).map_err(|e| CaError::Invalid(format!("{origin}: {e}")))
 }
 
 fn read_key(path: &Path) -> Result<KeyPair, CaError> {

@@ -1,7 +1,8 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`, with node authorization.
 //!
-//! A caller authenticates as a node with its bootstrap token (`authorization: Bearer
-//! <token>`, checked against the node token directory, see [`NodeTokens`]) and names the
+//! A caller authenticates as a node with a bearer token (`authorization: Bearer <token>`): its
+//! bootstrap token, checked against the node token directory (see [`NodeTokens`]), or on
+//! Kubernetes its service-account token, checked by TokenReview (`token_review.rs`). It names the
 //! identity it wants in the request's metadata (`ImpersonatedIdentity`, as ztunnel sends it in
 //! shared mode). It gets a certificate only when the control plane places a captured pod of
 //! that namespace and service account on that node; anything else is PERMISSION_DENIED naming
@@ -25,7 +26,7 @@ use nodemesh_proto::{
 };
 use tokio::sync::watch;
 
-use super::Authority;
+use super::{Authority, node_auth::NodeAuthenticator, token_review::Refused};
 use crate::world::World;
 
 /// Where the node bootstrap tokens are: one file per node, named after the node, holding its
@@ -44,7 +45,7 @@ impl NodeTokens {
     }
 
     /// The node whose token `presented` is.
-    fn node_of(&self, presented: &str) -> Option<String> {
+    pub(super) fn node_of(&self, presented: &str) -> Option<String> {
         let entries = fs::read_dir(&self.dir).ok()?;
         let mut found = None;
         // Every file is compared, in constant time each, so the time taken says nothing
@@ -76,7 +77,7 @@ pub struct CaCounters {
 pub struct CertificateService {
     authority: Arc<Authority>,
     world: watch::Receiver<Arc<World>>,
-    tokens: NodeTokens,
+    nodes: NodeAuthenticator,
     /// The lifetime issued when the request does not ask for one.
     default_lifetime: Duration,
     pub counters: Arc<CaCounters>,
@@ -86,10 +87,10 @@ impl CertificateService {
     pub fn new(
         authority: Arc<Authority>,
         world: watch::Receiver<Arc<World>>,
-        tokens: NodeTokens,
+        nodes: impl Into<NodeAuthenticator>,
         default_lifetime: Duration,
     ) -> Self {
-        Self { authority, world, tokens, default_lifetime, counters: Arc::default() }
+        Self { authority, world, nodes: nodes.into(), default_lifetime, counters: Arc::default() }
     }
 
     /// Counts into `counters` (shared with `/status`).
@@ -98,7 +99,10 @@ impl CertificateService {
         self
     }
 
-    fn authorize(&self, request: &Request<IstioCertificateRequest>) -> Result<(String, SpiffeId), Status> {
+    async fn authorize(
+        &self,
+        request: &Request<IstioCertificateRequest>,
+    ) -> Result<(String, SpiffeId), Status> {
         let token = request
             .metadata()
             .get("authorization")
@@ -106,11 +110,19 @@ impl CertificateService {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
                 self.counters.unauthenticated.fetch_add(1, Relaxed);
-                Status::unauthenticated("no bearer token: a node authenticates with its bootstrap token")
+                Status::unauthenticated("no bearer token: a node authenticates with its token")
             })?;
-        let node = self.tokens.node_of(token.trim()).ok_or_else(|| {
-            self.counters.unauthenticated.fetch_add(1, Relaxed);
-            Status::unauthenticated("the bearer token is no node's")
+        let node = self.nodes.node_of(token.trim()).await.map_err(|refused| match refused {
+            Refused::Unauthenticated(why) => {
+                self.counters.unauthenticated.fetch_add(1, Relaxed);
+                tracing::warn!(%why, "certificate refused: the caller is no node");
+                Status::unauthenticated(why)
+            }
+            // Not the caller's fault: it should retry, not give up on its token.
+            Refused::Unavailable(why) => {
+                tracing::warn!(%why, "certificate refused: cannot authenticate the caller now");
+                Status::unavailable(why)
+            }
         })?;
         let wanted = impersonated(request.get_ref()).ok_or_else(|| {
             self.counters.invalid.fetch_add(1, Relaxed);
@@ -150,7 +162,7 @@ impl istio_certificate_service_server::IstioCertificateService for CertificateSe
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let (node, identity) = self.authorize(&request)?;
+        let (node, identity) = self.authorize(&request).await?;
         let request = request.into_inner();
         let lifetime = match u64::try_from(request.validity_duration) {
             Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
