@@ -35,8 +35,9 @@ const RECHECK: Duration = Duration::from_millis(500);
 
 /// `nodemesh agent`: the configuration file, if any, and the flags that override it.
 pub fn main(config_file: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<()> {
-    check_privileges()?;
+    // The configuration first: a mistake in it is worth saying even where privileges lack.
     let config = Config::load(config_file, overrides)?;
+    check_privileges()?;
     crate::logging::init(&config.log);
     tracing::info!(config = %serde_json::to_string(&config)?, "starting");
     run(config)

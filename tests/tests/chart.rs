@@ -2,7 +2,8 @@
 //! no cluster) with its defaults and every `charts/nodemesh/ci/` values file, every object
 //! validated strictly against Kubernetes 1.33's schemas (`kubernetes-validate`), the CRD's
 //! schema tried on good and bad resources, and wrong values refused naming their path
-//! (`tests/tools/chart_check.py`). Needs no root; needs `cargo xtask setup`'s virtualenv.
+//! (`tests/tools/chart_check.py`); each rendered agent configuration is one the agent binary
+//! accepts. Needs `cargo xtask setup`'s virtualenv.
 
 use std::{path::Path, process::Command};
 
@@ -16,6 +17,7 @@ fn the_chart_renders_valid_kubernetes_objects_and_refuses_wrong_values_by_path()
     let out = Command::new(python)
         .arg(tools::tool("chart_check.py"))
         .arg(&chart)
+        .arg(nodemesh_testbed::nodemesh_bin())
         .output()
         .expect("running chart_check.py");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -6,7 +6,9 @@ must fail naming their path. Prints one line per check; exits 1 on the first fai
 
 import json
 import pathlib
+import subprocess
 import sys
+import tempfile
 
 import helm_python as helm
 import jsonschema
@@ -14,6 +16,8 @@ import kubernetes_validate
 import yaml
 
 CHART = pathlib.Path(sys.argv[1])
+# The agent binary: each rendered agent.yaml must be one it accepts.
+AGENT = sys.argv[2] if len(sys.argv) > 2 else None
 K8S = "1.33"
 # Kinds kubernetes-validate has no schema for (a CRD of another project): checked by shape.
 FOREIGN = {"ServiceMonitor": "monitoring.coreos.com/v1"}
@@ -68,6 +72,20 @@ def check_agent(where, obj):
     return sorted(sc["capabilities"]["add"])
 
 
+def check_agent_config(where, text):
+    """The agent reads its configuration before it checks its privileges: run without any
+    capability, it must get past the file (to the privilege error), or name what is wrong."""
+    if AGENT is None:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(text)
+        f.flush()
+        run = subprocess.run(["setpriv", "--bounding-set", "-all", AGENT, "agent", "--config", f.name,
+                              "--node-name", "node1"], capture_output=True, text=True, timeout=30)
+    if "needs root" not in run.stderr:
+        fail(f"{where}: the agent refuses the chart's agent.yaml: {run.stderr.strip()}")
+
+
 def render(chart, values, label):
     try:
         chart.validate_schema(values)
@@ -82,6 +100,8 @@ def render(chart, values, label):
         kinds.append(obj["kind"])
         if obj["kind"] == "DaemonSet":
             capabilities = check_agent(where, obj)
+        if obj["kind"] == "ConfigMap" and "agent.yaml" in obj.get("data", {}):
+            check_agent_config(where, obj["data"]["agent.yaml"])
         if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-dashboard"):
             json.loads(obj["data"]["nodemesh.json"])
     for needed in ["DaemonSet", "Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap"]:
@@ -124,7 +144,7 @@ WRONG = [
     ({"agnet": {"splice": False}}, "agnet"),
     ({"agent": {"hostBpffs": "sys/fs/bpf"}}, "/agent/hostBpffs"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
-    ({"ca": {"enabled": True}}, "/ca/existingSecret"),
+    ({"ca": {"tokenAudience": ""}}, "/ca/tokenAudience"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
 ]
 

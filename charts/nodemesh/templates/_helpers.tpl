@@ -45,13 +45,11 @@ http://{{ include "nodemesh.controlplane.host" . }}:15010
 {{- end -}}
 {{- end -}}
 
-{{- define "nodemesh.checkCa" -}}
-{{- if .Values.ca.enabled -}}
-{{- if not .Values.ca.existingSecret -}}
-{{- fail "ca.existingSecret: required when ca.enabled is true (a Secret in Istio's cacerts form)" -}}
+{{/* The Secret holding the CA's root (or Istio's cacerts), and the agents' service account. */}}
+{{- define "nodemesh.caSecret" -}}
+{{ .Values.ca.existingSecret | default (printf "%s-ca" (include "nodemesh.fullname" .)) }}
 {{- end -}}
-{{- if not .Values.ca.nodeTokensSecret -}}
-{{- fail "ca.nodeTokensSecret: required when ca.enabled is true (one bootstrap token per node)" -}}
-{{- end -}}
-{{- end -}}
+
+{{- define "nodemesh.agent.serviceAccount" -}}
+{{ include "nodemesh.fullname" . }}-agent
 {{- end -}}
