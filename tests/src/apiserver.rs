@@ -132,7 +132,28 @@ pub struct ApiServer {
 impl ApiServer {
     /// Listens on 127.0.0.1 (a free port).
     pub fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::serve(TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    /// Listens on 127.0.0.1 of the network namespace at `netns` (a control plane's, which
+    /// then reaches it as a local API server); the test's threads stay where they are.
+    pub fn start_in(netns: &Path) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+        let target = std::fs::File::open(netns)?;
+        // SAFETY: setns on descriptors this function owns; this thread goes back home below.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let bound = TcpListener::bind("127.0.0.1:0");
+        // SAFETY: as above.
+        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("cannot return to the test's network namespace: {}", std::io::Error::last_os_error());
+        }
+        Self::serve(bound?)
+    }
+
+    fn serve(listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State { rv: 100, ..State::default() }),
@@ -253,7 +274,12 @@ impl ApiServer {
     /// watch from any version seen so far is answered 410, so clients must re-list.
     pub fn expire(&self) {
         let mut state = self.shared.lock();
-        state.compacted = state.rv + 1;
+        // As etcd's compaction: history before the current revision is gone, so a watch from
+        // any version seen so far is answered 410, while a list returns a version a watch
+        // can start from (were the list's version compacted too, clients would re-list for
+        // ever, until some write moved the version on).
+        state.rv += 1;
+        state.compacted = state.rv;
         state.events.clear();
         state.epoch += 1;
         state.gone_epoch = state.epoch;

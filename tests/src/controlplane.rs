@@ -34,6 +34,9 @@ pub struct ControlPlane {
     pid: Option<u32>,
     /// With [`ControlPlane::enable_ca`]: the CA's state directory and the node tokens.
     ca: Option<CaDirs>,
+    /// With [`ControlPlane::use_kubernetes`]: the kubeconfig of the API server it watches
+    /// instead of its directory.
+    kubeconfig: Option<PathBuf>,
 }
 
 /// Where the control plane keeps its root and reads node tokens.
@@ -60,6 +63,7 @@ impl Cluster {
             binary: crate::nodemesh_bin(),
             pid: None,
             ca: None,
+            kubeconfig: None,
         })
     }
 }
@@ -124,12 +128,12 @@ impl ControlPlane {
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
         let mut cmd = enter_netns(Command::new(&self.binary), &self.netns_path())?;
-        cmd.args(["controlplane", "--config-dir"]).arg(&self.config_dir).args([
-            "--listen",
-            &format!("0.0.0.0:{XDS_PORT}"),
-            "--admin",
-            ADMIN,
-        ]);
+        cmd.arg("controlplane");
+        match &self.kubeconfig {
+            Some(kubeconfig) => cmd.arg("--kubernetes").env("KUBECONFIG", kubeconfig),
+            None => cmd.arg("--config-dir").arg(&self.config_dir),
+        };
+        cmd.args(["--listen", &format!("0.0.0.0:{XDS_PORT}"), "--admin", ADMIN]);
         if let Some(ca) = &self.ca {
             cmd.arg("--ca-state-dir")
                 .arg(&ca.state)
@@ -225,6 +229,12 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Watches the API server `kubeconfig` points at instead of the directory (from the next
+    /// [`ControlPlane::start`]).
+    pub fn use_kubernetes(&mut self, kubeconfig: PathBuf) {
+        self.kubeconfig = Some(kubeconfig);
+    }
+
     /// Writes the Kubernetes objects for these nodes' pods into `pods.yaml`.
     pub fn write_pods(&self, nodes: &[&Node]) -> anyhow::Result<()> {
         self.write_pods_except(nodes, &[])
@@ -286,6 +296,14 @@ impl FakeXds {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+/// The Pod objects of these nodes' pods, as the API server would hold them.
+pub fn pod_objects(nodes: &[&Node]) -> Vec<Value> {
+    nodes
+        .iter()
+        .flat_map(|node| node.pod_records().iter().map(|pod| pod_object(&node.name, pod)).collect::<Vec<_>>())
+        .collect()
 }
 
 fn pod_object(node: &str, pod: &crate::cluster::PodRecord) -> Value {
