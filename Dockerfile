@@ -11,19 +11,23 @@ FROM debian:bookworm AS build
 ARG RUST=1.95.0
 ARG NIGHTLY=nightly-2026-05-20
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends ca-certificates curl build-essential pkg-config llvm-22-dev \
+ && apt-get install -y -qq --no-install-recommends ca-certificates curl build-essential pkg-config llvm-22-dev musl-tools \
  && rm -rf /var/lib/apt/lists/*
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH
 RUN curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal --default-toolchain "$RUST" \
+ && rustup target add x86_64-unknown-linux-musl \
  && rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src \
  && rustup toolchain link nightly "$(rustup run "$NIGHTLY" rustc --print sysroot)" \
  && LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --locked --no-default-features --features llvm-22
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p nodemesh && cp target/release/nodemesh /nodemesh
+# Static (musl, static-pie): the image needs no particular libc, and the same binary runs on
+# any node. The tests pass with it (NODEMESH_BIN=target/x86_64-unknown-linux-musl/release/nodemesh).
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p nodemesh \
+ && strip -o /nodemesh target/x86_64-unknown-linux-musl/release/nodemesh
 
-# Debian's slim image rather than a distroless one: the chart's optional bpffs step runs
-# `mount` and `mountpoint` from it. The agent links glibc dynamically; nothing else is used.
+# Debian's slim image rather than an empty one: the chart's optional bpffs step runs `mount`
+# and `mountpoint` from it. The binary itself needs nothing from it.
 FROM debian:bookworm-slim
 COPY --from=build /nodemesh /usr/local/bin/nodemesh
 ENTRYPOINT ["/usr/local/bin/nodemesh"]

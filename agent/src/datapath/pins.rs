@@ -11,8 +11,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Magic number of the BPF filesystem (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+/// Magic number of the BPF filesystem (`BPF_FS_MAGIC` in linux/magic.h). `statfs.f_type` is
+/// signed in glibc and unsigned in musl: compared as the 32-bit value it is.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -125,7 +126,9 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: statfs succeeded and filled the buffer.
-    Ok(unsafe { st.assume_init() }.f_type == BPF_FS_MAGIC)
+    #[expect(clippy::cast_possible_truncation, reason = "filesystem magics are 32-bit values")]
+    let magic = unsafe { st.assume_init() }.f_type as u32;
+    Ok(magic == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` will live on a bpffs: its nearest existing ancestor must be one, or be
