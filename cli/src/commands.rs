@@ -129,6 +129,10 @@ pub struct ControlplaneArgs {
     /// when absent and shared by every replica.
     #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "ca_state_dir")]
     pub ca_secret: Option<String>,
+    /// With --ca-secret: a Secret the control plane creates is owned by this ServiceAccount
+    /// (in the Secret's namespace), so it is deleted with it (the chart names its own).
+    #[arg(long, value_name = "SERVICE_ACCOUNT", requires = "ca_secret")]
+    pub ca_secret_owner: Option<String>,
     /// The nodes' bootstrap tokens: one file per node, named after it (docs/controlplane.md).
     #[arg(long, conflicts_with = "token_audience")]
     pub node_token_dir: Option<PathBuf>,

@@ -17,7 +17,7 @@ fn ca_settings(args: &ControlplaneArgs) -> anyhow::Result<Option<nodemesh_contro
         (None, Some(dir), _) => CaSource::CaCerts(dir.clone()),
         (None, None, Some(secret)) => {
             let (namespace, name) = namespaced_name(secret).context("--ca-secret")?;
-            CaSource::Secret { namespace, name }
+            CaSource::Secret { namespace, name, owner: args.ca_secret_owner.clone() }
         }
         (None, None, None) => return Ok(None),
     };
@@ -130,12 +130,16 @@ mod tests {
     #[test]
     fn the_ca_on_kubernetes_keeps_its_root_in_a_secret_and_reviews_agents_tokens() {
         let ca = settings(
-            "--kubernetes --ca-secret nodemesh/nodemesh-ca --token-audience nodemesh-ca \
-             --agent-service-account nodemesh/nodemesh-agent",
+            "--kubernetes --ca-secret nodemesh/nodemesh-ca --ca-secret-owner nodemesh-controlplane \
+             --token-audience nodemesh-ca --agent-service-account nodemesh/nodemesh-agent",
         )
         .expect("valid")
         .expect("a CA");
-        assert_eq!(ca.source, CaSource::Secret { namespace: "nodemesh".into(), name: "nodemesh-ca".into() });
+        let owner = Some("nodemesh-controlplane".to_owned());
+        assert_eq!(
+            ca.source,
+            CaSource::Secret { namespace: "nodemesh".into(), name: "nodemesh-ca".into(), owner }
+        );
         let NodeAuth::TokenReview(review) = ca.node_auth else { panic!("TokenReview: {:?}", ca.node_auth) };
         assert_eq!(review.audience, "nodemesh-ca");
         assert_eq!(review.agent.username(), "system:serviceaccount:nodemesh:nodemesh-agent");
@@ -148,6 +152,7 @@ mod tests {
             "--kubernetes --ca-secret a/b --token-audience aud",
             "--kubernetes --ca-secret a/b --token-audience aud --agent-service-account sa --node-token-dir /t",
             "--kubernetes --ca-secret ab --node-token-dir /t",
+            "--kubernetes --ca-secret-owner sa --node-token-dir /t",
             "--kubernetes --ca-secret a/b --token-audience aud --agent-service-account sa",
             "--kubernetes --ca-secret a/b",
         ] {

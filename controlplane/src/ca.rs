@@ -101,8 +101,9 @@ impl Authority {
         kube: Option<&kube::Client>,
     ) -> Result<Self, CaError> {
         let (signing_key, chain) = match (source, kube) {
-            (CaSource::Secret { namespace, name }, Some(client)) => {
-                secret::load_or_create(client.clone(), namespace, name, trust_domain).await?
+            (CaSource::Secret { namespace, name, owner }, Some(client)) => {
+                secret::load_or_create(client.clone(), namespace, name, owner.as_deref(), trust_domain)
+                    .await?
             }
             _ => return Self::load(source, trust_domain),
         };

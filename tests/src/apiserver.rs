@@ -14,6 +14,9 @@
 //!
 //! Objects are stored as given (the JSON `kubectl get -o json` prints), with
 //! `metadata.resourceVersion` set from one counter for the whole server, as etcd does.
+//! Deleting an object also deletes, as the controller manager's garbage collector does (in
+//! the background, here at once), every object whose `metadata.ownerReferences` names its
+//! uid.
 //! Threads, no async runtime: one thread per connection, one request per connection.
 
 use std::{
@@ -43,6 +46,7 @@ const KNOWN: &[(&str, &str, &str)] = &[
     ("v1", "Pod", "pods"),
     ("v1", "Service", "services"),
     ("v1", "Secret", "secrets"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
     ("security.istio.io/v1", "AuthorizationPolicy", "authorizationpolicies"),
     ("security.istio.io/v1", "PeerAuthentication", "peerauthentications"),
     ("networking.istio.io/v1", "DestinationRule", "destinationrules"),
@@ -114,6 +118,24 @@ const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local"
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+}
+
+impl State {
+    /// Removes and returns every object owned by `uid` (collection path, object).
+    fn take_dependents(&mut self, uid: &str) -> Vec<(String, Value)> {
+        let owned_by = |object: &Value| {
+            object["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|owners| owners.iter().any(|o| o["uid"].as_str() == Some(uid)))
+        };
+        let mut taken = Vec::new();
+        for (path, collection) in &mut self.objects {
+            let keys: Vec<String> =
+                collection.iter().filter(|(_, o)| owned_by(o)).map(|(k, _)| k.clone()).collect();
+            taken.extend(keys.iter().filter_map(|k| collection.remove(k)).map(|o| (path.clone(), o)));
+        }
+        taken
+    }
 }
 
 impl Shared {
@@ -256,14 +278,20 @@ impl ApiServer {
             None => name.to_owned(),
         };
         let mut state = self.shared.lock();
-        let Some(mut object) = state.objects.get_mut(&resource.path).and_then(|c| c.remove(&key)) else {
+        let Some(object) = state.objects.get_mut(&resource.path).and_then(|c| c.remove(&key)) else {
             return false;
         };
-        state.rv += 1;
-        let rv = state.rv;
-        object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-        if announce {
-            state.events.push(Event { rv, path: resource.path, kind: "DELETED", object });
+        let mut gone = vec![(resource.path, object)];
+        while let Some((path, mut object)) = gone.pop() {
+            state.rv += 1;
+            let rv = state.rv;
+            object["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+            if let Some(uid) = object["metadata"]["uid"].as_str() {
+                gone.extend(state.take_dependents(uid));
+            }
+            if announce {
+                state.events.push(Event { rv, path, kind: "DELETED", object });
+            }
         }
         drop(state);
         self.shared.wake.notify_all();

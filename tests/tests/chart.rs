@@ -24,9 +24,13 @@ fn the_chart_renders_valid_kubernetes_objects_and_refuses_wrong_values_by_path()
     print!("{stdout}");
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     // Each values file was rendered, and each wrong value refused.
-    for line in
-        ["ok defaults:", "ok ci/full-values.yaml:", "ok ci/minimal-values.yaml:", "ok agent capabilities:"]
-    {
+    for line in [
+        "ok defaults:",
+        "ok ci/full-values.yaml:",
+        "ok ci/minimal-values.yaml:",
+        "ok nothing left behind:",
+        "ok agent capabilities:",
+    ] {
         assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
     }
     assert_eq!(stdout.matches("ok refused").count(), 7, "{stdout}");

@@ -63,7 +63,11 @@ impl Cp {
             mesh: MeshSettings::default(),
             poll: Duration::from_secs(60),
             ca: Some(CaSettings {
-                source: CaSource::Secret { namespace: "nodemesh".into(), name: "nodemesh-ca".into() },
+                source: CaSource::Secret {
+                    namespace: "nodemesh".into(),
+                    name: "nodemesh-ca".into(),
+                    owner: Some("nodemesh-controlplane".into()),
+                },
                 node_auth: NodeAuth::TokenReview(TokenReviewSettings {
                     audience: AUDIENCE.into(),
                     agent: "nodemesh/nodemesh-agent".parse().expect("service account"),
@@ -140,9 +144,14 @@ fn pod(uid: &str, name: &str, node: &str, ip: &str, app: &str) -> Value {
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
 }
 
+/// The control plane's ServiceAccount, as the chart installs it (the CA Secret's owner).
+const CONTROLPLANE_SA_UID: &str = "6c1f0a52-0000-4000-8000-0000000000aa";
+
 /// The double with a mesh namespace: cart on node1, web on node2.
 fn cluster() -> ApiServer {
     let api = ApiServer::start().expect("API-server double");
+    api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "nodemesh-controlplane", "namespace": "nodemesh", "uid": CONTROLPLANE_SA_UID}}));
     api.apply(namespace("shop"));
     api.apply(pod("6c1f0a52-0000-4000-8000-0000000000c0", "cart-0", "node1", "10.0.1.5", "cart"));
     api.apply(pod("6c1f0a52-0000-4000-8000-0000000000e0", "web-0", "node2", "10.0.2.5", "web"));
@@ -258,4 +267,26 @@ async fn replicas_started_together_share_one_root_from_the_secret() {
     let c = Cp::start(&api).await;
     let from_c = c.certificate("agent-on-node1", CART).await.expect("replica c");
     assert_eq!(from_c[1], from_a[1]);
+}
+
+#[tokio::test]
+async fn the_roots_secret_is_owned_by_the_control_planes_service_account_and_goes_with_it() {
+    let api = cluster();
+    api.add_token("agent-on-node1", known(AGENT, &[AUDIENCE], Some("node1")));
+    let cp = Cp::start(&api).await;
+    cp.certificate("agent-on-node1", CART).await.expect("a certificate");
+    let secret = api.get("v1", "Secret", Some("nodemesh"), "nodemesh-ca").expect("the Secret was created");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "ServiceAccount", "name": "nodemesh-controlplane",
+            "uid": CONTROLPLANE_SA_UID}]),
+        "owned by the release's ServiceAccount: {secret}"
+    );
+    // `helm uninstall` deletes the ServiceAccount; the garbage collector then deletes what it
+    // owns (the double collects as the controller manager does).
+    assert!(api.delete("v1", "ServiceAccount", Some("nodemesh"), "nodemesh-controlplane"));
+    assert!(
+        api.get("v1", "Secret", Some("nodemesh"), "nodemesh-ca").is_none(),
+        "the root is not left behind"
+    );
 }

@@ -2,7 +2,10 @@
 its defaults and every values file in charts/nodemesh/ci/, and validates every object
 strictly against Kubernetes 1.33's schemas (kubernetes-validate, bundled, offline). CRDs are
 validated as objects and their own schema is tried on good and bad resources. Wrong values
-must fail naming their path. Prints one line per check; exits 1 on the first failure."""
+must fail naming their path. What an uninstall would leave behind is checked for: nothing
+under crds/ (Helm never deletes it), no object kept by `helm.sh/resource-policy`, no host
+path the agent writes to by default but its bpffs (whose pins it removes as it stops).
+Prints one line per check; exits 1 on the first failure."""
 
 import json
 import pathlib
@@ -94,12 +97,19 @@ def render(chart, values, label):
         fail(f"{label}: {e}")
     kinds = []
     capabilities = None
+    crds = []
     for path, obj in objects(manifests):
         where = f"{label}: {path}"
         check_object(where, obj)
+        check_nothing_kept(where, obj)
         kinds.append(obj["kind"])
+        if obj["kind"] == "CustomResourceDefinition":
+            crds.append((where, obj))
         if obj["kind"] == "DaemonSet":
             capabilities = check_agent(where, obj)
+            # A state directory on the host is left behind, as values.yaml says: only when asked.
+            asked = bool(((values or {}).get("agent") or {}).get("stateDir"))
+            check_host_paths(where, obj, {"bpffs", "state"} if asked else {"bpffs"})
         if obj["kind"] == "ConfigMap" and "agent.yaml" in obj.get("data", {}):
             check_agent_config(where, obj["data"]["agent.yaml"])
         if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-dashboard"):
@@ -108,16 +118,33 @@ def render(chart, values, label):
         if needed not in kinds:
             fail(f"{label}: no {needed} rendered")
     print(f"ok {label}: {len(kinds)} objects valid against Kubernetes {K8S} ({', '.join(sorted(set(kinds)))})")
-    return capabilities
+    return capabilities, crds
 
 
-def check_crds(chart):
-    crds = chart.crds
+def check_nothing_kept(where, obj):
+    """Nothing of the release survives `helm uninstall`."""
+    annotations = obj["metadata"].get("annotations") or {}
+    if annotations.get("helm.sh/resource-policy") == "keep":
+        fail(f"{where}: {obj['kind']} is kept after an uninstall")
+
+
+def check_host_paths(where, obj, writable_allowed):
+    """The host paths the agent may write to."""
+    spec = obj["spec"]["template"]["spec"]
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        for m in c.get("volumeMounts", []):
+            if m["name"] in host and not m.get("readOnly") and m["name"] not in writable_allowed:
+                fail(f"{where}: {c['name']} writes to the host's {host[m['name']]}, left behind on uninstall")
+
+
+def check_crds(chart, crds):
+    if chart.crds:
+        fail(f"crds/ holds {[c['filename'] for c in chart.crds]}: Helm never deletes those on uninstall")
     if not crds:
         fail("the chart ships no CRD")
-    for crd in crds:
-        obj = yaml.safe_load(crd["data"])
-        check_object(crd["filename"], obj)
+    for where, obj in crds:
+        crd = {"filename": where}
         version = obj["spec"]["versions"][0]
         schema = version["schema"]["openAPIV3Schema"]
         kind = obj["spec"]["names"]["kind"]
@@ -151,13 +178,14 @@ WRONG = [
 
 def main():
     chart = helm.Chart.load(CHART)
-    baseline = render(chart, None, "defaults")
+    baseline, crds = render(chart, None, "defaults")
     for values_file in sorted((CHART / "ci").glob("*.yaml")):
         values = yaml.safe_load(values_file.read_text()) or {}
-        caps = render(chart, values, f"ci/{values_file.name}")
+        caps, _ = render(chart, values, f"ci/{values_file.name}")
         if caps != baseline:
             fail(f"ci/{values_file.name}: the agent's capabilities changed with values: {caps}")
-    check_crds(chart)
+    check_crds(chart, crds)
+    print("ok nothing left behind: no crds/, nothing kept, the agent writes to no host path but its bpffs")
     for values, path in WRONG:
         try:
             chart.validate_schema(values)

@@ -53,3 +53,8 @@ http://{{ include "nodemesh.controlplane.host" . }}:15010
 {{- define "nodemesh.agent.serviceAccount" -}}
 {{ include "nodemesh.fullname" . }}-agent
 {{- end -}}
+
+{{/* Where the agent's last-good state is, inside its container. */}}
+{{- define "nodemesh.agent.stateDir" -}}
+{{ .Values.agent.stateDir | default "/var/lib/nodemesh" }}
+{{- end -}}

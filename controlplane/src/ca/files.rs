@@ -23,8 +23,11 @@ pub enum CaSource {
     /// from `ca-cert.pem` to `root-cert.pem`.
     CaCerts(PathBuf),
     /// A root of our own kept in a Kubernetes Secret, generated and created when absent and
-    /// shared by every replica (`secret.rs`; needs the Kubernetes source).
-    Secret { namespace: String, name: String },
+    /// shared by every replica (`secret.rs`; needs the Kubernetes source). A Secret created
+    /// here is owned by the ServiceAccount `owner` (in the same namespace) when one is named,
+    /// so the cluster's garbage collector deletes it with that account: with the Helm
+    /// release, nothing is left behind.
+    Secret { namespace: String, name: String, owner: Option<String> },
 }
 
 pub(super) const ROOT_CERT: &str = "root-cert.pem";
@@ -39,7 +42,7 @@ pub(super) fn load(source: &CaSource, trust_domain: &str) -> Result<(KeyPair, Ve
     match source {
         CaSource::StateDir(state) => own_root(&root_dir(state), trust_domain),
         CaSource::CaCerts(dir) => cacerts(dir),
-        CaSource::Secret { namespace, name } => Err(CaError::Invalid(format!(
+        CaSource::Secret { namespace, name, .. } => Err(CaError::Invalid(format!(
             "the Secret {namespace}/{name} holds the root: the CA needs the Kubernetes source"
         ))),
     }

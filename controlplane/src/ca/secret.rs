@@ -7,10 +7,20 @@
 //! `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`) is used as it is, as an intermediate. Replicas starting together race to create it: the API server
 //! lets exactly one create succeed, and a loser (409 AlreadyExists) reads the winner's back
 //! and uses that one, dropping the root it made. Nothing is ever overwritten.
+//!
+//! A Secret made here names an owner, the control plane's ServiceAccount, when one is given:
+//! the Secret is created by a replica, not by Helm, so Helm would not delete it, but the
+//! cluster's garbage collector deletes an object once its owner is gone. Uninstalling the
+//! release deletes the ServiceAccount and so the root. A Secret someone else made (Istio's
+//! `cacerts`, or a root kept across installs on purpose) is never given an owner.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Secret, ServiceAccount},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
 use kube::{Api, Client, api::PostParams};
 use rcgen::KeyPair;
 
@@ -21,22 +31,29 @@ use super::{
 };
 
 /// The signing key and the chain (the root alone) from the Secret `namespace/name`, made and
-/// created when absent.
+/// created when absent (owned by the ServiceAccount `owner` of the same namespace, if named).
 pub(super) async fn load_or_create(
     client: Client,
     namespace: &str,
     name: &str,
+    owner: Option<&str>,
     trust_domain: &str,
 ) -> Result<(KeyPair, Vec<String>), CaError> {
-    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let what = format!("the Secret {namespace}/{name}");
     let failed = |source| CaError::Kubernetes { what: what.clone(), source };
     if let Some(secret) = secrets.get_opt(name).await.map_err(failed)? {
         tracing::info!(secret = %format!("{namespace}/{name}"), "using the mesh's root from its Secret");
         return from_secret(&secret, &what);
     }
+    let owner = match owner {
+        Some(account) => Some(owner_reference(client, namespace, account).await?),
+        None => None,
+    };
     let (key, cert) = new_root(trust_domain)?;
-    match secrets.create(&PostParams::default(), &new_secret(namespace, name, &key, &cert)).await {
+    let mut secret = new_secret(namespace, name, &key, &cert);
+    secret.metadata.owner_references = owner.map(|o| vec![o]);
+    match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             tracing::info!(secret = %format!("{namespace}/{name}"), "generated the mesh's root and created its Secret");
             let chain = root_chain(&cert, &key, &what)?;
@@ -49,6 +66,23 @@ pub(super) async fn load_or_create(
         }
         Err(e) => Err(failed(e)),
     }
+}
+
+/// A reference to the ServiceAccount `namespace/account`, which must exist (its uid is what
+/// the garbage collector matches).
+async fn owner_reference(client: Client, namespace: &str, account: &str) -> Result<OwnerReference, CaError> {
+    let what = format!("the CA Secret's owner, the ServiceAccount {namespace}/{account}");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
+    let found =
+        accounts.get(account).await.map_err(|source| CaError::Kubernetes { what: what.clone(), source })?;
+    let uid = found.metadata.uid.ok_or_else(|| CaError::Invalid(format!("{what}: has no metadata.uid")))?;
+    Ok(OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "ServiceAccount".to_owned(),
+        name: account.to_owned(),
+        uid,
+        ..Default::default()
+    })
 }
 
 fn new_secret(namespace: &str, name: &str, key: &KeyPair, cert: &str) -> Secret {

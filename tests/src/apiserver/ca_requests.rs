@@ -1,5 +1,6 @@
 //! What the control plane's CA asks of the API server, beside the lists and watches: token
-//! reviews, and its root's Secret read by name and created.
+//! reviews, its root's Secret read by name and created, and the Secret's owner (a
+//! ServiceAccount) read by name.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,15 @@ use super::{API_SERVER_AUDIENCE, Event, Shared, status};
 /// A request this module answers.
 pub(super) enum Asked {
     TokenReview,
-    GetSecret { namespace: String, name: String },
-    CreateSecret { namespace: String },
+    /// A Secret or a ServiceAccount, by name.
+    Get {
+        plural: &'static str,
+        namespace: String,
+        name: String,
+    },
+    CreateSecret {
+        namespace: String,
+    },
 }
 
 /// Which of this module's requests `method path` is, if any.
@@ -22,13 +30,14 @@ pub(super) fn route(method: &str, path: &str) -> Option<Asked> {
     let rest = path.strip_prefix("/api/v1/namespaces/")?;
     let mut parts = rest.split('/');
     let (namespace, plural, name) = (parts.next()?, parts.next()?, parts.next());
-    if plural != "secrets" || parts.next().is_some() {
+    let plural = ["secrets", "serviceaccounts"].into_iter().find(|p| *p == plural)?;
+    if parts.next().is_some() {
         return None;
     }
     let namespace = namespace.to_owned();
     match (method, name) {
-        ("GET", Some(name)) => Some(Asked::GetSecret { namespace, name: name.to_owned() }),
-        ("POST", None) => Some(Asked::CreateSecret { namespace }),
+        ("GET", Some(name)) => Some(Asked::Get { plural, namespace, name: name.to_owned() }),
+        ("POST", None) if plural == "secrets" => Some(Asked::CreateSecret { namespace }),
         _ => None,
     }
 }
@@ -37,11 +46,11 @@ pub(super) fn route(method: &str, path: &str) -> Option<Asked> {
 pub(super) fn answer(shared: &Shared, asked: Asked, body: &Value) -> (u16, Value) {
     match asked {
         Asked::TokenReview => review(shared, body),
-        Asked::GetSecret { namespace, name } => {
-            let key = format!("{namespace}/{name}");
-            match shared.lock().objects.get(SECRETS).and_then(|c| c.get(&key)) {
-                Some(secret) => (200, secret.clone()),
-                None => (404, status(404, "NotFound", &format!("secrets \"{name}\" not found"))),
+        Asked::Get { plural, namespace, name } => {
+            let (key, collection) = (format!("{namespace}/{name}"), format!("/api/v1/{plural}"));
+            match shared.lock().objects.get(&collection).and_then(|c| c.get(&key)) {
+                Some(object) => (200, object.clone()),
+                None => (404, status(404, "NotFound", &format!("{plural} \"{name}\" not found"))),
             }
         }
         Asked::CreateSecret { namespace } => create_secret(shared, &namespace, body),
@@ -113,6 +122,8 @@ fn create_secret(shared: &Shared, namespace: &str, body: &Value) -> (u16, Value)
     state.rv += 1;
     let rv = state.rv;
     object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    // As the real server does: a uid per object (a dependent's owner reference names it).
+    object["metadata"]["uid"] = json!(format!("5e0c{rv:04x}-0000-4000-8000-000000000000"));
     state.objects.entry(SECRETS.to_owned()).or_default().insert(key, object.clone());
     state.events.push(Event { rv, path: SECRETS.to_owned(), kind: "ADDED", object: object.clone() });
     drop(state);
