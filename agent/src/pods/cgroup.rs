@@ -163,13 +163,23 @@ mod tests {
     }
 
     #[test]
-    fn lists_processes_of_the_pod_and_its_containers() {
-        let root = tempfile::tempdir().expect("tempdir");
-        fs::write(root.path().join("cgroup.procs"), "").expect("write");
-        fs::create_dir(root.path().join("ctr-a")).expect("mkdir");
-        fs::write(root.path().join("ctr-a/cgroup.procs"), "12\n13\n").expect("write");
-        fs::create_dir(root.path().join("ctr-b")).expect("mkdir");
-        fs::write(root.path().join("ctr-b/cgroup.procs"), "20\n").expect("write");
-        assert_eq!(processes(root.path()).expect("processes"), vec![12, 13, 20]);
+    fn lists_processes_of_the_pod_and_its_containers_under_each_runtime() {
+        // Below the kubelet's pod cgroup each runtime names its containers its own way:
+        // containerd with the cgroupfs driver (the bare container id), containerd with the
+        // systemd driver (`cri-containerd-<id>.scope`), CRI-O (`crio-<id>.scope`, and its
+        // monitor in `crio-conmon-<id>.scope`). Every process below the pod counts.
+        for children in [
+            ["8e3f0a1b2c", "d41d8cd98f"],
+            ["cri-containerd-8e3f0a1b2c.scope", "cri-containerd-d41d8cd98f.scope"],
+            ["crio-8e3f0a1b2c.scope", "crio-conmon-8e3f0a1b2c.scope"],
+        ] {
+            let root = tempfile::tempdir().expect("tempdir");
+            fs::write(root.path().join("cgroup.procs"), "").expect("write");
+            fs::create_dir(root.path().join(children[0])).expect("mkdir");
+            fs::write(root.path().join(children[0]).join("cgroup.procs"), "12\n13\n").expect("write");
+            fs::create_dir(root.path().join(children[1])).expect("mkdir");
+            fs::write(root.path().join(children[1]).join("cgroup.procs"), "20\n").expect("write");
+            assert_eq!(processes(root.path()).expect("processes"), vec![12, 13, 20], "{children:?}");
+        }
     }
 }
