@@ -160,8 +160,10 @@ fn host_cgroup2() -> PathBuf {
 /// A script that runs the agent as the chart's DaemonSet does, as far as a test can: only the
 /// chart's capabilities, its own cgroup namespace (the default for a container on cgroup v2,
 /// so `/proc/self/cgroup` says `/`), its own mount namespace where the runtime's cgroup2
-/// mount shows only that namespace, and the host's hierarchy mounted read-only elsewhere (the
-/// chart's `/host/cgroup`), which the agent's config names as its cgroup root.
+/// mount shows only that namespace, the host's hierarchy mounted read-only elsewhere (the
+/// chart's `/host/cgroup`), which the agent's config names as its cgroup root, and the root
+/// filesystem read-only (the chart's `readOnlyRootFilesystem`; the bpffs stays writable, a
+/// mount of its own as in the chart).
 fn sandboxed_binary(dir: &Path, caps: &[String]) -> PathBuf {
     let set: String = caps.iter().map(|c| format!(",+{}", c.to_ascii_lowercase())).collect();
     let host = host_cgroup2().display().to_string();
@@ -173,12 +175,13 @@ fn sandboxed_binary(dir: &Path, caps: &[String]) -> PathBuf {
     // One step per namespace, each exec'ing the next, so the agent keeps the PID the test
     // started. $1 is always the sandbox's config.
     let steps = [
-        // The runtime's view: the host's hierarchy read-only at the chart's path, then a
-        // cgroup namespace of its own.
+        // The runtime's view: the host's hierarchy read-only at the chart's path, the root
+        // filesystem read-only, then a cgroup namespace of its own.
         (
             "stage-mounts",
             format!(
-                "mount --bind -o ro {host} {view} && exec unshare --cgroup sh {steps_dir}/stage-cgroup \"$1\""
+                "mount --bind -o ro {host} {view} && mount -o remount,bind,ro / && \
+                 exec unshare --cgroup sh {steps_dir}/stage-cgroup \"$1\""
             ),
         ),
         // The container's /sys/fs/cgroup: a cgroup2 mount made inside its namespace.
@@ -217,6 +220,10 @@ fn the_agent_works_from_a_pods_sandbox_and_hooks_only_its_own_cgroup() {
     let own = std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("cgroupns");
     let host_ns = std::fs::read_link("/proc/self/ns/cgroup").expect("cgroupns");
     assert_ne!(own, host_ns, "the agent is not in a cgroup namespace of its own");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let root = mounts.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).expect("a root mount");
+    let options = root.split_whitespace().nth(5).unwrap_or_default();
+    assert!(options.split(',').any(|o| o == "ro"), "the agent's root filesystem is writable: {root}");
     works(&s).expect("from the sandbox");
     // The agent's own sockets' TCP health comes from sock_ops on its own cgroup: that cgroup,
     // as the host sees it, and not the hierarchy's root (which would hook every process).
