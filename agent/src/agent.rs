@@ -22,6 +22,7 @@ use crate::{
     enroll::FileSource,
     flows::{FlowTable, kernel::DropReasons},
     identity::{CaClient, CaSettings, IdentityManager, MeshRoots},
+    idle_poll::IdlePoll,
     pods::{cgroup, netns},
     proxy::{Proxy, ProxyMaps, ProxySettings, hbone::Hbone},
     reconcile::Reconciler,
@@ -139,10 +140,8 @@ fn run(mut config: Config) -> anyhow::Result<()> {
     let handles = datapath.handles()?;
     let datapath = Arc::new(Mutex::new(datapath));
 
-    let data_plane = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("nm-data")
-        .enable_all()
-        .build()
+    let data_plane = IdlePoll::new(Duration::from_micros(config.idle_poll_us))
+        .build(tokio::runtime::Builder::new_multi_thread().thread_name("nm-data").enable_all())
         .context("starting the data-plane runtime")?;
     let proxy = Proxy::new(
         ProxySettings {

@@ -93,6 +93,9 @@ pub struct Config {
     /// (as Istio's default).
     #[serde(with = "millis")]
     pub idle_timeout: Duration,
+    /// The longest a data-plane worker polls for work before it sleeps, in microseconds
+    /// (adaptive below it; `idle_poll.rs`). 0: it sleeps at once.
+    pub idle_poll_us: u64,
     /// Log filter (tracing EnvFilter syntax).
     pub log: String,
 }
@@ -143,6 +146,7 @@ impl Default for Config {
             max_connections_per_pod: 10_000,
             fd_reserve: 4096,
             idle_timeout: Duration::ZERO,
+            idle_poll_us: 50,
             log: "info".into(),
         }
     }
@@ -367,6 +371,9 @@ impl Config {
         }
         if !(256..=1 << 20).contains(&self.fd_reserve) {
             return Err(invalid("fd_reserve", "must be between 256 and 1048576".into()));
+        }
+        if self.idle_poll_us > 1000 {
+            return Err(invalid("idle_poll_us", "must be at most 1000 (µs): past that, sleep".into()));
         }
         if !self.idle_timeout.is_zero() && self.idle_timeout < Duration::from_secs(1) {
             return Err(invalid("idle_timeout", "must be 0 (never) or at least 1000 ms".into()));

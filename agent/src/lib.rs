@@ -13,6 +13,7 @@ pub mod enroll;
 pub mod flows;
 pub mod fuzzing;
 pub mod identity;
+mod idle_poll;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -31,6 +31,10 @@ pub struct SidecarArgs {
     /// Worker threads (Envoy sidecars default to 2).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// The longest a worker polls for work before it sleeps, in µs (as the agent's
+    /// `idle_poll_us`).
+    #[arg(long, default_value_t = 50)]
+    pub idle_poll_us: u64,
     /// Terminate HTTP (HTTP/1.1 or HTTP/2 from the app, pooled HTTP/1.1 to the destination)
     /// instead of relaying bytes, as a sidecar does on an HTTP port.
     #[arg(long)]
@@ -41,11 +45,14 @@ pub struct SidecarArgs {
 }
 
 pub fn main(args: SidecarArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.max(1))
-        .thread_name("nm-sidecar")
-        .enable_all()
-        .build()?;
+    // The agent's runtime, its idle polling included, so that the two compare as designs.
+    let runtime = crate::idle_poll::IdlePoll::new(std::time::Duration::from_micros(args.idle_poll_us))
+        .build(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.workers.max(1))
+                .thread_name("nm-sidecar")
+                .enable_all(),
+        )?;
     runtime.block_on(serve(args))
 }
 
