@@ -446,6 +446,9 @@ mod tests {
         assert!(e.to_string().contains("connect_timeout"), "{e}");
         let e = Config::parse("splice: true\nsplce: false\n", "f.yaml").expect_err("unknown");
         assert!(e.to_string().contains("splce"), "{e}");
+        let e = Config::parse("idle_poll_us: 5000\n", "f.yaml").expect_err("too long a poll");
+        assert!(e.to_string().contains("idle_poll_us"), "{e}");
+        assert_eq!(Config::parse("idle_poll_us: 0\n", "f.yaml").expect("off").idle_poll_us, 0);
     }
 
     #[test]
