@@ -165,22 +165,26 @@ mod tests {
 
     #[test]
     fn a_poll_ends_when_a_descriptor_is_ready_or_at_its_deadline() {
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        assert!(epoll >= 0);
-        let mut pipe = [0; 2];
-        assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        use std::{
+            io::Write as _,
+            os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        };
+        let (reader, mut writer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        // SAFETY: plain syscalls on descriptors this test owns; the epoll fd is owned below.
+        let epoll = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
         let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
-        assert_eq!(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, pipe[0], &mut event) }, 0);
+        // SAFETY: as above.
+        let added = unsafe {
+            libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, reader.as_raw_fd(), &mut event)
+        };
+        assert_eq!(added, 0);
 
         let start = Instant::now();
-        assert!(!poll_until(&[epoll], start + Duration::from_millis(2)), "nothing ready");
+        assert!(!poll_until(&[epoll.as_raw_fd()], start + Duration::from_millis(2)), "nothing ready");
         assert!(start.elapsed() >= Duration::from_millis(2));
-        assert_eq!(unsafe { libc::write(pipe[1], b"x".as_ptr().cast(), 1) }, 1);
+        writer.write_all(b"x").expect("write");
         let start = Instant::now();
-        assert!(poll_until(&[epoll], start + Duration::from_secs(5)), "the pipe is ready");
+        assert!(poll_until(&[epoll.as_raw_fd()], start + Duration::from_secs(5)), "the reader is ready");
         assert!(start.elapsed() < Duration::from_secs(1));
-        for fd in [epoll, pipe[0], pipe[1]] {
-            unsafe { libc::close(fd) };
-        }
     }
 }
