@@ -61,21 +61,28 @@ pub struct BenchArgs {
     /// Extra agent configuration (YAML lines), for experiments.
     #[arg(long, default_value = "")]
     pub agent_config: String,
+    /// Measure the binaries in this directory (`nodemesh`, `nm-loadgen`, `nm-xds-load`)
+    /// instead of building them: to compare two builds on one machine.
+    #[arg(long)]
+    pub bin_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
     let (profile, rounds, seconds) =
         if args.quick { ("debug", 1, 0.3) } else { ("release", args.rounds.max(1), args.seconds) };
-    crate::sh(
-        "cargo",
-        &if args.quick {
-            vec!["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen", "-p", "nm-xds-load"]
-        } else {
-            vec!["build", "--quiet", "--release", "-p", "nodemesh", "-p", "nm-loadgen", "-p", "nm-xds-load"]
-        },
-    )?;
-    let bin_dir = root.join("target").join(profile);
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let mut build =
+                vec!["build", "--quiet", "-p", "nodemesh", "-p", "nm-loadgen", "-p", "nm-xds-load"];
+            if !args.quick {
+                build.push("--release");
+            }
+            crate::sh("cargo", &build)?;
+            root.join("target").join(profile)
+        }
+    };
     let settings = Settings {
         seconds,
         rr_size: args.rr_size,

@@ -44,6 +44,7 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
             only: Vec::new(),
             show_status: false,
             agent_config: String::new(),
+            bin_dir: None,
         })?;
     }
     Ok(())

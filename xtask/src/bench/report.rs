@@ -390,8 +390,9 @@ fn svg(results: &Value, order: &[&str]) -> String {
 
 const METHOD: &str = r#"## Method
 
-`cargo xtask bench` (as root) builds release binaries of the agent and of `nm-loadgen`, then
-builds one fake cluster (docs/testing.md): two nodes, agents on both, one client pod and a
+`cargo xtask bench` (as root) builds release binaries (fat LTO, one codegen unit) of the agent
+and of `nm-loadgen`, or takes them from `--bin-dir` to compare two builds, then builds one fake
+cluster (docs/testing.md): two nodes, agents on both, one client pod and a
 server pod on each node, all enrolled. Each round runs every scenario in turn (rounds rotate
 the order, so drift on the machine hits every scenario alike), and the tables show the median of
 the rounds.
